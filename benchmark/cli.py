@@ -1,0 +1,122 @@
+"""Command line: every stage of the pipeline is a command of its own; the Snakemake rules call them.
+
+  python -m benchmark pretrain  --config JSON --dataset D --arch A --seed S --out dense.pt
+  python -m benchmark prune     --config JSON ... --method M --s2ap off --sparsity 90 --dense dense.pt --out search.pt
+  python -m benchmark finetune  --config JSON ... --search search.pt --out model.pt
+  python -m benchmark evaluate  --config JSON --model model.pt --cell JSON --out result.json
+  python -m benchmark aggregate --runs results/quick/runs --out results/quick
+  python -m benchmark methods   (lists the registered methods and their traits)
+
+``--config`` takes the stage's sub-config as a JSON string or ``@file.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _json_arg(text: str) -> dict:
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _cell_args(p: argparse.ArgumentParser, *, method: bool) -> None:
+    p.add_argument("--config", type=_json_arg, required=True, help="stage sub-config (JSON or @file)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--state-dir", default=None, help="resume checkpoints (kept outside declared outputs)")
+    if method:
+        p.add_argument("--method", required=True)
+        p.add_argument("--s2ap", default="off")
+        p.add_argument("--sparsity", type=float, required=True, help="nominal sparsity in percent")
+        p.add_argument("--plugin", action="append", default=[], help="extra method file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="dense robust pretraining")
+    _cell_args(p, method=False)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("prune", help="mask search")
+    _cell_args(p, method=True)
+    p.add_argument("--dense", default="none", help="dense.pt from pretrain, or 'none'")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("finetune", help="finetune the kept weights and export the plain model")
+    _cell_args(p, method=True)
+    p.add_argument("--search", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("evaluate", help="clean, PGD and AutoAttack accuracy of an exported model")
+    p.add_argument("--config", type=_json_arg, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--cell", type=_json_arg, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--state-dir", default=None)
+
+    p = sub.add_parser("aggregate", help="leaderboard tables and plots from result JSONs")
+    p.add_argument("--runs", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--reference", default=None, help="published reference CSV to show beside")
+
+    p = sub.add_parser("methods", help="list registered methods")
+    p.add_argument("--plugin", action="append", default=[])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "methods":
+        from .registry import method_registry
+
+        reg = method_registry(args.plugin)
+        for name in reg.names():
+            cls = reg.get(name)
+            print(f"{name:10s} learns_scores={cls.learns_scores} needs_pretrain={cls.needs_pretrain} "
+                  f"needs_finetune={cls.needs_finetune}")
+        return 0
+    if args.command == "aggregate":
+        from .aggregate import aggregate
+
+        table = aggregate(args.runs, args.out, reference_csv=args.reference)
+        print(f"leaderboard: {len(table)} rows -> {Path(args.out) / 'leaderboard.md'}")
+        return 0
+
+    from . import stages
+
+    if args.command == "pretrain":
+        stages.pretrain(args.config, dataset=args.dataset, arch=args.arch, seed=args.seed,
+                        out=args.out, state_dir=args.state_dir)
+    elif args.command == "prune":
+        stages.prune(args.config, dataset=args.dataset, arch=args.arch, method=args.method,
+                     s2ap=args.s2ap, sparsity=args.sparsity, seed=args.seed, dense=args.dense,
+                     out=args.out, state_dir=args.state_dir, plugins=args.plugin)
+    elif args.command == "finetune":
+        stages.finetune(args.config, dataset=args.dataset, arch=args.arch, method=args.method,
+                        s2ap=args.s2ap, sparsity=args.sparsity, seed=args.seed, search=args.search,
+                        out=args.out, state_dir=args.state_dir, plugins=args.plugin)
+    elif args.command == "evaluate":
+        record = stages.evaluate(args.config, model_path=args.model, cell=args.cell, out=args.out,
+                                 state_dir=args.state_dir)
+        m = record["metrics"]
+        print("clean={:.4f} pgd={:.4f} autoattack={:.4f} sparsity={:.4f}".format(
+            m["clean"]["acc"], m["pgd"]["acc"], m["autoattack"]["acc"], record["sparsity"]["measured"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

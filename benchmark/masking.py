@@ -1,0 +1,453 @@
+"""Score-based masks for every Conv2d and Linear weight.
+
+One mask function (``topk_mask``) serves every method, the layer-wise magnitude test and the
+export. A masked layer holds its dense ``weight``, one importance score per weight (or per output
+channel for structured pruning) and a ``mask`` buffer. The mask is recomputed from the scores only
+when they change (``refresh_masks`` once per optimiser step), never on every forward pass; inside
+the attack the scores receive no gradient, so the layer multiplies by the stored mask alone.
+
+Modes:
+  dense     forward uses ``weight`` (pretraining);
+  search    weights frozen, scores trainable; forward uses ``weight * mask`` and the gradient reaches
+            the scores straight through the top-k: dL/ds = dL/d(w*m) * w * sign(s);
+  finetune  mask fixed, weights trainable; forward uses ``weight * mask``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODES = ("dense", "search", "finetune")
+
+
+def kept_count(n: int, keep: float) -> int:
+    """HYDRA's count: a layer of n weights at keep-fraction k keeps n - floor((1 - k) * n).
+
+    At least one weight survives whenever k > 0. The 1e-9 guards against (1 - k) * n landing just
+    below an integer in floating point (1 - 0.9 is 0.09999999999999998).
+    """
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError(f"keep fraction must be in [0, 1], got {keep}")
+    if keep == 0.0:
+        return 0
+    return max(1, n - math.floor((1.0 - keep) * n + 1e-9))
+
+
+def topk_mask_count(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask (same shape, float) keeping exactly ``count`` entries of largest |score|.
+
+    Ties are broken by index (lower flat index wins), so the count is exact even when scores tie;
+    a threshold from kthvalue alone would keep every tied entry. Cost is O(n): one kthvalue and a
+    cumulative sum, no sort.
+    """
+    flat = scores.detach().abs().flatten()
+    n = flat.numel()
+    if count >= n:
+        return torch.ones_like(scores, dtype=torch.float32)
+    if count <= 0:
+        return torch.zeros_like(scores, dtype=torch.float32)
+    threshold = torch.kthvalue(flat.float().cpu() if flat.device.type == "mps" else flat, n - count + 1).values
+    above = flat > threshold
+    tied = flat == threshold
+    need = count - int(above.sum())
+    keep_tied = tied & (torch.cumsum(tied.to(torch.int64), 0) <= need)
+    return (above | keep_tied).to(torch.float32).view_as(scores)
+
+
+def topk_mask(scores: torch.Tensor, keep: float) -> torch.Tensor:
+    return topk_mask_count(scores, kept_count(scores.numel(), keep))
+
+
+class MaskedMixin:
+    """Shared behaviour of MaskedConv2d and MaskedLinear (see the module docstring)."""
+
+    weight: nn.Parameter
+
+    def _setup_mask(self, granularity: str = "weight") -> None:
+        if granularity not in ("weight", "channel"):
+            raise ValueError(f"granularity must be 'weight' or 'channel', got {granularity!r}")
+        self.granularity = granularity
+        shape = self.weight.shape if granularity == "weight" else self.weight.shape[:1]
+        self.scores = nn.Parameter(torch.zeros(shape, dtype=self.weight.dtype,
+                                               device=self.weight.device), requires_grad=False)
+        self.register_buffer("mask", torch.ones(shape, dtype=self.weight.dtype, device=self.weight.device))
+        self.mode = "dense"
+        # keep fraction of this layer: a float for fixed-rate methods; HARP sets rate_logit instead
+        self.keep = 1.0
+        self.rate_logit: nn.Parameter | None = None
+        self.rate_floor = 0.0
+        self.score_grad = False  # True only while the scores are being trained outside an attack
+
+    # -- keep fraction -------------------------------------------------------------------------
+    def keep_fraction(self) -> torch.Tensor | float:
+        """The layer's keep fraction; a differentiable tensor when the rate is learned (HARP)."""
+        if self.rate_logit is None:
+            return self.keep
+        return torch.sigmoid(self.rate_logit) * (1.0 - self.rate_floor) + self.rate_floor
+
+    def kept_target(self) -> int:
+        k = self.keep_fraction()
+        k = float(k.detach()) if isinstance(k, torch.Tensor) else float(k)
+        return kept_count(self.scores.numel(), min(max(k, 0.0), 1.0))
+
+    @torch.no_grad()
+    def refresh_mask(self) -> None:
+        self.mask.copy_(topk_mask_count(self.scores, self.kept_target()).to(self.mask.dtype))
+
+    # -- forward -------------------------------------------------------------------------------
+    def _broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        if self.granularity == "channel":
+            return t.view(-1, *([1] * (self.weight.dim() - 1)))
+        return t
+
+    def effective_weight(self) -> torch.Tensor:
+        if self.mode == "dense":
+            return self.weight
+        m = self.mask
+        if self.mode == "search" and self.score_grad and torch.is_grad_enabled():
+            # straight-through: the value is the stored mask, the gradient flows to |s| (and to
+            # the learned keep fraction as sum(g), as in HARP)
+            a = self.scores.abs()
+            m = m + (a - a.detach())
+            k = self.keep_fraction()
+            if isinstance(k, torch.Tensor):
+                m = m + (k - k.detach())
+        return self.weight * self._broadcast(m)
+
+
+class MaskedConv2d(MaskedMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+
+class MaskedLinear(MaskedMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+
+MASKED_TYPES = (MaskedConv2d, MaskedLinear)
+
+
+def _masked_copy(module: nn.Module, granularity: str) -> nn.Module:
+    if isinstance(module, nn.Conv2d):
+        new = MaskedConv2d(module.in_channels, module.out_channels, module.kernel_size,
+                           stride=module.stride, padding=module.padding, dilation=module.dilation,
+                           groups=module.groups, bias=module.bias is not None,
+                           padding_mode=module.padding_mode,
+                           device=module.weight.device, dtype=module.weight.dtype)
+    else:
+        new = MaskedLinear(module.in_features, module.out_features, bias=module.bias is not None,
+                           device=module.weight.device, dtype=module.weight.dtype)
+    new.load_state_dict(module.state_dict())
+    new._setup_mask(granularity)
+    new.train(module.training)
+    return new
+
+
+def to_masked(model: nn.Module, granularity: str = "weight") -> nn.Module:
+    """Replaces every Conv2d and Linear (first conv and classifier included) by its masked twin.
+
+    Module names are kept, so ``weight`` and ``bias`` keys of the state_dict do not change.
+    """
+    for name, child in list(model.named_children()):
+        if isinstance(child, MASKED_TYPES):
+            continue
+        # exact types only: a subclass with its own forward (nn.MultiheadAttention's out_proj, say)
+        # reads .weight directly and would bypass the mask
+        if type(child) in (nn.Conv2d, nn.Linear):
+            setattr(model, name, _masked_copy(child, granularity))
+        else:
+            to_masked(child, granularity)
+    return model
+
+
+def masked_layers(model: nn.Module) -> Iterator[tuple[str, MaskedMixin]]:
+    for name, module in model.named_modules():
+        if isinstance(module, MASKED_TYPES):
+            yield name, module
+
+
+def prunable_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Conv2d and Linear layers of a plain or masked model."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            yield name, module
+
+
+def set_mode(model: nn.Module, mode: str, *, train_bn: bool = True) -> None:
+    """Switches every masked layer and sets which parameters train.
+
+    search:   only scores (and learned rates) train, plus BatchNorm affine parameters unless
+              ``train_bn`` is False (HYDRA's default keeps BN training during the mask search).
+    finetune: every parameter but scores and rates trains.
+    dense:    every parameter but scores and rates trains.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    layers = dict(masked_layers(model))
+    if not layers and mode != "dense":
+        raise ValueError("set_mode: the model has no masked layers; call to_masked first")
+    score_params = set()
+    for layer in layers.values():
+        layer.mode = mode
+        layer.score_grad = mode == "search"
+        score_params.add(id(layer.scores))
+        if layer.rate_logit is not None:
+            score_params.add(id(layer.rate_logit))
+    for module in model.modules():
+        is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm) or isinstance(module, nn.LayerNorm)
+        for p in module.parameters(recurse=False):
+            if id(p) in score_params:
+                p.requires_grad_(mode == "search")
+            elif mode == "search":
+                p.requires_grad_(is_bn and train_bn)
+            else:
+                p.requires_grad_(True)
+
+
+@contextlib.contextmanager
+def scores_frozen(model: nn.Module):
+    """Inside an attack the scores take no gradient: the forward is a plain masked product."""
+    layers = [layer for _, layer in masked_layers(model)]
+    saved = [layer.score_grad for layer in layers]
+    for layer in layers:
+        layer.score_grad = False
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, saved):
+            layer.score_grad = flag
+
+
+@torch.no_grad()
+def refresh_masks(model: nn.Module) -> None:
+    for _, layer in masked_layers(model):
+        layer.refresh_mask()
+
+
+def set_keep(model: nn.Module, keep: float | dict[str, float]) -> None:
+    """Sets every layer's keep fraction: one value for all (layer-wise uniform) or a dict by name."""
+    for name, layer in masked_layers(model):
+        layer.keep = float(keep[name] if isinstance(keep, dict) else keep)
+
+
+def fan_in(layer: nn.Module) -> int:
+    w = layer.weight
+    return int(w[0].numel())
+
+
+@torch.no_grad()
+def scaled_score_init(model: nn.Module) -> None:
+    """HYDRA's init s = sqrt(6 / fan_in) * w / max|w|: the first mask is layer-wise magnitude."""
+    for _, layer in masked_layers(model):
+        w = layer.weight.detach()
+        if layer.granularity == "channel":
+            w = w.flatten(1).norm(dim=1)
+        denom = w.abs().max().clamp_min(1e-12)
+        layer.scores.copy_(math.sqrt(6.0 / fan_in(layer)) * w / denom)
+
+
+@torch.no_grad()
+def apply_masks_to_weights(model: nn.Module) -> None:
+    """Sets pruned weights to exactly zero (finetune keeps them there after each step)."""
+    for _, layer in masked_layers(model):
+        layer.weight.mul_(layer._broadcast(layer.mask))
+
+
+def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weight-shaped boolean masks by layer name (channel masks are expanded)."""
+    out = {}
+    for name, layer in masked_layers(model):
+        m = layer._broadcast(layer.mask).expand_as(layer.weight)
+        out[name] = m.detach().to(torch.bool).cpu().clone()
+    return out
+
+
+@torch.no_grad()
+def load_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    layers = dict(masked_layers(model))
+    missing = set(layers) - set(masks)
+    if missing:
+        raise KeyError(f"masks missing for layers: {sorted(missing)}")
+    for name, layer in layers.items():
+        m = masks[name].to(layer.mask.device)
+        if layer.granularity == "channel":
+            m = m.flatten(1).any(dim=1)
+        layer.mask.copy_(m.to(layer.mask.dtype))
+
+
+def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain-architecture state_dict: pruned weights zero, no scores, masks or rates."""
+    masked = dict(masked_layers(model))
+    out = {}
+    for key, value in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if owner in masked:
+            if leaf in ("scores", "mask", "rate_logit"):
+                continue
+            if leaf == "weight":
+                layer = masked[owner]
+                value = value * layer._broadcast(layer.mask).to(value.dtype)
+        out[key] = value.detach().cpu().clone()
+    return out
+
+
+def sparsity_report(masks: dict[str, torch.Tensor]) -> dict:
+    """Measured sparsity from masks: masked-out weights over all Conv2d/Linear weights."""
+    layers = {}
+    total = kept = 0
+    for name, m in masks.items():
+        n, k = m.numel(), int(m.sum())
+        layers[name] = {"total": n, "kept": k, "sparsity": 1.0 - k / n}
+        total += n
+        kept += k
+    return {"global": 1.0 - kept / max(total, 1), "total": total, "kept": kept, "layers": layers}
+
+
+def masks_from_plain(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Dense masks for a plain model (every weight kept): the dense baseline's 'mask'."""
+    return {name: torch.ones_like(layer.weight, dtype=torch.bool).cpu() for name, layer in prunable_layers(model)}
+
+
+# ---------------------------------------------------------------- additions for HARP / LAMP / channel pruning
+def keep_for_count(n: int, count: int) -> float:
+    """A keep fraction k with ``kept_count(n, k) == count`` exactly.
+
+    count / n can land one weight off after HYDRA's floor (floating point in (1 - k) * n), so the
+    value is nudged until the count matches: methods that allocate counts (LAMP, a global top-k)
+    then reproduce them through the one mask function.
+    """
+    if not 0 <= count <= n:
+        raise ValueError(f"count must be in [0, {n}], got {count}")
+    if count == 0:
+        return 0.0
+    if count == n:
+        return 1.0
+    k = count / n
+    for _ in range(64):
+        got = kept_count(n, k)
+        if got == count:
+            return k
+        k = math.nextafter(k, 2.0 if got < count else -1.0)
+    raise ArithmeticError(f"no keep fraction gives {count} of {n}")  # unreachable in practice
+
+
+def ste_mask(layer: "MaskedMixin") -> torch.Tensor:
+    """The layer's mask with the same straight-through terms ``effective_weight`` adds.
+
+    Used where a channel mask is applied a second time (after a BatchNorm, or to a bias), so the
+    scores and a learned rate also receive the gradient of that use.
+    """
+    m = layer.mask
+    if layer.mode == "search" and layer.score_grad and torch.is_grad_enabled():
+        a = layer.scores.abs()
+        m = m + (a - a.detach())
+        k = layer.keep_fraction()
+        if isinstance(k, torch.Tensor):
+            m = m + (k - k.detach())
+    return m
+
+
+def _has_prunable(module: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in module.modules())
+
+
+def channel_bn_pairs(model: nn.Module) -> list[tuple[str, "MaskedMixin", str, nn.Module]]:
+    """(layer name, channel-masked layer, BN name, BatchNorm fed by it), found by module order.
+
+    Within one parent, the BatchNorm registered after a channel-masked layer (parameter-free
+    siblings such as ReLU or pooling may sit between them) normalises that layer's output in every
+    architecture of the suite (ResNet, WRN's pre-activation blocks, VGG, the small CNN). The search
+    stops at the next module that holds a prunable layer or any other parameters, and the number of
+    features must match, so a BN that belongs to another layer is never paired.
+    """
+    pairs = []
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            if not isinstance(child, MASKED_TYPES) or child.granularity != "channel":
+                continue
+            for sib_name, sib in children[i + 1:]:
+                if isinstance(sib, nn.modules.batchnorm._BatchNorm):
+                    if sib.num_features == child.weight.shape[0]:
+                        prefix = f"{parent_name}." if parent_name else ""
+                        pairs.append((prefix + name, child, prefix + sib_name, sib))
+                    break
+                if _has_prunable(sib) or any(True for _ in sib.parameters()):
+                    break
+    return pairs
+
+
+class _ChannelOutputMask:
+    """Forward hook that zeroes the pruned channels of a module's output.
+
+    A callable object rather than a closure: ``copy.deepcopy`` of the model (AWP's proxy, say)
+    then maps ``layer`` to the copy's layer instead of keeping the original's mask.
+    ``kind`` 'bn' multiplies a BatchNorm's output (channel dim 1); 'bias' removes the layer's own
+    bias from pruned channels (y - b * (1 - m)), whose weights the mask already zeroes.
+    """
+
+    def __init__(self, layer: "MaskedMixin", kind: str):
+        self.layer = layer
+        self.kind = kind
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+        layer = self.layer
+        if layer.mode == "dense":
+            return None
+        m = ste_mask(layer).to(output.dtype)
+        if self.kind == "bn":
+            return output * m.view(1, -1, *([1] * (output.dim() - 2)))
+        b = layer.bias
+        if isinstance(layer, nn.Linear):  # features are the last dim, also for (B, T, C) inputs
+            return output - b * (1.0 - m)
+        return output - (b * (1.0 - m)).view(1, -1, *([1] * (output.dim() - 2)))
+
+
+def attach_channel_output_masks(model: nn.Module) -> list[tuple[str, str]]:
+    """Makes every pruned output channel of a channel-masked layer exactly zero.
+
+    Masking a conv's filters is not enough: the BatchNorm that follows adds its bias (and the
+    layer its own bias) to a channel whose input is zero. Hooks the BN found by
+    ``channel_bn_pairs`` (or, without one, the layer's own bias). Idempotent; hooks are not part of
+    the state_dict, so call this after ``to_masked`` whenever a channel-masked model is built.
+    Returns the (layer, BN) pairs.
+    """
+    pairs = channel_bn_pairs(model)
+    followed = {id(layer) for _, layer, _, _ in pairs}
+    for _, layer in masked_layers(model):
+        for handle in getattr(layer, "_channel_hook_handles", []):
+            handle.remove()
+        layer._channel_hook_handles = []
+    for _, layer, _, bn in pairs:
+        layer._channel_hook_handles.append(bn.register_forward_hook(_ChannelOutputMask(layer, "bn")))
+    for _, layer in masked_layers(model):
+        if layer.granularity == "channel" and layer.bias is not None and id(layer) not in followed:
+            layer._channel_hook_handles.append(layer.register_forward_hook(_ChannelOutputMask(layer, "bias")))
+    return [(a, b) for a, _, b, _ in pairs]
+
+
+@torch.no_grad()
+def zero_pruned_channel_params(model: nn.Module) -> None:
+    """Zeroes what a pruned channel still holds: its bias and its BatchNorm's affine parameters.
+
+    The hooks above already give exact zeros in the masked model; this makes the exported plain
+    model (no hooks) output exact zeros too: BN computes (x - mean) / std * 0 + 0. Running
+    statistics are reset so they stay finite.
+    """
+    for _, layer, _, bn in channel_bn_pairs(model):
+        pruned = layer.mask == 0
+        if bn.affine:
+            bn.weight[pruned] = 0.0
+            bn.bias[pruned] = 0.0
+        if bn.track_running_stats and bn.running_mean is not None:
+            bn.running_mean[pruned] = 0.0
+            bn.running_var[pruned] = 1.0
+    for _, layer in masked_layers(model):
+        if layer.granularity == "channel" and layer.bias is not None:
+            layer.bias[layer.mask == 0] = 0.0

@@ -1,0 +1,309 @@
+"""The four stages of a grid cell, each a function of its own stage config (docs/design.md).
+
+pretrain  dense robust training                          -> dense.pt  (plain state_dict + meta)
+prune     mask search with learned scores (or a fixed rule) -> search.pt (masked state_dict, masks)
+finetune  robust training of the kept weights               -> model.pt  (plain state_dict, masks)
+evaluate  clean / PGD / AutoAttack of the exported model    -> result JSON
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from . import masking
+from .attacks import AttackConfig
+from .io import atomic_torch_save, atomic_write_json, load_checkpoint
+from .registry import method_registry
+from .training import Trainer, TrainConfig, validate
+
+S2AP_SEARCH = ("on", "score")
+S2AP_FINETUNE = ("on", "awp")
+S2AP_VALUES = ("off", "on", "score", "awp", "n/a")
+
+
+# ---------------------------------------------------------------- shared set-up
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resolve_device(runtime: dict) -> torch.device:
+    name = (runtime or {}).get("device", "auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"runtime.device is {name!r} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def apply_runtime(runtime: dict) -> torch.device:
+    threads = (runtime or {}).get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    return resolve_device(runtime)
+
+
+def dataset_info(name: str):
+    from .datasets import get_info
+
+    return get_info(name)
+
+
+def load_splits(dataset: str, data: dict, *, augment: bool | None = None):
+    from .datasets import build_splits
+
+    return build_splits(
+        dataset, data.get("root", "data"),
+        val_size=int(data.get("val_size", 1000)),
+        train_subset=data.get("train_subset"),
+        test_subset=data.get("test_subset"),
+        seed=int(data.get("split_seed", 0)),
+        augment=data.get("augment", True) if augment is None else augment,
+        download=bool(data.get("download", False)),
+        imagenet_root=data.get("imagenet_root"),
+    )
+
+
+def build_plain_model(arch: str, info, model_cfg: dict) -> nn.Module:
+    from .models import build_model
+
+    return build_model(arch, info, width=float((model_cfg or {}).get("width", 1.0)))
+
+
+def default_attack(info) -> AttackConfig:
+    return AttackConfig(eps=info.eps, steps=info.steps, step_size=info.step_size)
+
+
+def train_config(cfg: dict, info) -> TrainConfig:
+    return TrainConfig.from_dict(cfg["train"], default_attack(info))
+
+
+def load_method(name: str, sparsity: float, method_cfg: dict, plugins=()):
+    cls = method_registry(plugins).get(name)
+    return cls(sparsity / 100.0, (method_cfg or {}).get("options"))
+
+
+def _trainer(model, params, tcfg, splits, device, seed, state_dir, name, fp, plugins, cfg):
+    data, runtime = cfg.get("data", {}), cfg.get("runtime", {}) or {}
+    return Trainer(model, params, tcfg, train_set=splits[0], val_set=splits[1], device=device,
+                   seed=seed, state_path=Path(state_dir) / f"{name}.pt" if state_dir else None,
+                   plugins=plugins, num_workers=int(data.get("num_workers", 0)),
+                   bf16=bool(runtime.get("bf16", False)), channels_last=bool(runtime.get("channels_last", False)),
+                   desc=name, fingerprint=fp)
+
+
+def _meta(cfg: dict, stage: str, upstream: dict | None = None, **extra) -> dict:
+    """Stage metadata; ``configs`` accumulates every upstream stage's config, so the final result
+    records the whole recipe that produced it."""
+    configs = dict((upstream or {}).get("configs", {}))
+    configs[stage] = cfg
+    return {"stage": stage, "configs": configs, **extra}
+
+
+# ---------------------------------------------------------------- stages
+def pretrain(cfg: dict, *, dataset: str, arch: str, seed: int, out: str | Path,
+             state_dir: str | Path | None = None) -> dict:
+    t0 = time.perf_counter()
+    device = apply_runtime(cfg.get("runtime"))
+    info = dataset_info(dataset)
+    tcfg = train_config(cfg, info)
+    splits = load_splits(dataset, cfg.get("data", {}))
+    torch.manual_seed(seed)
+    model = build_plain_model(arch, info, cfg.get("model")).to(device)
+    if cfg.get("runtime", {}).get("channels_last") and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    fp = fingerprint("pretrain", cfg, dataset, arch, seed)
+    trainer = _trainer(model, list(model.parameters()), tcfg, splits, device, seed, state_dir,
+                       "pretrain", fp, [], cfg)
+    history = trainer.fit()
+    meta = _meta(cfg, "pretrain", None, dataset=dataset, arch=arch, seed=seed,
+                 width=float(cfg.get("model", {}).get("width", 1.0)), history=history,
+                 timing={"pretrain_s": time.perf_counter() - t0})
+    atomic_torch_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                       "masks": None, "meta": json.dumps(meta)}, out)
+    return meta
+
+
+def _read_artifact(path: str | Path) -> tuple[dict, dict]:
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "meta" not in ckpt:
+        raise ValueError(f"{path} is not a model file of this suite (no state_dict/meta)")
+    return ckpt, json.loads(ckpt["meta"])
+
+
+def _masked_model(arch, info, cfg, method, device) -> nn.Module:
+    model = build_plain_model(arch, info, cfg.get("model"))
+    masking.to_masked(model, method.granularity)
+    method.setup_layers(model)
+    return model.to(device)
+
+
+def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsity: float, seed: int,
+          dense: str | Path | None, out: str | Path, state_dir: str | Path | None = None,
+          plugins=()) -> dict:
+    t0 = time.perf_counter()
+    device = apply_runtime(cfg.get("runtime"))
+    info = dataset_info(dataset)
+    tcfg = train_config(cfg, info)
+    m = load_method(method, sparsity, cfg.get("method"), plugins)
+    _check_s2ap(m, s2ap)
+    splits = load_splits(dataset, cfg.get("data", {}))
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    upstream_timing: dict = {}
+    dmeta: dict = {}
+    model = build_plain_model(arch, info, cfg.get("model"))
+    if m.needs_pretrain:
+        if not dense or str(dense) == "none":
+            raise ValueError(f"method {method!r} prunes a pretrained model: pass --dense PATH")
+        ckpt, dmeta = _read_artifact(dense)
+        model.load_state_dict(ckpt["state_dict"])
+        upstream_timing = dmeta.get("timing", {})
+    else:
+        m.prepare_weights(model, gen)
+    masking.to_masked(model, m.granularity)
+    m.setup_layers(model)
+    model.to(device)
+    m.init_scores(model, gen)
+    m.init_rates(model)
+    masking.refresh_masks(model)
+    masking.set_mode(model, "search", train_bn=tcfg.train_bn)
+    history: list = []
+    if m.learns_scores and tcfg.epochs > 0:
+        plugins_ = m.search_plugins(model, tcfg)
+        if s2ap in S2AP_SEARCH:
+            from methods.s2ap import ScoreSharpness
+
+            plugins_.append(ScoreSharpness(cfg.get("s2ap") or {}, total_epochs=tcfg.epochs))
+        fp = fingerprint("prune", cfg, dataset, arch, method, s2ap, sparsity, seed)
+        trainer = _trainer(model, m.search_params(model, tcfg), tcfg, splits, device, seed, state_dir,
+                           "prune", fp, plugins_, cfg)
+        history = trainer.fit()
+    m.finalize_search(model)
+    # "mask robust accuracy": the searched mask on the frozen weights, before any finetune
+    attack = AttackConfig(tcfg.attack.eps, max(tcfg.val_attack_steps, 1), tcfg.attack.step_size)
+    val_loader = torch.utils.data.DataLoader(splits[1], batch_size=256)
+    mask_val = validate(model, val_loader, attack, device) if len(splits[1]) else {}
+    masks = masking.get_masks(model)
+    meta = _meta(cfg, "prune", dmeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
+                 sparsity=sparsity, seed=seed, history=history, mask_val=mask_val,
+                 sparsity_report=masking.sparsity_report(masks),
+                 timing={**upstream_timing, "prune_s": time.perf_counter() - t0})
+    atomic_torch_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                       "masks": masks, "meta": json.dumps(meta)}, out)
+    return meta
+
+
+def _check_s2ap(m, s2ap: str) -> None:
+    if s2ap not in S2AP_VALUES:
+        raise ValueError(f"s2ap must be one of {S2AP_VALUES}, got {s2ap!r}")
+    if not m.learns_scores and s2ap not in ("n/a", "off", "awp"):
+        raise ValueError(f"method {m.name!r} learns no scores: S2AP's score step does not apply "
+                         f"(use s2ap 'n/a')")
+
+
+def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsity: float, seed: int,
+             search: str | Path, out: str | Path, state_dir: str | Path | None = None, plugins=()) -> dict:
+    t0 = time.perf_counter()
+    device = apply_runtime(cfg.get("runtime"))
+    info = dataset_info(dataset)
+    tcfg = train_config(cfg, info)
+    m = load_method(method, sparsity, cfg.get("method"), plugins)
+    _check_s2ap(m, s2ap)
+    ckpt, smeta = _read_artifact(search)
+    model = _masked_model(arch, info, cfg, m, device)
+    model.load_state_dict(ckpt["state_dict"])
+    masking.load_masks(model, ckpt["masks"])
+    masking.set_mode(model, "finetune")
+    masking.apply_masks_to_weights(model)
+    history: list = []
+    if m.needs_finetune and tcfg.epochs > 0:
+        splits = load_splits(dataset, cfg.get("data", {}))
+        torch.manual_seed(seed)
+        plugins_ = m.finetune_plugins(model, tcfg)
+        if s2ap in S2AP_FINETUNE:
+            from methods.s2ap import AWP
+
+            plugins_.append(AWP(cfg.get("awp") or {}))
+        fp = fingerprint("finetune", cfg, dataset, arch, method, s2ap, sparsity, seed)
+        params = [p for n, p in model.named_parameters() if p.requires_grad]
+        trainer = _trainer(model, params, tcfg, splits, device, seed, state_dir, "finetune", fp, plugins_, cfg)
+        history = trainer.fit()
+    masks = masking.get_masks(model)
+    meta = _meta(cfg, "finetune", smeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
+                 sparsity=sparsity, seed=seed, width=float(cfg.get("model", {}).get("width", 1.0)),
+                 history=history, search=dict(mask_val=smeta.get("mask_val"), history=smeta.get("history")),
+                 timing={**smeta.get("timing", {}), "finetune_s": time.perf_counter() - t0})
+    atomic_torch_save({"state_dict": masking.export_state_dict(model), "masks": masks,
+                       "meta": json.dumps(meta)}, out)
+    return meta
+
+
+def load_exported(path: str | Path, arch: str, info, model_cfg: dict) -> tuple[nn.Module, dict | None, dict]:
+    """The exported model in its plain architecture (strict load), its masks and meta."""
+    ckpt, meta = _read_artifact(path)
+    model = build_plain_model(arch, info, model_cfg)
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model, ckpt.get("masks"), meta
+
+
+def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
+             state_dir: str | Path | None = None) -> dict:
+    from .evaluation import evaluate_model, prepare_for_eval
+    from .provenance import config_hash, provenance
+
+    t0 = time.perf_counter()
+    device = apply_runtime(cfg.get("runtime"))
+    dataset, arch = cell["dataset"], cell["arch"]
+    info = dataset_info(dataset)
+    model, masks, meta = load_exported(model_path, arch, info, cfg.get("model"))
+    model = prepare_for_eval(model.to(device))
+    _, _, test_set = load_splits(dataset, cfg.get("data", {}), augment=False)
+    ecfg = dict(cfg["evaluate"])
+    ecfg["eps"] = info.eps if ecfg.get("eps") is None else float(ecfg["eps"])
+    aa = dict(ecfg.get("autoattack") or {})
+    if state_dir:
+        aa["state_dir"] = str(Path(state_dir) / "autoattack")
+    ecfg["autoattack"] = aa
+    result = evaluate_model(model, test_set, ecfg, device)
+    if masks is None:
+        masks = masking.masks_from_plain(model)
+    report = masking.sparsity_report(masks)
+    nominal = float(cell.get("sparsity") or 0.0) / 100.0
+    stage_cfgs = {**meta.get("configs", {}), "evaluate": cfg}
+    record = {
+        "schema_version": 1,
+        "cell": cell,
+        "config": stage_cfgs,
+        "config_hash": cell.get("config_hash") or config_hash(stage_cfgs),
+        "eps": ecfg["eps"],
+        "sparsity": {"nominal": nominal, "measured": report["global"], "kept": report["kept"],
+                     "total": report["total"],
+                     "layers": {k: v["sparsity"] for k, v in report["layers"].items()}},
+        "metrics": result["metrics"],
+        "flags": result["flags"],
+        "timing": {**meta.get("timing", {}), **result.get("timing", {}),
+                   "evaluate_s": time.perf_counter() - t0},
+        "diagnostics": _diagnostics(meta),
+        "history": {"train": meta.get("history"), "search": (meta.get("search") or {}).get("history")},
+        "provenance": provenance(),
+    }
+    atomic_write_json(out, record)
+    return record
+
+
+def _diagnostics(meta: dict) -> dict:
+    out: dict = {}
+    search = meta.get("search") or {}
+    mask_val = search.get("mask_val") or {}
+    if "val_pgd" in mask_val:
+        out["mask_robust_acc"] = mask_val["val_pgd"]
+        out["mask_clean_acc"] = mask_val["val_clean"]
+    out.update(meta.get("diagnostics") or {})
+    return out

@@ -1,0 +1,96 @@
+"""The contract every pruning method meets.
+
+A method is one class, decorated with ``@register_method("name")``, that subclasses
+``PruningMethod`` and says, as class attributes written as literals (the workflow reads them
+without importing torch):
+
+  learns_scores    True when the mask search trains importance scores (S2AP then applies)
+  needs_pretrain   False when the method prunes random weights (RST)
+  needs_finetune   False when the searched mask is the final model (RST)
+
+and overrides what differs from HYDRA's defaults: how scores and layer rates start, which
+parameters the search trains, what the search loss adds (``search_plugins``), and how the search
+ends (``finalize_search``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from benchmark.masking import (apply_masks_to_weights, masked_layers, refresh_masks,
+                               scaled_score_init, set_keep)
+from benchmark.training import TrainConfig, TrainPlugin
+
+
+class RefreshMasks(TrainPlugin):
+    """The mask changes only when the scores do: recompute it once per optimiser step."""
+
+    def on_fit_start(self, trainer) -> None:
+        refresh_masks(trainer.model)
+
+    def after_step(self, trainer) -> None:
+        refresh_masks(trainer.model)
+
+
+class KeepPrunedZero(TrainPlugin):
+    """Finetuning: pruned weights stay exactly zero (weight decay and momentum would move them)."""
+
+    def on_fit_start(self, trainer) -> None:
+        apply_masks_to_weights(trainer.model)
+
+    def after_step(self, trainer) -> None:
+        apply_masks_to_weights(trainer.model)
+
+
+class PruningMethod:
+    name = ""
+    learns_scores = True
+    needs_pretrain = True
+    needs_finetune = True
+    granularity = "weight"
+    #: method-specific options and their defaults; presets set them under methods.<name>.options
+    default_options: dict[str, Any] = {}
+
+    def __init__(self, sparsity: float, options: dict[str, Any] | None = None):
+        if not 0.0 < sparsity < 1.0:
+            raise ValueError(f"sparsity must be a fraction in (0, 1), got {sparsity}")
+        options = dict(options or {})
+        unknown = set(options) - set(self.default_options)
+        if unknown:
+            raise ValueError(f"unknown options {sorted(unknown)} for method {self.name!r}; "
+                             f"valid: {sorted(self.default_options) or 'none'}")
+        self.options = {**self.default_options, **options}
+        self.sparsity = sparsity
+        self.keep = 1.0 - sparsity
+
+    # -- set-up ------------------------------------------------------------------------------
+    def prepare_weights(self, model: nn.Module, generator: torch.Generator) -> None:
+        """Weights to prune when the method needs no pretrained model (RST)."""
+
+    def setup_layers(self, model: nn.Module) -> None:
+        """Creates method-specific parameters on the masked layers (HARP's rates) before loading."""
+
+    def init_scores(self, model: nn.Module, generator: torch.Generator) -> None:
+        scaled_score_init(model)
+
+    def init_rates(self, model: nn.Module) -> None:
+        set_keep(model, self.keep)
+
+    # -- mask search -------------------------------------------------------------------------
+    def search_params(self, model: nn.Module, cfg: TrainConfig) -> list:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def search_plugins(self, model: nn.Module, cfg: TrainConfig) -> list[TrainPlugin]:
+        return [RefreshMasks()]
+
+    def finalize_search(self, model: nn.Module) -> None:
+        refresh_masks(model)
+
+    # -- finetune ----------------------------------------------------------------------------
+    def finetune_plugins(self, model: nn.Module, cfg: TrainConfig) -> list[TrainPlugin]:
+        return [KeepPrunedZero()]
+
+    def layer_keep(self, model: nn.Module) -> dict[str, float]:
+        return {name: float(layer.mask.mean()) for name, layer in masked_layers(model)}

@@ -1,0 +1,16 @@
+"""HYDRA (Sehwag et al., NeurIPS 2020): learned importance scores, layer-wise top-k.
+
+Scores start at the scaled init sqrt(6 / fan_in) * w / max|w| (so the first mask is layer-wise
+magnitude pruning), every layer keeps the same fraction k, and the scores are trained with the
+robust loss while the weights stay frozen; then the remaining weights are finetuned.
+"""
+from benchmark.registry import register_method
+
+from .base import PruningMethod
+
+
+@register_method("hydra")
+class Hydra(PruningMethod):
+    learns_scores = True
+    needs_pretrain = True
+    needs_finetune = True

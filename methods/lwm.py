@@ -1,0 +1,15 @@
+"""Layer-wise magnitude pruning: HYDRA's scaled init with the scores frozen, then the same finetune.
+
+The scaled init is a per-layer positive rescaling of |w|, so its per-layer top-k is exactly the
+layer's magnitude top-k: a free baseline that shares every line of HYDRA's machinery.
+"""
+from benchmark.registry import register_method
+
+from .base import PruningMethod
+
+
+@register_method("lwm")
+class LayerwiseMagnitude(PruningMethod):
+    learns_scores = False
+    needs_pretrain = True
+    needs_finetune = True

@@ -1,0 +1,254 @@
+"""S2AP: sharpness-aware adversarial pruning (Piras et al., arXiv 2510.18381), as a plug-in.
+
+S2AP has no public code. The paper states the objective
+
+    min_s  max_{z : ||z_l|| <= gamma ||s_l|| for every layer l}  L( w * M(s + z, k) )
+
+and two ingredients: sharpness minimisation in score space during the mask search (after a
+warm-up), and adversarial weight perturbation (AWP) on the unpruned weights during finetuning.
+This file is OUR realisation; every unknown is an option, and the defaults are argued here.
+
+Score step (``ScoreSharpness``), one SAM-style ascent step per optimiser step:
+  1. pass 1: g = grad_s L(s) on the adversarial batch (the base method's own pass: BatchNorm
+     statistics update, non-score parameters such as BN affine and HARP's rates take their
+     gradients from this pass);
+  2. z_l from g_l per layer (``perturbation``; the default l2 form is the published constraint
+     with the constraint active: z_l = gamma * ||s_l|| * g_l / (||g_l|| + 1e-12));
+  3. pass 2 at s + z, the mask recomputed from s + z (so the perturbation can move weights across
+     the top-k boundary), on the SAME adversarial batch (option ``regenerate`` attacks s + z anew);
+     its score gradient g' replaces g; nothing else changes: BatchNorm buffers are restored, the
+     RNG is replayed from the state pass 1 saw (same dropout masks) and restored afterwards, HARP's
+     rates stay fixed, and the scores and masks are copied back exactly;
+  4. the optimiser applies g' to the unperturbed s.
+  Why one step and a reused batch: it matches the paper's cost figure (about 15 % more pruning
+  time; one extra forward/backward is about 9 % of a PGD-10 step), and with gamma = 0 it is
+  bit-for-bit the base method (tested).
+
+Finetune step (``AWP``): Wu et al.'s adversarial weight perturbation, restricted to kept weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+
+from benchmark.masking import masked_layers
+from benchmark.training import TrainPlugin
+
+NORMS = {
+    # z_l = gamma * ||s_l||_2 * g_l / (||g_l||_2 + 1e-12)       (the paper's layer-wise constraint)
+    "l2": "gamma * ||s_l||_2 * g_l / (||g_l||_2 + 1e-12)",
+    # z_l = gamma * ||s_l||_inf * sign(g_l)                     (the L-inf ball of the same relative size)
+    "linf": "gamma * max|s_l| * sign(g_l)",
+    # z_l = gamma * ||s_l||_2 * (|s_l| * g_l) / (|| |s_l| * g_l ||_2 + 1e-12)   (ASAM-style, scale-adaptive:
+    #       scores near zero move less)
+    "adaptive": "gamma * ||s_l||_2 * (|s_l| g_l) / (|| |s_l| g_l ||_2 + 1e-12)",
+}
+
+
+def perturbation(scores: torch.Tensor, grad: torch.Tensor | None, gamma: float, norm: str = "l2") -> torch.Tensor:
+    """The per-layer score perturbation z_l (formulas in ``NORMS``). A layer with no or zero
+    gradient gets z = 0, never NaN."""
+    if grad is None:
+        return torch.zeros_like(scores)
+    if norm == "l2":
+        return gamma * scores.norm() * grad / (grad.norm() + 1e-12)
+    if norm == "linf":
+        return gamma * scores.abs().max() * grad.sign()
+    if norm == "adaptive":
+        d = scores.abs() * grad
+        return gamma * scores.norm() * d / (d.norm() + 1e-12)
+    raise ValueError(f"unknown S2AP norm {norm!r}; valid choices: {', '.join(NORMS)}")
+
+
+def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
+    return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in m.buffers(recurse=False)]
+
+
+class ScoreSharpness(TrainPlugin):
+    overrides_backward = True
+    defaults = {"gamma": 0.02, "warmup": 0.25, "norm": "l2", "regenerate": False}
+
+    def __init__(self, cfg: dict | None, total_epochs: int):
+        cfg = {**self.defaults, **(cfg or {})}
+        unknown = set(cfg) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"unknown s2ap options {sorted(unknown)}; valid: {sorted(self.defaults)}")
+        if cfg["norm"] not in NORMS:
+            raise ValueError(f"unknown S2AP norm {cfg['norm']!r}; valid choices: {', '.join(NORMS)}")
+        if not 0.0 <= float(cfg["warmup"]) <= 1.0:
+            raise ValueError(f"s2ap.warmup is a fraction of the search epochs in [0, 1], got {cfg['warmup']}")
+        self.gamma = float(cfg["gamma"])
+        self.norm = cfg["norm"]
+        self.regenerate = bool(cfg["regenerate"])
+        # the paper switches S2AP on after 5 of 20 search epochs; a fraction keeps short presets alike
+        self.warmup_epochs = int(math.floor(float(cfg["warmup"]) * total_epochs + 1e-9))
+        self.active = False
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        self.active = epoch >= self.warmup_epochs
+
+    def backward(self, trainer, batch) -> torch.Tensor:
+        model = trainer.model
+        if not self.active:
+            loss = trainer.compute_loss(batch)
+            loss.backward()
+            return loss.detach()
+        layers = [layer for _, layer in masked_layers(model) if layer.scores.requires_grad]
+        score_ids = {id(layer.scores) for layer in layers}
+        devices = [trainer.device] if trainer.device.type == "cuda" else []
+        rng_before = torch.get_rng_state()
+        cuda_before = torch.cuda.get_rng_state_all() if devices else None
+
+        loss = trainer.compute_loss(batch)  # pass 1: the base method's pass
+        loss.backward()
+        others = {p: p.grad.clone() for p in model.parameters()
+                  if p.grad is not None and id(p) not in score_ids}
+        saved_scores = [layer.scores.detach().clone() for layer in layers]
+        saved_masks = [layer.mask.detach().clone() for layer in layers]
+        saved_bn = [b.detach().clone() for b in _bn_buffers(model)]
+        rng_after = torch.get_rng_state()
+        cuda_after = torch.cuda.get_rng_state_all() if devices else None
+        with torch.no_grad():
+            for layer in layers:
+                layer.scores.add_(perturbation(layer.scores, layer.scores.grad, self.gamma, self.norm))
+                layer.refresh_mask()
+        for p in model.parameters():
+            p.grad = None
+        try:
+            # replay the RNG pass 1 saw: same dropout masks, and pass 2 consumes nothing
+            torch.set_rng_state(rng_before)
+            if devices:
+                torch.cuda.set_rng_state_all(cuda_before)
+            if self.regenerate:
+                with trainer.autocast():
+                    batch = trainer.robust_loss.prepare(model, batch.x, batch.y)
+            trainer.compute_loss(batch).backward()  # pass 2 at s + z
+        finally:
+            torch.set_rng_state(rng_after)
+            if devices:
+                torch.cuda.set_rng_state_all(cuda_after)
+            with torch.no_grad():
+                for layer, s, m in zip(layers, saved_scores, saved_masks):
+                    layer.scores.copy_(s)
+                    layer.mask.copy_(m)
+                for b, saved in zip(_bn_buffers(model), saved_bn):
+                    b.copy_(saved)
+        for p in model.parameters():
+            if id(p) not in score_ids:
+                p.grad = others.get(p)
+        return loss.detach()
+
+    def state_dict(self) -> dict:
+        return {"active": self.active}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.active = bool(state.get("active", False))
+
+
+class AWP(TrainPlugin):
+    """Adversarial weight perturbation (Wu et al., NeurIPS 2020) on the kept weights only.
+
+    A proxy copy of the model takes one SGD step (lr ``proxy_lr``) that increases the robust loss
+    on the adversarial batch; the weight difference v, multiplied by the mask, is rescaled per
+    layer to gamma * ||w_l * m_l||; 1-D parameters (BatchNorm, biases) are skipped. The training
+    gradient is taken at w + v, then w is copied back exactly ((w + v) - v != w in floating point)
+    before the optimiser step. BatchNorm running statistics come from the proxy's forward on the
+    unperturbed weights, never from the perturbed pass.
+    """
+
+    overrides_backward = True
+    defaults = {"gamma": 0.01, "warmup_epochs": 0, "proxy_lr": 0.01}
+
+    def __init__(self, cfg: dict | None):
+        cfg = {**self.defaults, **(cfg or {})}
+        unknown = set(cfg) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"unknown awp options {sorted(unknown)}; valid: {sorted(self.defaults)}")
+        self.gamma = float(cfg["gamma"])
+        self.warmup_epochs = int(cfg["warmup_epochs"])
+        self.proxy_lr = float(cfg["proxy_lr"])
+        self.active = False
+        self.proxy: nn.Module | None = None
+
+    def on_fit_start(self, trainer) -> None:
+        self.proxy = copy.deepcopy(trainer.model)
+        for p in self.proxy.parameters():
+            p.requires_grad_(p.dim() > 1)
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        self.active = epoch >= self.warmup_epochs
+
+    def _targets(self, model: nn.Module) -> list[tuple[str, nn.Parameter, torch.Tensor | None]]:
+        masks = {f"{name}.weight": layer.mask for name, layer in masked_layers(model)}
+        layers = dict(masked_layers(model))
+        out = []
+        for name, p in model.named_parameters():
+            if p.dim() <= 1 or not p.requires_grad:
+                continue
+            m = masks.get(name)
+            if m is not None:
+                m = layers[name.rpartition(".")[0]]._broadcast(m)
+            out.append((name, p, m))
+        return out
+
+    @torch.no_grad()
+    def weight_perturbation(self, trainer, batch) -> dict[str, torch.Tensor]:
+        """v per parameter name: the proxy's ascent direction, masked and rescaled."""
+        model, proxy = trainer.model, self.proxy
+        proxy.load_state_dict(model.state_dict())
+        proxy.train()
+        with torch.enable_grad():
+            loss, _ = trainer.robust_loss.loss(proxy, batch)
+            params = [p for p in proxy.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(-loss, params, allow_unused=True)
+        # the unperturbed forward of the proxy is where BatchNorm statistics move
+        for b_model, b_proxy in zip(_bn_buffers(model), _bn_buffers(proxy)):
+            b_model.copy_(b_proxy)
+        proxy_params = dict(proxy.named_parameters())
+        gmap = {id(p): g for p, g in zip(params, grads)}
+        v = {}
+        for name, p, m in self._targets(model):
+            g = gmap.get(id(proxy_params[name]))
+            if g is None:
+                continue
+            diff = -self.proxy_lr * g  # one SGD step on -loss, i.e. ascent on the loss
+            w = p.detach()
+            if m is not None:
+                diff = diff * m
+                w = w * m
+            v[name] = diff * (self.gamma * w.norm() / (diff.norm() + 1e-20))
+        return v
+
+    def backward(self, trainer, batch) -> torch.Tensor:
+        model = trainer.model
+        if not self.active or self.gamma == 0.0:
+            loss = trainer.compute_loss(batch)
+            loss.backward()
+            return loss.detach()
+        v = self.weight_perturbation(trainer, batch)
+        params = dict(model.named_parameters())
+        saved = {name: params[name].detach().clone() for name in v}
+        saved_bn = [b.detach().clone() for b in _bn_buffers(model)]
+        with torch.no_grad():
+            for name, delta in v.items():
+                params[name].add_(delta)
+        try:
+            loss = trainer.compute_loss(batch)
+            loss.backward()
+        finally:
+            with torch.no_grad():
+                for name, w in saved.items():
+                    params[name].copy_(w)
+                for b, s in zip(_bn_buffers(model), saved_bn):
+                    b.copy_(s)
+        return loss.detach()
+
+    def state_dict(self) -> dict:
+        return {"active": self.active}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.active = bool(state.get("active", False))

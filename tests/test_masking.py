@@ -1,0 +1,130 @@
+"""Mask counting, the straight-through gradient, scaled init and export."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from benchmark import masking
+from benchmark.masking import kept_count, topk_mask, topk_mask_count
+
+
+def toy_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+
+@pytest.mark.parametrize("n,keep,expected", [
+    (144, 0.01, 2), (100, 0.1, 10), (100, 0.05, 5), (10, 0.01, 1), (7, 0.5, 4), (1000, 0.9, 900),
+    (3, 0.0, 0), (5, 1.0, 5),
+])
+def test_kept_count_follows_hydra_rule(n, keep, expected):
+    assert kept_count(n, keep) == expected
+    if 0 < keep:
+        assert kept_count(n, keep) == max(1, n - math.floor((1 - keep) * n + 1e-9))
+
+
+def test_topk_mask_is_exact_under_ties_and_breaks_them_by_index():
+    s = torch.tensor([1.0, 1.0, 1.0, 1.0, 2.0])
+    m = topk_mask_count(s, 2)
+    assert m.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert topk_mask_count(torch.ones(10), 3).tolist() == [1.0] * 3 + [0.0] * 7
+    # negative scores count by magnitude
+    assert topk_mask_count(torch.tensor([-3.0, 1.0, 2.0]), 1).tolist() == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.05, 0.01, 0.5, 0.3333])
+def test_every_layer_keeps_exactly_its_count(keep):
+    net = masking.to_masked(toy_net())
+    masking.scaled_score_init(net)
+    for _, layer in masking.masked_layers(net):
+        layer.scores.data = torch.randint(0, 3, layer.scores.shape).float()  # many ties
+    masking.set_keep(net, keep)
+    masking.refresh_masks(net)
+    for name, layer in masking.masked_layers(net):
+        assert int(layer.mask.sum()) == kept_count(layer.weight.numel(), keep), name
+
+
+def test_straight_through_gradient_equals_analytic_value():
+    torch.manual_seed(1)
+    layer = masking.to_masked(nn.Sequential(nn.Linear(6, 4)))[0]
+    layer.scores.data = torch.randn(4, 6)
+    layer.keep = 0.5
+    layer.refresh_mask()
+    masking.set_mode(nn.Sequential(layer), "search")
+    x = torch.randn(3, 6)
+    out = layer(x)
+    g_out = torch.randn_like(out)
+    out.backward(g_out)
+    # d/d(w*m) of sum(g_out * (x @ (w*m)^T)) is g_out^T x; chain through |s| gives w * sign(s)
+    expected = (g_out.t() @ x) * layer.weight.detach() * torch.sign(layer.scores.detach())
+    torch.testing.assert_close(layer.scores.grad, expected)
+    assert layer.weight.grad is None  # weights are frozen in the search
+    # the forward value is the masked product, not the scores
+    torch.testing.assert_close(out, x @ (layer.weight * layer.mask).t() + layer.bias)
+
+
+def test_scaled_init_reproduces_layerwise_magnitude_pruning():
+    net = masking.to_masked(toy_net())
+    masking.scaled_score_init(net)
+    masking.set_keep(net, 0.2)
+    masking.refresh_masks(net)
+    for name, layer in masking.masked_layers(net):
+        w = layer.weight.detach().abs().flatten()
+        k = kept_count(w.numel(), 0.2)
+        expected = torch.zeros_like(w)
+        expected[torch.topk(w, k).indices] = 1
+        assert torch.equal(layer.mask.flatten(), expected), name
+        fan_in = layer.weight[0].numel()
+        assert layer.scores.abs().max().item() == pytest.approx(math.sqrt(6 / fan_in), rel=1e-5)
+
+
+def test_attack_forward_takes_no_score_gradient():
+    net = masking.to_masked(toy_net())
+    masking.scaled_score_init(net)
+    masking.set_keep(net, 0.5)
+    masking.refresh_masks(net)
+    masking.set_mode(net, "search")
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    with masking.scores_frozen(net):
+        net(x).sum().backward()
+    assert all(layer.scores.grad is None for _, layer in masking.masked_layers(net))
+    assert x.grad is not None
+
+
+def test_export_loads_into_plain_architecture_with_matching_sparsity():
+    net = masking.to_masked(toy_net())
+    masking.scaled_score_init(net)
+    masking.set_keep(net, 0.1)
+    masking.refresh_masks(net)
+    masking.set_mode(net, "finetune")
+    masks = masking.get_masks(net)
+    plain = toy_net()
+    plain.load_state_dict(masking.export_state_dict(net), strict=True)
+    report = masking.sparsity_report(masks)
+    zeros = sum(int((l.weight == 0).sum()) for _, l in masking.prunable_layers(plain))
+    total = sum(l.weight.numel() for _, l in masking.prunable_layers(plain))
+    assert zeros == total - report["kept"]  # no kept weight of a random init is exactly zero
+    assert report["global"] == pytest.approx(1 - report["kept"] / report["total"])
+    assert report["global"] > 0.85
+    net.eval(), plain.eval()
+    x = torch.rand(4, 3, 8, 8)
+    torch.testing.assert_close(net(x), plain(x))
+
+
+def test_measured_sparsity_does_not_count_kept_zero_weights():
+    masks = {"a": torch.tensor([True, True, False, False])}
+    assert masking.sparsity_report(masks)["global"] == 0.5
+
+
+def test_set_mode_search_trains_only_scores_and_bn():
+    net = masking.to_masked(toy_net())
+    masking.set_mode(net, "search", train_bn=True)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {"0.scores", "1.weight", "1.bias", "3.scores", "7.scores"}
+    masking.set_mode(net, "search", train_bn=False)
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == {"0.scores", "3.scores", "7.scores"}
+    masking.set_mode(net, "finetune")
+    assert not any(p.requires_grad for n, p in net.named_parameters() if n.endswith("scores"))
