@@ -112,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "evaluate":
         record = stages.evaluate(args.config, model_path=args.model, cell=args.cell, out=args.out,
                                  state_dir=args.state_dir)
-        m = record["metrics"]
-        print("clean={:.4f} pgd={:.4f} autoattack={:.4f} sparsity={:.4f}".format(
-            m["clean"]["acc"], m["pgd"]["acc"], m["autoattack"]["acc"], record["sparsity"]["measured"]))
+        parts = [f"{k}={v['acc']:.4f}" for k, v in record["metrics"].items() if v]
+        print(" ".join(parts + [f"sparsity={record['sparsity']['measured']:.4f}"]))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def resolve_device(runtime: dict) -> torch.device:
 
 
 def apply_runtime(runtime: dict) -> torch.device:
-    threads = (runtime or {}).get("threads")
+    # the threads the scheduler actually granted this job win over the preset's wish
+    threads = os.environ.get("APBENCH_THREADS") or (runtime or {}).get("threads")
     if threads:
         torch.set_num_threads(int(threads))
     return resolve_device(runtime)
@@ -267,10 +269,13 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
     _, _, test_set = load_splits(dataset, cfg.get("data", {}), augment=False)
     ecfg = dict(cfg["evaluate"])
     ecfg["eps"] = info.eps if ecfg.get("eps") is None else float(ecfg["eps"])
-    aa = dict(ecfg.get("autoattack") or {})
-    if state_dir:
-        aa["state_dir"] = str(Path(state_dir) / "autoattack")
-    ecfg["autoattack"] = aa
+    if ecfg.get("autoattack") and int(ecfg["autoattack"].get("n_images", 1)) > 0:
+        aa = dict(ecfg["autoattack"])
+        if state_dir:
+            aa["state_dir"] = str(Path(state_dir) / "autoattack")
+        ecfg["autoattack"] = aa
+    else:
+        ecfg["autoattack"] = None
     result = evaluate_model(model, test_set, ecfg, device)
     if masks is None:
         masks = masking.masks_from_plain(model)

@@ -1,4 +1,9 @@
-"""A small CNN (about 100k parameters at width 1) for fast CPU runs and tests."""
+"""A small CNN (about 90k parameters at width 1) for fast CPU runs and tests.
+
+Each conv is followed by a 2x2 pool, so the net costs about 2.6M multiply-adds per 32x32 image,
+a tenth of a same-size CNN that keeps full resolution for two convs: the quick preset runs
+PGD-10 adversarial training of several models on 2 CPU cores within minutes.
+"""
 from __future__ import annotations
 
 import torch.nn as nn
@@ -13,16 +18,17 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
 class SmallCNN(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, width: float = 1.0):
         super().__init__()
-        c1, c2, hidden = scaled(32, width), scaled(64, width), scaled(128, width, minimum=8)
+        c1, c2, c3 = scaled(16, width), scaled(32, width), scaled(64, width)
+        hidden = scaled(64, width, minimum=8)
         self.features = nn.Sequential(
-            *_conv_bn(in_channels, c1), *_conv_bn(c1, c1), nn.MaxPool2d(2),
-            *_conv_bn(c1, c2), *_conv_bn(c2, c2), nn.MaxPool2d(2),
-            # a 2x2 grid instead of flattening 8x8 keeps the first Linear at 32k weights (a flat
-            # 8x8x64 map would need 524k) and makes the net independent of the input size
-            nn.AdaptiveAvgPool2d(2),
+            *_conv_bn(in_channels, c1), nn.MaxPool2d(2),
+            *_conv_bn(c1, c2), nn.MaxPool2d(2),
+            *_conv_bn(c2, c3), nn.MaxPool2d(2),
+            # adaptive pooling makes the net independent of the input size (4x4 at 32x32)
+            nn.AdaptiveAvgPool2d(4),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(4 * c2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+            nn.Flatten(), nn.Linear(16 * c3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x))

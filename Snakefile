@@ -1,0 +1,52 @@
+# Adversarial-pruning benchmark: pretrain -> mask search -> finetune -> evaluate -> leaderboard.
+#
+#   snakemake --profile workflows/profiles/local                      # presets/quick.yaml
+#   snakemake --profile workflows/profiles/local --configfile presets/tiny.yaml
+#
+# The preset is validated (schema + registries of names) while this file is parsed, i.e. before
+# any job runs. Nothing here imports torch, so parsing stays fast.
+import sys
+from pathlib import Path
+
+REPO = Path(workflow.basedir).resolve()
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from snakemake.utils import validate
+
+from benchmark import config as apcfg
+
+
+# Not a `configfile:` directive: that one would also be loaded under --configfile, and its keys
+# (per-method overrides, say) would leak into the other preset.
+if not workflow.overwrite_configfiles:
+    workflow.configfile(str(REPO / "presets" / "quick.yaml"))
+
+PRESET_FILE = (Path(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles
+               else REPO / "presets" / "quick.yaml")
+# Plugin files named in a preset are looked up in the working directory, then in the repository.
+SEARCH_DIRS = [Path.cwd(), REPO]
+
+CFG = apcfg.with_defaults(config)
+if not CFG.get("name"):
+    CFG["name"] = PRESET_FILE.stem
+CFG = apcfg.validate(CFG, search_dirs=SEARCH_DIRS)
+validate(CFG, "workflows/schema/config.schema.yaml")
+
+
+include: "workflows/rules/common.smk"
+include: "workflows/rules/pretrain.smk"
+include: "workflows/rules/prune.smk"
+include: "workflows/rules/finetune.smk"
+include: "workflows/rules/evaluate.smk"
+include: "workflows/rules/aggregate.smk"
+
+# Cheap bookkeeping runs on the submitting machine, not as a cluster job.
+localrules: all, aggregate
+
+
+rule all:
+    default_target: True
+    input:
+        LEADERBOARD_CSV,
+        LEADERBOARD_MD,

@@ -1,0 +1,331 @@
+"""AutoAttack through pyautoattack 0.2.0, with the traps of that wrapper handled here.
+
+What the wrapper does and what we do about it (see reference/decisions.md, Evaluation):
+
+- ``AutoAttack(attacks=[...], version='standard')`` raises, and ``version='custom'`` runs APGD-CE
+  with 5 restarts instead of the standard 1. A subset is therefore run by building the standard
+  version and then narrowing ``attacks_to_run``; the result is labelled non-standard.
+- ``state_path`` resume is broken (the saved attack set fails to compare on restore). We shard
+  the images ourselves and write each shard's per-image flags atomically into ``state_dir``;
+  a killed evaluation reruns only the shards without a file.
+- It returns ``(x_adv, y_adv)`` and no accuracy: robust flags are ``y_adv == y`` (images the
+  model already misclassifies keep their clean prediction, so they count as not robust).
+- Progress lines ("robust accuracy after APGD-CE: ...", "k out of m successfully perturbed") and
+  its checks' warnings go to ``logging.getLogger('auto-attack')``, progress at DEBUG. We attach a
+  handler for the duration of the run and read them: per-attack accuracy progression, and whether
+  an attack run after APGD (FAB-T, Square) still broke images -- a sign that APGD alone was not
+  enough, which the wrapper only checks for Square.
+- ``seed=None`` seeds from the clock and every APGD/FAB/Square call reseeds the global RNG: the
+  seed is mandatory here and the run happens inside ``torch.random.fork_rng``, so the caller's
+  RNG stream is untouched.
+
+Shards are independent (each reseeds), so a resumed evaluation gives the same flags as an
+uninterrupted one with the same shard_size. Different shard sizes group the images into
+different attack batches and may differ in a few images, so shard_size is part of the
+fingerprint; ``shard_size=None`` is one shard and reproduces a bare pyautoattack call exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from benchmark.io import atomic_write_json, read_json
+from benchmark.stats import flags_to_str, str_to_flags
+
+LOGGER_NAME = "auto-attack"
+log = logging.getLogger(__name__)
+
+# The attack lists pyautoattack's _set_version assigns; an attack subset must come from these.
+VERSION_ATTACKS = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+APGD_ATTACKS = frozenset({"apgd-ce", "apgd-dlr", "apgd-t"})
+
+_RE_AFTER = re.compile(r"robust accuracy after (\S+): ([0-9.]+)%")
+_RE_PERTURBED = re.compile(r"^(\S+) - \d+/\d+ - (\d+) out of (\d+) successfully perturbed")
+_RE_INITIAL = re.compile(r"^initial accuracy: ([0-9.]+)%")
+
+SHARD_FORMAT = 1
+
+
+class _Capture(logging.Handler):
+    """Keeps every record of the 'auto-attack' logger while installed; formats nothing until read,
+    so the capture costs a list append per progress line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def capture_autoattack_log():
+    """Installs a capturing handler on the 'auto-attack' logger at DEBUG and restores the logger's
+    level, propagation and handlers afterwards.
+
+    Propagation is switched off meanwhile: otherwise raising the level to DEBUG would flood any
+    root handler (a job log, pytest) with per-batch lines; the useful ones are re-logged by
+    run_autoattack through this module's logger.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    handler = _Capture()
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+def parse_log(messages: Sequence[str]) -> dict[str, Any]:
+    """Reads AutoAttack's debug lines of one run (one shard).
+
+    Returns perturbed counts per attack (exact integers from "k out of m successfully perturbed"),
+    the logged "robust accuracy after X" percentages (lower-case attack names, in %) and the
+    logged initial accuracy in %.
+    """
+    perturbed: dict[str, int] = {}
+    after: dict[str, float] = {}
+    initial = None
+    for msg in messages:
+        m = _RE_PERTURBED.match(msg)
+        if m:
+            perturbed[m.group(1)] = perturbed.get(m.group(1), 0) + int(m.group(2))
+            continue
+        m = _RE_AFTER.search(msg)
+        if m:
+            after[m.group(1).lower()] = float(m.group(2))
+            continue
+        m = _RE_INITIAL.match(msg)
+        if m:
+            initial = float(m.group(1))
+    return {"perturbed": perturbed, "robust_after_logged": after, "initial_logged": initial}
+
+
+def resolve_attacks(version: str, attacks: Sequence[str] | None) -> tuple[list[str], bool]:
+    """(attacks to run in the version's order, standard?)."""
+    if version not in VERSION_ATTACKS:
+        hint = (" ('custom' runs APGD-CE with 5 restarts in pyautoattack 0.2.0; pass "
+                "version='standard' with attacks=[...] for a subset)" if version == "custom" else "")
+        raise ValueError(f"AutoAttack version must be one of {sorted(VERSION_ATTACKS)}, "
+                         f"got {version!r}{hint}")
+    full = VERSION_ATTACKS[version]
+    if attacks is None:
+        return list(full), version == "standard"
+    attacks = [str(a).lower() for a in attacks]
+    unknown = [a for a in attacks if a not in full]
+    if unknown or not attacks:
+        raise ValueError(f"attacks {unknown or attacks} are not part of AutoAttack version "
+                         f"{version!r}; choose a non-empty subset of {list(full)}")
+    # the version's order, so that 'attacks after APGD' keeps its meaning whatever the caller wrote
+    chosen = [a for a in full if a in attacks]
+    return chosen, version == "standard" and chosen == list(full)
+
+
+def _tensor_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(str((t.dtype, tuple(t.shape))).encode())
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16; the float32 copy is exact
+        t = t.float()
+    h.update(t.numpy().tobytes())
+
+
+def model_digest(model: nn.Module) -> str:
+    """Hash of the state_dict: a shard file written for other weights must not be reused."""
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        _tensor_digest(h, value)
+    return h.hexdigest()[:16]
+
+
+def data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    _tensor_digest(h, x)
+    _tensor_digest(h, y)
+    return h.hexdigest()[:16]
+
+
+def _fork_devices(device: str | torch.device) -> list[int]:
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return []
+    return [dev.index if dev.index is not None else torch.cuda.current_device()]
+
+
+def _run_shard(adversary: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+               seed: int, device: str | torch.device) -> dict[str, Any]:
+    """One bare run_standard_evaluation with log and warning capture. Module-level so tests can
+    count calls to it."""
+    with torch.random.fork_rng(devices=_fork_devices(device)), \
+            warnings.catch_warnings(record=True) as caught, \
+            capture_autoattack_log() as cap:
+        # 'default' records each distinct warning once per location instead of once per call,
+        # so a warning raised inside an attack loop cannot grow the list without bound.
+        warnings.simplefilter("default")
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+        seconds = time.perf_counter() - t0
+    flags = (y_adv.detach().cpu() == y.detach().cpu())
+    messages = [r.getMessage() for r in cap.records]
+    warn_msgs = [r.getMessage() for r in cap.records if r.levelno >= logging.WARNING]
+    warn_msgs += [f"{w.category.__name__}: {w.message}" for w in caught]
+    parsed = parse_log(messages)
+    return {"flags": flags, "seconds": seconds, "warnings": list(dict.fromkeys(warn_msgs)),
+            "log": [m for m in messages if "robust accuracy" in m or "initial accuracy" in m],
+            **parsed}
+
+
+def _shard_path(state_dir: Path, start: int, end: int) -> Path:
+    return state_dir / f"shard_{start:07d}_{end:07d}.json"
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                   norm: str = "Linf", version: str = "standard",
+                   attacks: Sequence[str] | None = None, seed: int = 0, batch_size: int = 250,
+                   shard_size: int | None = None, state_dir: str | Path | None = None,
+                   device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
+    """AutoAttack on the images x (in [0, 1], test order) with labels y.
+
+    Returns {flags (BoolTensor, per image), correct, n, acc (fraction), version, attacks,
+    standard, warnings, robust_after ({attack: acc after it, fraction}), clean_acc,
+    lowered_after_apgd, lowered_by, perturbed ({attack: images it broke}), eps, norm, seed,
+    batch_size, shard_size, n_shards, resumed_shards, seconds (the whole call), attack_seconds
+    (inside pyautoattack's run_standard_evaluation; seconds - attack_seconds is our overhead)}.
+
+    The model must already be on ``device`` and ready for evaluation (see
+    benchmark.evaluation.prepare_for_eval); a model with a module in training mode is refused.
+    """
+    from pyautoattack import AutoAttack
+    from tqdm.auto import tqdm
+
+    from benchmark.evaluation import assert_eval_ready
+
+    assert_eval_ready(model)
+    if seed is None:
+        raise ValueError("AutoAttack needs an explicit seed: seed=None seeds from the clock")
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y hold different numbers of images: {x.shape[0]} vs {y.shape[0]}")
+    attacks_run, standard = resolve_attacks(version, attacks)
+    n = int(x.shape[0])
+    shard = n if shard_size is None else int(shard_size)
+    if shard <= 0 and n > 0:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    y = y.long()
+    bounds = [(s, min(s + shard, n)) for s in range(0, n, shard)] if n else []
+
+    state = Path(state_dir) if state_dir is not None else None
+    fingerprint = None
+    if state is not None:
+        state.mkdir(parents=True, exist_ok=True)
+        fingerprint = {"format": SHARD_FORMAT, "eps": float(eps), "norm": norm, "version": version,
+                       "attacks": attacks_run, "seed": int(seed), "batch_size": int(batch_size),
+                       "shard_size": shard, "n": n, "model": model_digest(model)}
+
+    flags = torch.zeros(n, dtype=torch.bool)
+    perturbed = {a: 0 for a in attacks_run}
+    logged_after: dict[str, list[float]] = {a: [] for a in attacks_run}
+    warn_list: list[str] = []
+    resumed = 0
+    attack_seconds = 0.0
+    t_start = time.perf_counter()
+    for start, end in tqdm(bounds, desc="AutoAttack", unit="shard", disable=not progress):
+        xs, ys = x[start:end], y[start:end]
+        path = _shard_path(state, start, end) if state is not None else None
+        rec = None
+        if path is not None and path.exists():
+            rec = _load_shard(path, {**fingerprint, "data": data_digest(xs, ys)}, end - start)
+            if rec is not None:
+                resumed += 1
+        if rec is None:
+            digest = data_digest(xs, ys) if path is not None else None
+            # a fresh wrapper per shard: a resumed shard then runs exactly as it would have in
+            # the uninterrupted evaluation, whatever state the attack objects keep between calls
+            adversary = AutoAttack(model, eps=eps, norm=norm, seed=seed, version=version,
+                                   device=device)
+            adversary.attacks_to_run = list(attacks_run)
+            out = _run_shard(adversary, xs, ys, batch_size, seed, device)
+            attack_seconds += out["seconds"]
+            rec = {"format": SHARD_FORMAT, "start": start, "end": end,
+                   "flags": flags_to_str(out["flags"]), "perturbed": out["perturbed"],
+                   "robust_after_logged": out["robust_after_logged"],
+                   "initial_logged": out["initial_logged"], "warnings": out["warnings"],
+                   "log": out["log"], "seconds": out["seconds"]}
+            if path is not None:
+                rec["fingerprint"] = {**fingerprint, "data": digest}
+                atomic_write_json(path, rec)
+            if rec["log"]:
+                log.info("AutoAttack images %d-%d: %s", start, end, "; ".join(rec["log"]))
+            for msg in rec["warnings"]:
+                log.warning("AutoAttack images %d-%d: %s", start, end, msg)
+        flags[start:end] = str_to_flags(rec["flags"], as_tensor=True)
+        for a, k in rec["perturbed"].items():
+            perturbed[a] = perturbed.get(a, 0) + int(k)
+        for a, pct in rec["robust_after_logged"].items():
+            logged_after.setdefault(a, []).append(pct)
+        warn_list.extend(m for m in rec["warnings"] if m not in warn_list)
+
+    correct = int(flags.sum())
+    robust_after, remaining = {}, correct
+    # accuracy after attack k = final correct + images broken by the attacks that ran after k;
+    # exact counts, unlike the logged percentages (2 decimals, per shard)
+    for a in reversed(attacks_run):
+        robust_after[a] = remaining / n if n else float("nan")
+        remaining += perturbed.get(a, 0)
+    robust_after = {a: robust_after[a] for a in attacks_run}
+    clean_correct = remaining
+    lowered_by = [a for a in attacks_run if a not in APGD_ATTACKS and perturbed.get(a, 0) > 0
+                  and any(b in APGD_ATTACKS for b in attacks_run[:attacks_run.index(a)])]
+    if len(bounds) == 1:
+        # cross-check the exact counts against the log on the single-shard path: a mismatch
+        # means the wrapper's log format changed and robust_after can no longer be trusted
+        for a, pcts in logged_after.items():
+            if pcts and a in robust_after and abs(pcts[-1] - 100 * robust_after[a]) > 0.006:
+                warn_list.append(f"log parse mismatch for {a}: logged {pcts[-1]}%, counted "
+                                 f"{100 * robust_after[a]:.2f}%")
+    if not standard:
+        log.info("AutoAttack run is non-standard: version %s, attacks %s", version, attacks_run)
+    return {
+        "flags": flags, "correct": correct, "n": n, "acc": correct / n if n else float("nan"),
+        "version": version, "attacks": attacks_run, "standard": standard, "warnings": warn_list,
+        "robust_after": robust_after, "clean_acc": clean_correct / n if n else float("nan"),
+        "lowered_after_apgd": bool(lowered_by), "lowered_by": lowered_by,
+        "perturbed": {a: perturbed.get(a, 0) for a in attacks_run},
+        "eps": float(eps), "norm": norm, "seed": int(seed), "batch_size": int(batch_size),
+        "shard_size": shard_size, "n_shards": len(bounds), "resumed_shards": resumed,
+        "seconds": time.perf_counter() - t_start, "attack_seconds": attack_seconds,
+    }
+
+
+def _load_shard(path: Path, fingerprint: dict[str, Any], size: int) -> dict[str, Any] | None:
+    """The shard record if it was written by this configuration, else None (it is recomputed)."""
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable AutoAttack shard %s: %s", path, exc)
+        return None
+    if rec.get("fingerprint") != fingerprint or len(rec.get("flags", "")) != size:
+        log.warning("AutoAttack shard %s was written by another configuration (model, data, eps, "
+                    "attacks, seed or batch size differ); recomputing it", path)
+        return None
+    return rec

@@ -1,0 +1,577 @@
+"""Presets: loading, validation, per-stage sub-configs and hashes.
+
+This module is imported by the Snakefile on every parse, so it must never import torch (directly
+or through the method files): the method traits it needs are read from source with ``ast``.
+
+A preset is YAML data. ``load_preset`` fills every field the preset leaves out from ``DEFAULTS``
+(deep merge), ``validate`` checks it against ``workflows/schema/config.schema.yaml`` and against the
+registries of names, and ``stage_config`` cuts out the part of it that shapes one stage, which is
+what a Snakemake rule passes to the CLI (so editing the evaluation section reruns evaluation only).
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import hashlib
+import importlib.util
+import json
+import math
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from benchmark import registry as _registry
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflows" / "schema" / "config.schema.yaml"
+
+STAGES = ("pretrain", "prune", "finetune", "evaluate")
+TRAIN_STAGES = ("pretrain", "prune", "finetune")
+
+# Values a preset may list under grid.s2ap. "n/a" is never written by hand: a method that learns no
+# scores gets it automatically (decisions.md: such a method shows n/a, not off).
+S2AP_CHOICES = ("off", "on", "score", "awp")
+S2AP_NA = "n/a"
+# "n/a" cannot be a path component; this is its spelling in paths and wildcards.
+S2AP_NA_PATH = "n-a"
+
+# Defaults of one training stage: the published HYDRA recipe (methods.md), so a full-size preset
+# that names only its grid trains like the paper. Short presets override epochs and subsets.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 100,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 1.0e-4,
+    "batch_size": 128,
+    "loss": "trades",
+    "trades_beta": 6.0,
+    "schedule": "cosine",
+    # null fields take the dataset's defaults (decisions.md, "Training")
+    "attack": {"eps": None, "steps": 10, "step_size": None},
+    "val_attack_steps": 10,
+    "adv_eval_mode": True,
+    "train_bn": True,
+    "nesterov": False,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "description": "",
+    "grid": {
+        "datasets": ["fashion-mnist"],
+        "archs": ["small_cnn"],
+        "sparsities": [90, 95, 99],
+        "methods": ["hydra"],
+        "s2ap": ["off"],
+        "seeds": [0],
+    },
+    "method_plugins": [],
+    "data": {
+        "root": "data",
+        "download": False,
+        "imagenet_root": None,
+        "train_subset": None,
+        "val_size": 1000,
+        "test_subset": None,
+        "batch_size": 128,
+        "num_workers": 0,
+        "augment": True,
+        # seed of the fixed validation slice, independent of the training seed
+        "split_seed": 0,
+    },
+    "model": {"width": 1.0},
+    "runtime": {"device": "auto", "threads": 2, "bf16": False, "channels_last": False},
+    "pretrain": dict(TRAIN_DEFAULTS, epochs=100, lr=0.1),
+    "prune": dict(TRAIN_DEFAULTS, epochs=20, lr=0.1),
+    "finetune": dict(TRAIN_DEFAULTS, epochs=100, lr=0.01),
+    "methods": {},
+    "s2ap": {"gamma": 0.02, "warmup": 0.25, "norm": "l2", "regenerate": False},
+    "awp": {"gamma": 0.01, "warmup_epochs": 0, "proxy_lr": 0.01},
+    "evaluate": {
+        "eps": None,
+        "pgd_steps": 50,
+        "pgd_step_size": None,
+        "clean_n": None,
+        "pgd_n": 1000,
+        "batch_size": 256,
+        "autoattack": {
+            "n_images": 10000,
+            "version": "standard",
+            "attacks": None,
+            "batch_size": 250,
+            "shard_size": 500,
+            "seed": 0,
+        },
+    },
+    "diagnostics": {
+        "radii": [0.01, 0.02, 0.05, 0.1],
+        "n_random": 5,
+        "hessian_iters": 10,
+        "seed_stability": False,
+    },
+    "gamma_sweep": None,
+    "reference_csv": None,
+}
+
+# Fields that change how fast a job runs but not what it computes: left out of every hash, so
+# moving a preset from a laptop to a GPU node, or changing thread counts, reuses the dense models.
+_NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last"), "data": ("num_workers",)}
+
+_TRAIT_DEFAULTS = {"learns_scores": True, "needs_pretrain": True, "needs_finetune": True}
+
+
+# ---------------------------------------------------------------------------------- loading
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``override`` over ``base``; nested dicts merge, everything else (lists too) is replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in (override or {}).items():
+        if value is None and isinstance(out.get(key), Mapping):
+            continue  # an empty YAML section ("methods:") means "no changes", not null
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def with_defaults(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    cfg = deep_merge(DEFAULTS, raw or {})
+    grid = cfg.get("grid")
+    if isinstance(grid, dict) and isinstance(grid.get("s2ap"), list):
+        # YAML 1.1 reads unquoted off/on as booleans: `s2ap: [off, on]` means the strings
+        grid["s2ap"] = [{False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v
+                        for v in grid["s2ap"]]
+    return cfg
+
+
+def load_preset(path: str | Path) -> dict[str, Any]:
+    """Read a preset and fill in defaults; the preset's name defaults to the file's stem."""
+    path = Path(path)
+    with open(path) as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"preset {path} must be a YAML mapping, got {type(raw).__name__}")
+    cfg = with_defaults(raw)
+    if not cfg.get("name"):
+        cfg["name"] = path.stem
+    return cfg
+
+
+# ---------------------------------------------------------------------------------- sparsity
+def canonical_sparsity(value: Any) -> str:
+    """One spelling per sparsity, for paths and keys: 90, 90.0, "90", "90.0" -> "90"; 99.5 -> "99.5"."""
+    if isinstance(value, bool):
+        raise ValueError(f"sparsity must be a number, got {value!r}")
+    try:
+        dec = Decimal(str(float(value) if not isinstance(value, str) else value.strip()))
+    except (InvalidOperation, ValueError, TypeError):
+        raise ValueError(f"sparsity must be a number in percent, got {value!r}") from None
+    if not dec.is_finite():
+        raise ValueError(f"sparsity must be finite, got {value!r}")
+    text = format(dec.normalize(), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def _check_sparsity(value: Any) -> str:
+    try:
+        text = canonical_sparsity(value)
+    except ValueError as exc:
+        raise ValueError(f"grid.sparsities: {exc}") from None
+    if not 0 < float(text) < 100:
+        raise ValueError(
+            f"grid.sparsities: {value!r} is outside (0, 100); sparsity is the percentage of "
+            "weights removed, e.g. 90 keeps 10 % of the weights")
+    return text
+
+
+# ---------------------------------------------------------------------------------- methods
+def resolve_plugins(files: Iterable[str | Path], search_dirs: Iterable[str | Path] = ()) -> list[str]:
+    """Absolute paths of method plugin files: as given, else relative to each of ``search_dirs``."""
+    resolved = []
+    dirs = [Path(d) for d in search_dirs]
+    for entry in files or ():
+        path = Path(entry)
+        candidates = [path] if path.is_absolute() else [path, *(d / path for d in dirs)]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            where = ", ".join(str(c.resolve()) for c in candidates)
+            raise FileNotFoundError(f"method plugin file {entry!r} not found (looked at {where})")
+        resolved.append(str(found.resolve()))
+    return resolved
+
+
+def methods_of(cfg: Mapping[str, Any], search_dirs: Iterable[str | Path] = ()) -> _registry.Registry:
+    return _registry.method_registry(resolve_plugins(cfg.get("method_plugins") or [], search_dirs))
+
+
+def _module_file(module: str, relative_to: Path | None = None, level: int = 0) -> Path | None:
+    """The source file of a module, found without importing it (its parent packages may be)."""
+    if level:
+        base = relative_to.parent if relative_to else None
+        for _ in range(level - 1):
+            base = base.parent if base else None
+        if base is None:
+            return None
+        parts = module.split(".") if module else []
+        cand = base.joinpath(*parts)
+        for path in (cand.with_suffix(".py"), cand / "__init__.py"):
+            if path.is_file():
+                return path
+        return None
+    parts = module.split(".")
+    local = REPO_ROOT.joinpath(*parts)
+    for path in (local.with_suffix(".py"), local / "__init__.py"):
+        if path.is_file():
+            return path
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def _literal_traits(path: Path, class_name: str, seen: set) -> dict[str, Any]:
+    """Trait literals of ``class_name`` in ``path``, bases first so the subclass wins."""
+    key = (str(path), class_name)
+    if key in seen:
+        return {}
+    seen.add(key)
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except (OSError, SyntaxError):
+        return {}
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    imports: dict[str, tuple[str, str, int]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                imports[alias.asname or alias.name] = (node.module or "", alias.name, node.level)
+    node = classes.get(class_name)
+    if node is None:
+        return {}
+    traits: dict[str, Any] = {}
+    # MRO approximation: later bases first, so the first base wins as in Python's MRO
+    for base in reversed(node.bases):
+        name = base.id if isinstance(base, ast.Name) else None
+        if name in classes:
+            traits.update(_literal_traits(path, name, seen))
+        elif name in imports:
+            module, attr, level = imports[name]
+            src = _module_file(module, path, level)
+            if src is not None:
+                traits.update(_literal_traits(src, attr, seen))
+    for stmt in node.body:
+        if isinstance(stmt, ast.Assign):
+            targets = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+            value = stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value:
+            targets, value = [stmt.target.id], stmt.value
+        else:
+            continue
+        for target in targets:
+            if target in _TRAIT_DEFAULTS and isinstance(value, ast.Constant) and isinstance(value.value, bool):
+                traits[target] = value.value
+    return traits
+
+
+def method_traits(name: str, registry: _registry.Registry) -> dict[str, bool]:
+    """learns_scores / needs_pretrain / needs_finetune of a method, read from its source.
+
+    The class attributes are read as literals (following base classes through ``from x import
+    Base``) so the Snakefile can shape the DAG without importing torch. Only when a trait is not a
+    literal anywhere in the source is the class imported.
+    """
+    registry.check(name)
+    target = registry._targets[name]
+    module, _, attr = target.partition(":")
+    path = Path(module) if module.endswith(".py") else _module_file(module)
+    traits = _literal_traits(path, attr, set()) if path is not None else {}
+    missing = [k for k in _TRAIT_DEFAULTS if k not in traits]
+    if missing:
+        try:
+            cls = registry.get(name)
+        except Exception:  # an unimportable plugin: the contract's defaults are the best guess
+            cls = None
+        for key in missing:
+            traits[key] = bool(getattr(cls, key, _TRAIT_DEFAULTS[key]))
+    return {k: bool(traits[k]) for k in _TRAIT_DEFAULTS}
+
+
+# ---------------------------------------------------------------------------------- validation
+def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
+    """The schema file, with the lists of valid names filled in from the registries."""
+    with open(SCHEMA_PATH) as fh:
+        schema = yaml.safe_load(fh)
+    defs = schema.setdefault("$defs", {})
+    defs["dataset"] = {"enum": _registry.DATASETS.names()}
+    defs["arch"] = {"enum": _registry.ARCHITECTURES.names()}
+    if registry is not None:
+        defs["method"] = {"enum": registry.names()}
+    return schema
+
+
+def _choices_error(kind: str, bad: Iterable[str], valid: Iterable[str], where: str) -> ValueError:
+    bad = ", ".join(repr(b) for b in bad)
+    return ValueError(f"{where}: unknown {kind} {bad}; valid choices: {', '.join(valid)}")
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+def validate(cfg: Mapping[str, Any], method_plugins: Iterable[str | Path] | None = None,
+             search_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """Raise ValueError on a preset that cannot run; return the preset with canonical sparsities.
+
+    The name checks come first, because their messages (which list the valid choices) are what a
+    user needs; the schema then catches typos and wrong types anywhere else.
+    """
+    import jsonschema
+
+    if method_plugins is None:
+        method_plugins = cfg.get("method_plugins") or []
+    registry = _registry.method_registry(resolve_plugins(method_plugins, search_dirs))
+    grid = cfg.get("grid") if isinstance(cfg.get("grid"), Mapping) else {}
+
+    for key, kind, reg in (("datasets", "dataset", _registry.DATASETS),
+                           ("archs", "architecture", _registry.ARCHITECTURES),
+                           ("methods", "method", registry)):
+        names = _as_list(grid.get(key))
+        bad = [n for n in names if not isinstance(n, str) or n not in reg]
+        if bad:
+            raise _choices_error(kind, bad, reg.names(), f"grid.{key}")
+    for name in (cfg.get("methods") or {}) if isinstance(cfg.get("methods"), Mapping) else {}:
+        if name not in registry:
+            raise _choices_error("method", [name], registry.names(), "methods (per-method overrides)")
+    sparsities = [_check_sparsity(s) for s in _as_list(grid.get("sparsities"))]
+    bad = [v for v in _as_list(grid.get("s2ap")) if v not in S2AP_CHOICES]
+    if bad:
+        raise _choices_error("s2ap value", bad, S2AP_CHOICES, "grid.s2ap")
+
+    schema = load_schema(registry)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {'.'.join(str(p) for p in e.absolute_path) or '<preset>'}: {e.message}"
+                 for e in errors[:10]]
+        raise ValueError("preset does not match workflows/schema/config.schema.yaml:\n" + "\n".join(lines))
+
+    if "imagenet" in grid.get("datasets", []) and not cfg["data"].get("imagenet_root"):
+        raise ValueError("grid.datasets has imagenet but data.imagenet_root is not set; point it at "
+                         "a folder with ImageFolder-style train/ and val/")
+    out = copy.deepcopy(dict(cfg))
+    out["grid"] = dict(out["grid"], sparsities=list(dict.fromkeys(sparsities)))
+    return out
+
+
+# ---------------------------------------------------------------------------------- stage configs
+def _normalise(obj: Any) -> Any:
+    """Integral floats become ints, so 1 and 1.0 give the same JSON, params and hashes."""
+    if isinstance(obj, float) and math.isfinite(obj) and obj.is_integer():
+        return int(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _normalise(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_normalise(v) for v in obj]
+    return obj
+
+
+def _method_overrides(cfg: Mapping[str, Any], method: str | None) -> dict[str, Any]:
+    return dict((cfg.get("methods") or {}).get(method) or {}) if method else {}
+
+
+def s2ap_search_value(s2ap: str) -> str:
+    """The mask-search half of a grid s2ap value: on and score search with the score-space step;
+    off and awp search without it, so each pair shares one prune job."""
+    if s2ap == S2AP_NA:
+        return S2AP_NA
+    if s2ap in ("on", "score"):
+        return "on"
+    if s2ap in ("off", "awp"):
+        return "off"
+    raise ValueError(f"unknown s2ap value {s2ap!r}; valid choices: {', '.join(S2AP_CHOICES + (S2AP_NA,))}")
+
+
+def s2ap_uses_awp(s2ap: str) -> bool:
+    return s2ap in ("on", "awp")
+
+
+def s2ap_to_path(s2ap: str) -> str:
+    return S2AP_NA_PATH if s2ap == S2AP_NA else s2ap
+
+
+def s2ap_from_path(text: str) -> str:
+    return S2AP_NA if text == S2AP_NA_PATH else text
+
+
+def stage_config(cfg: Mapping[str, Any], stage: str, *, dataset: str, arch: str,
+                 method: str | None = None, s2ap: str | None = None,
+                 traits: Mapping[str, bool] | None = None) -> dict[str, Any]:
+    """The part of a preset that shapes one stage of one cell, and nothing else.
+
+    ``dataset`` and ``arch`` travel as CLI arguments; they are accepted here so a later per-dataset
+    override has one place to go. ``traits`` (from ``method_traits``) only matters for finetune,
+    where a method that needs no finetune gets 0 epochs unless the preset asks for some.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; valid choices: {', '.join(STAGES)}")
+    over = _method_overrides(cfg, method)
+    base = {"data": cfg["data"], "model": cfg["model"], "runtime": cfg["runtime"]}
+    if stage == "evaluate":
+        out = dict(base, evaluate=cfg["evaluate"])
+        return _normalise(copy.deepcopy(out))
+    train = deep_merge(cfg[stage], over.get(stage))
+    out = dict(base, train=train)
+    if stage == "prune":
+        if method is None or s2ap is None:
+            raise ValueError("the prune stage config needs a method and an s2ap value")
+        out["method"] = {"name": method, "options": dict(over.get("options") or {})}
+        on = s2ap_search_value(s2ap) == "on"
+        out["s2ap"] = deep_merge(cfg["s2ap"], over.get("s2ap")) if on else None
+        # mask stability, sharpness and the Hessian need the learned scores, which only the
+        # search holds
+        out["diagnostics"] = cfg["diagnostics"]
+    elif stage == "finetune":
+        if method is None or s2ap is None:
+            raise ValueError("the finetune stage config needs a method and an s2ap value")
+        out["method"] = {"name": method, "options": dict(over.get("options") or {})}
+        out["awp"] = deep_merge(cfg["awp"], over.get("awp")) if s2ap_uses_awp(s2ap) else None
+        if traits is not None and not traits.get("needs_finetune", True) \
+                and "epochs" not in (over.get("finetune") or {}):
+            out["train"]["epochs"] = 0
+    return _normalise(copy.deepcopy(out))
+
+
+def _hash_view(stage_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    view = copy.deepcopy(dict(stage_cfg))
+    for section, keys in _NOT_IN_HASH.items():
+        if isinstance(view.get(section), dict):
+            for key in keys:
+                view[section].pop(key, None)
+    return view
+
+
+def short_hash(obj: Any, length: int = 10) -> str:
+    text = json.dumps(_normalise(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def pretrain_recipe_hash(cfg: Mapping[str, Any], dataset: str, arch: str, method: str | None) -> str:
+    """Key of the dense model a method starts from. It covers the pretrain stage config only, so
+    methods with the same pretrain recipe, and S2AP on and off, share one dense model."""
+    view = _hash_view(stage_config(cfg, "pretrain", dataset=dataset, arch=arch, method=method))
+    return short_hash({"dataset": dataset, "arch": arch, "pretrain": view})
+
+
+def cell_config_hash(cfg: Mapping[str, Any], cell: Mapping[str, Any],
+                     traits: Mapping[str, bool] | None = None) -> str:
+    """Hash of everything that shapes a cell's numbers except its seed: aggregation pools seeds of
+    the same hash and nothing else."""
+    dataset, arch, method, s2ap = cell["dataset"], cell["arch"], cell["method"], cell["s2ap"]
+    parts: dict[str, Any] = {"dataset": dataset, "arch": arch}
+    if method == "dense":
+        parts["pretrain"] = stage_config(cfg, "pretrain", dataset=dataset, arch=arch,
+                                         method=cell.get("recipe_method"))
+    else:
+        traits = traits or _TRAIT_DEFAULTS
+        if traits.get("needs_pretrain", True):
+            parts["pretrain"] = stage_config(cfg, "pretrain", dataset=dataset, arch=arch, method=method)
+        for stage in ("prune", "finetune"):
+            parts[stage] = stage_config(cfg, stage, dataset=dataset, arch=arch, method=method,
+                                        s2ap=s2ap, traits=traits)
+        parts["sparsity"] = canonical_sparsity(cell["sparsity"])
+    parts["evaluate"] = stage_config(cfg, "evaluate", dataset=dataset, arch=arch)
+    return short_hash({k: _hash_view(v) if isinstance(v, dict) else v for k, v in parts.items()})
+
+
+# ---------------------------------------------------------------------------------- grid
+def grid_cells(cfg: Mapping[str, Any], registry: _registry.Registry | None = None,
+               search_dirs: Iterable[str | Path] = ()) -> list[dict[str, Any]]:
+    """Every pruned cell of the preset: methods x s2ap x sparsities x seeds x datasets x archs.
+
+    A method that learns no scores gets the single s2ap value "n/a" whatever the grid lists.
+    Each cell carries the method's traits and, when it starts from a dense model, the recipe hash
+    of that model.
+    """
+    if registry is None:
+        registry = methods_of(cfg, search_dirs)
+    grid = cfg["grid"]
+    sparsities = list(dict.fromkeys(canonical_sparsity(s) for s in grid["sparsities"]))
+    traits_of = {m: method_traits(m, registry) for m in grid["methods"]}
+    cells, seen = [], set()
+    for dataset in grid["datasets"]:
+        for arch in grid["archs"]:
+            for method in grid["methods"]:
+                traits = traits_of[method]
+                values = list(grid["s2ap"]) if traits["learns_scores"] else [S2AP_NA]
+                recipe = (pretrain_recipe_hash(cfg, dataset, arch, method)
+                          if traits["needs_pretrain"] else None)
+                for s2ap in dict.fromkeys(values):
+                    for sparsity in sparsities:
+                        for seed in grid["seeds"]:
+                            key = (dataset, arch, method, s2ap, sparsity, int(seed))
+                            if key in seen:
+                                continue
+                            seen.add(key)
+                            cells.append({"dataset": dataset, "arch": arch, "method": method,
+                                          "s2ap": s2ap, "sparsity": sparsity, "seed": int(seed),
+                                          "recipe": recipe, "traits": traits})
+    return cells
+
+
+def dense_cells(cfg: Mapping[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The dense model evaluated for each (dataset, arch, seed): the one the first grid method that
+    needs pretraining starts from, else the preset's own pretrain recipe."""
+    out, seen = [], set()
+    grid = cfg["grid"]
+    for dataset in grid["datasets"]:
+        for arch in grid["archs"]:
+            first = next((c for c in cells if c["dataset"] == dataset and c["arch"] == arch
+                          and c["recipe"] is not None), None)
+            method = first["method"] if first else None
+            recipe = first["recipe"] if first else pretrain_recipe_hash(cfg, dataset, arch, None)
+            for seed in grid["seeds"]:
+                key = (dataset, arch, int(seed))
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append({"dataset": dataset, "arch": arch, "method": "dense", "s2ap": S2AP_NA,
+                            "sparsity": "0", "seed": int(seed), "recipe": recipe,
+                            "recipe_method": method})
+    return out
+
+
+def pretrain_recipes(cfg: Mapping[str, Any], cells: list[dict[str, Any]],
+                     dense: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """recipe hash -> the pretrain stage config (and its dataset and arch) it stands for."""
+    out: dict[str, dict[str, Any]] = {}
+    for cell in list(cells) + list(dense):
+        recipe = cell.get("recipe")
+        if recipe is None or recipe in out:
+            continue
+        method = cell.get("recipe_method") if cell["method"] == "dense" else cell["method"]
+        out[recipe] = {"dataset": cell["dataset"], "arch": cell["arch"],
+                       "config": stage_config(cfg, "pretrain", dataset=cell["dataset"],
+                                              arch=cell["arch"], method=method)}
+    return out
+
+
+def cell_json(cfg: Mapping[str, Any], cell: Mapping[str, Any]) -> dict[str, Any]:
+    """The --cell argument of the evaluate command."""
+    return {
+        "dataset": cell["dataset"], "arch": cell["arch"], "method": cell["method"],
+        "s2ap": cell["s2ap"], "sparsity": float(cell["sparsity"]), "seed": int(cell["seed"]),
+        "preset": cfg["name"], "pretrain_recipe": cell.get("recipe"),
+        "config_hash": cell_config_hash(cfg, cell, cell.get("traits")),
+    }
+
+
+def dumps(obj: Any) -> str:
+    """Compact, key-sorted JSON: the form stage configs take on the command line and in params."""
+    return json.dumps(_normalise(obj), sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,143 @@
+"""Plots from the leaderboard DataFrame (benchmark.aggregate): PNG files, written atomically.
+
+matplotlib is imported inside the functions with the Agg backend, so importing this module (or
+the aggregation) needs no display and no matplotlib start-up cost.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+METRIC_TITLES = {"clean": "Clean", "pgd": "PGD", "autoattack": "AutoAttack"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _slug(*parts: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(str(p) for p in parts)).strip("-")
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _series_label(method: str, s2ap: str) -> str:
+    # s2ap read back from a CSV by plain pd.read_csv turns 'n/a' into NaN
+    return f"{method} (S2AP {s2ap})" if s2ap in ("on", "off") else str(method)
+
+
+def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Accuracy (clean, PGD, AutoAttack) vs nominal sparsity, one PNG per (dataset, arch).
+
+    One line per (method, s2ap) (S2AP 'on' dashed), error bars = std across seeds, the dense
+    model as a grey horizontal dashed line. Returns the files written.
+    """
+    if df is None or df.empty:
+        return []
+    plt = _plt()
+    out_dir = Path(out_dir)
+    metrics = [m for m in METRIC_TITLES if m in df.columns and df[m].notna().any()]
+    written = []
+    for (dataset, arch), block in df.groupby(["dataset", "arch"], sort=True, dropna=False):
+        if not metrics:
+            break
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
+        dense = block[block["method"] == "dense"]
+        pruned = block[block["method"] != "dense"]
+        for ax, metric in zip(axes[0], metrics):
+            for _, d in dense.iterrows():
+                if _finite(d[metric]):
+                    ax.axhline(d[metric], color="grey", linestyle="--", linewidth=1,
+                               label="dense")
+            for (method, s2ap), line in pruned.groupby(["method", "s2ap"], sort=True, dropna=False):
+                line = line.sort_values("sparsity")
+                line = line[line[metric].notna()]
+                if line.empty:
+                    continue
+                std = line.get(f"{metric}_std")
+                yerr = None if std is None else std.fillna(0.0).to_numpy()
+                ax.errorbar(line["sparsity"].to_numpy(), line[metric].to_numpy(), yerr=yerr,
+                            marker="o", capsize=3, linestyle="--" if s2ap == "on" else "-",
+                            label=_series_label(method, s2ap))
+            ax.set_title(f"{METRIC_TITLES[metric]} accuracy")
+            ax.set_xlabel("nominal sparsity (%)")
+            ax.set_ylabel("accuracy (%)")
+            ax.grid(True, alpha=0.3)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        if uniq:
+            fig.legend(uniq.values(), uniq.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                       fontsize=8)
+        fig.suptitle(f"{dataset} / {arch}", y=1.03)
+        written.append(_save(fig, out_dir / f"accuracy_{_slug(dataset, arch)}.png"))
+        plt.close(fig)
+    return written
+
+
+def plot_diagnostics(df_or_runs: pd.DataFrame | str | Path, out_dir: str | Path) -> list[Path]:
+    """Every numeric diagnostics column ('diag.*', e.g. mask stability) vs sparsity, one PNG per
+    (dataset, arch, diagnostic), one line per (method, s2ap) so S2AP on and off sit side by side.
+
+    Accepts the leaderboard (seed means) or a runs folder (then seeds are averaged here and the
+    std across seeds drawn as error bars). Writes nothing when there is no diagnostics column.
+    """
+    if isinstance(df_or_runs, (str, Path)):
+        from benchmark.aggregate import runs_frame
+
+        df = runs_frame(df_or_runs)
+    else:
+        df = df_or_runs
+    if df is None or df.empty:
+        return []
+    cols = [c for c in df.columns if str(c).startswith("diag.")
+            and pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()]
+    if not cols:
+        return []
+    plt = _plt()
+    out_dir = Path(out_dir)
+    written = []
+    keys = ["dataset", "arch", "method", "s2ap", "sparsity"]
+    for col in cols:
+        stats = (df[df[col].notna()].groupby(keys, sort=True, dropna=False)[col]
+                 .agg(["mean", "std"]).reset_index())
+        for (dataset, arch), block in stats.groupby(["dataset", "arch"], sort=True, dropna=False):
+            fig, ax = plt.subplots(figsize=(5.5, 3.8))
+            for (method, s2ap), line in block.groupby(["method", "s2ap"], sort=True, dropna=False):
+                line = line.sort_values("sparsity")
+                ax.errorbar(line["sparsity"].to_numpy(), line["mean"].to_numpy(),
+                            yerr=line["std"].fillna(0.0).to_numpy(), marker="o", capsize=3,
+                            linestyle="--" if s2ap == "on" else "-",
+                            label=_series_label(method, s2ap))
+            ax.set_xlabel("nominal sparsity (%)")
+            ax.set_ylabel(col[len("diag."):])
+            ax.set_title(f"{dataset} / {arch}")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+            written.append(_save(fig, out_dir / f"diag_{_slug(col[len('diag.'):], dataset, arch)}.png"))
+            plt.close(fig)
+    return written

@@ -1,0 +1,202 @@
+"""The Snakemake workflow: dry runs of the shipped presets, the shape of the DAG, and a tiny
+end-to-end run (local, and through the cluster executor) that produces a leaderboard row."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PRESETS = REPO / "presets"
+SNAKEFILE = REPO / "Snakefile"
+
+
+def snakemake(*args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(cwd), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def dry_run_jobs(*args, cwd: Path) -> list[dict]:
+    """The jobs of a dry run: rule, output paths, wildcards and shell command of each."""
+    proc = snakemake("-n", "-p", "--cores", "2", *args, cwd=cwd)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    jobs, job = [], None
+    for line in out.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            job = {"rule": m.group(1), "output": [], "wildcards": {}, "shell": ""}
+            jobs.append(job)
+        elif job is not None and line.startswith("    output: "):
+            job["output"] = line.split(": ", 1)[1].split(", ")
+        elif job is not None and line.startswith("    wildcards: "):
+            job["wildcards"] = dict(kv.split("=", 1) for kv in line.split(": ", 1)[1].split(", "))
+        elif job is not None and line.startswith("Shell command: "):
+            job["shell"] = line.split(": ", 1)[1]
+    return jobs
+
+
+def write_preset(path: Path, base: str, **changes) -> Path:
+    raw = yaml.safe_load((PRESETS / base).read_text())
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+# ------------------------------------------------------------------ dry runs
+def test_quick_dry_run(tmp_path):
+    jobs = dry_run_jobs("--configfile", PRESETS / "quick.yaml", cwd=tmp_path)
+    counts = Counter(j["rule"] for j in jobs)
+    # 2 methods x 3 sparsities, one dense model shared by both
+    assert counts["pretrain"] == 1 and counts["evaluate_dense"] == 1
+    assert counts["prune"] == counts["finetune"] == counts["evaluate"] == 6
+    assert counts["aggregate"] == 1
+    outputs = [o for j in jobs for o in j["output"]]
+    assert "results/quick/leaderboard.md" in outputs
+    assert "results/quick/runs/fashion-mnist/small_cnn/lwm/n-a/sp90/seed0.json" in outputs
+    assert "results/quick/runs/fashion-mnist/small_cnn/dense/n-a/sp0/seed0.json" in outputs
+    for j in jobs:
+        if j["rule"] in {"pretrain", "prune", "finetune", "evaluate", "evaluate_dense", "aggregate"}:
+            assert j["shell"].endswith("2>&1") and "/logs/" in j["shell"], j
+            assert "-m benchmark " + j["rule"].replace("_dense", "") in j["shell"]
+
+
+def test_default_preset_is_quick(tmp_path):
+    jobs = dry_run_jobs(cwd=tmp_path)
+    assert any("results/quick/leaderboard.md" in j["output"] for j in jobs)
+
+
+@pytest.mark.parametrize("preset", ["paper_cifar10_hydra.yaml", "paper_svhn_hydra.yaml"])
+def test_paper_dry_run_has_one_pretrain_per_dataset_arch_seed(tmp_path, preset):
+    cfg = yaml.safe_load((PRESETS / preset).read_text())
+    jobs = dry_run_jobs("--configfile", PRESETS / preset, cwd=tmp_path)
+    pretrain = [j for j in jobs if j["rule"] == "pretrain"]
+    keys = [(j["wildcards"]["dataset"], j["wildcards"]["arch"], j["wildcards"]["seed"]) for j in pretrain]
+    grid = cfg["grid"]
+    expected = {(d, a, str(s)) for d in grid["datasets"] for a in grid["archs"] for s in grid["seeds"]}
+    assert sorted(keys) == sorted(expected)  # exactly one each
+    # every prune job reads the dense model of its (dataset, arch, seed)
+    dense_of = {k: j["output"][0] for k, j in zip(keys, pretrain)}
+    prune = [j for j in jobs if j["rule"] == "prune"]
+    for j in prune:
+        w = j["wildcards"]
+        assert f"--dense {dense_of[(w['dataset'], w['arch'], w['seed'])]}" in j["shell"]
+    n = len(grid["archs"]) * len(grid["sparsities"]) * len(grid["seeds"])
+    # off/awp share one search, on/score another
+    assert len(prune) == n * len({"on" if v in ("on", "score") else "off" for v in grid["s2ap"]})
+    assert sum(j["rule"] == "evaluate" for j in jobs) == n * len(grid["s2ap"])
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm not installed (pip install -e '.[cluster]')")
+    proc = snakemake("-n", "--profile", REPO / "workflows/profiles/slurm",
+                     "--configfile", PRESETS / "paper_cifar10_hydra.yaml", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "gpu=1" in out and "slurm_partition=" in out
+
+
+def test_non_canonical_sparsity_path_is_not_a_target(tmp_path):
+    target = "results/quick/runs/fashion-mnist/small_cnn/hydra/off/sp{}/seed0.json"
+    ok = snakemake(target.format("90"), "-n", "--cores", "1", "--configfile", PRESETS / "quick.yaml",
+                   cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = snakemake(target.format("90.0"), "-n", "--cores", "1", "--configfile", PRESETS / "quick.yaml",
+                    cwd=tmp_path)
+    assert bad.returncode != 0 and "MissingRuleException" in bad.stdout + bad.stderr
+
+
+def test_plugin_method_without_pretrain_gets_no_dense_model(tmp_path):
+    plugin = tmp_path / "scratch.py"
+    plugin.write_text(textwrap.dedent("""\
+        from methods.base import PruningMethod
+        from benchmark.registry import register_method
+
+
+        @register_method("scratch")
+        class Scratch(PruningMethod):
+            learns_scores = True
+            needs_pretrain = False
+            needs_finetune = False
+        """))
+    preset = write_preset(tmp_path / "p.yaml", "quick.yaml", grid__methods=["scratch", "lwm"],
+                          grid__s2ap=["off", "on"], method_plugins=["scratch.py"])
+    jobs = dry_run_jobs("--configfile", preset, cwd=tmp_path)
+    prune = [j for j in jobs if j["rule"] == "prune"]
+    scratch = [j for j in prune if j["wildcards"]["method"] == "scratch"]
+    assert len(scratch) == 3 * 2 and all("--dense none" in j["shell"] for j in scratch)
+    assert all(f"--plugin {plugin}" in j["shell"] for j in prune)
+    lwm = [j for j in prune if j["wildcards"]["method"] == "lwm"]
+    assert {j["wildcards"]["s2ap"] for j in lwm} == {"n-a"} and len(lwm) == 3
+    finetune = [j for j in jobs if j["rule"] == "finetune" and j["wildcards"]["method"] == "scratch"]
+    assert finetune and all('"epochs":0' in j["shell"] for j in finetune)
+    assert sum(j["rule"] == "pretrain" for j in jobs) == 1  # lwm's, also the dense row's
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.mark.e2e
+def test_tiny_end_to_end(tmp_path):
+    """Pretrain -> HYDRA search -> finetune -> evaluate -> leaderboard, in under three minutes."""
+    t0 = time.monotonic()
+    proc = snakemake("--profile", REPO / "workflows/profiles/local", "--cores", "2",
+                     "--configfile", PRESETS / "tiny.yaml", cwd=tmp_path, timeout=600)
+    elapsed = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert elapsed < 180, f"tiny end-to-end run took {elapsed:.0f} s"
+
+    results = tmp_path / "results" / "tiny"
+    assert (results / "leaderboard.md").is_file()
+    with open(results / "leaderboard.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    methods = {row.get("method", row.get("Method")) for row in rows}
+    assert {"dense", "hydra"} <= methods, rows
+    for rule in ("pretrain", "prune", "finetune", "evaluate", "aggregate"):
+        logs = list((tmp_path / "work" / "tiny" / "logs" / rule).rglob("*.log"))
+        assert logs, f"no log for {rule}"
+
+    # editing the evaluation section reruns evaluation and aggregation only
+    edited = write_preset(tmp_path / "tiny_eval.yaml", "tiny.yaml", evaluate__pgd_steps=3)
+    rules = Counter(j["rule"] for j in dry_run_jobs("--configfile", edited, cwd=tmp_path))
+    assert set(rules) == {"evaluate", "evaluate_dense", "aggregate", "all"}, rules
+    # ... and the finetune section reruns nothing upstream of it
+    edited = write_preset(tmp_path / "tiny_ft.yaml", "tiny.yaml", finetune__lr=0.02)
+    rules = Counter(j["rule"] for j in dry_run_jobs("--configfile", edited, cwd=tmp_path))
+    assert set(rules) == {"finetune", "evaluate", "aggregate", "all"}, rules
+    # and an unchanged preset is up to date
+    proc = snakemake("-n", "--cores", "1", "--configfile", PRESETS / "tiny.yaml", cwd=tmp_path)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.e2e
+def test_cluster_code_path(tmp_path):
+    """The cluster-generic executor with bash as its submit command: jobscripts, the job-side
+    Snakemake and the finished markers, on one machine (pretrain + dense evaluation)."""
+    if importlib.util.find_spec("snakemake_executor_plugin_cluster_generic") is None:
+        pytest.skip("snakemake-executor-plugin-cluster-generic not installed (pip install -e '.[cluster]')")
+    target = "results/tiny/runs/fashion-mnist/small_cnn/dense/n-a/sp0/seed0.json"
+    # the target goes first: --configfile takes every word after it
+    proc = snakemake(target, "--profile", REPO / "workflows/profiles/cluster-generic-local",
+                     "--configfile", PRESETS / "tiny.yaml", cwd=tmp_path, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    # really went through the submit command: a remote executor, and a job-side Snakemake per job
+    assert "Provided remote nodes" in out
+    assert out.count("Workflow ID:") >= 3, out[-5000:]
+    assert (tmp_path / target).is_file()
