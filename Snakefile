@@ -38,11 +38,13 @@ include: "workflows/rules/common.smk"
 include: "workflows/rules/pretrain.smk"
 include: "workflows/rules/prune.smk"
 include: "workflows/rules/finetune.smk"
+include: "workflows/rules/stability.smk"
 include: "workflows/rules/evaluate.smk"
 include: "workflows/rules/aggregate.smk"
+include: "workflows/rules/sweep.smk"
 
 # Cheap bookkeeping runs on the submitting machine, not as a cluster job.
-localrules: all, aggregate
+localrules: all, aggregate, seed_stability
 
 
 rule all:

@@ -106,13 +106,25 @@ def _measured(res: dict, nominal: float) -> float | None:
     return m
 
 
-def load_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """One flat record per result JSON under runs_dir (files without a 'cell' are skipped)."""
-    runs_dir = Path(runs_dir)
+def result_files(runs: str | Path | list) -> list[Path]:
+    """The result JSONs: every one under a folder, or exactly the files listed (the workflow
+    lists its own, so results left by an earlier version of the grid are not pooled in)."""
+    if isinstance(runs, (list, tuple)):
+        paths = [Path(p) for p in runs]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"result files not found: {missing}")
+        return sorted(paths)
+    runs_dir = Path(runs)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"runs folder not found: {runs_dir}")
+    return sorted(runs_dir.rglob("*.json"))
+
+
+def load_runs(runs_dir: str | Path | list) -> list[dict[str, Any]]:
+    """One flat record per result JSON (files without a 'cell' are skipped)."""
     records = []
-    for path in sorted(runs_dir.rglob("*.json")):
+    for path in result_files(runs_dir):
         if path.name.startswith("."):
             continue
         try:
@@ -468,7 +480,6 @@ def _header(df: pd.DataFrame, preset: str, records: list[dict]) -> str:
 def build_tables(runs_dir: str | Path, reference_csv: str | Path | None = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
     """(leaderboard, S2AP paired table or None, markdown text) without writing anything."""
-    runs_dir = Path(runs_dir)
     records = load_runs(runs_dir)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -486,8 +497,9 @@ def build_tables(runs_dir: str | Path, reference_csv: str | Path | None = None
         diag_cols = sorted(c for c in df.columns if c.startswith("diag."))
         df = df[[c for c in df.columns if not c.startswith("diag.")] + diag_cols]
 
+    folder = Path(runs_dir) if not isinstance(runs_dir, (list, tuple)) else None
     preset = next((r["preset"] for r in records if r.get("preset")), None) or (
-        runs_dir.parent.name if runs_dir.name == "runs" else runs_dir.name)
+        "" if folder is None else folder.parent.name if folder.name == "runs" else folder.name)
     md = [_header(df, preset, records) if not df.empty else f"# Leaderboard: {preset}\n\nNo results.\n"]
     if not df.empty:
         md += ["## Leaderboard", "", _leaderboard_md(df, reference_csv is not None), ""]

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="mask search")
     _cell_args(p, method=True)
     p.add_argument("--dense", default="none", help="dense.pt from pretrain, or 'none'")
+    p.add_argument("--search-seed", type=int, default=None,
+                   help="seed of the mask search when it differs from the dense model's (seed stability)")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("finetune", help="finetune the kept weights and export the plain model")
@@ -67,10 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", type=_json_arg, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--state-dir", default=None)
+    p.add_argument("--extra-diagnostics", action="append", default=[],
+                   help="JSON file of diagnostics to record with the result (seed stability)")
+
+    p = sub.add_parser("stability", help="seed stability: compare the masks of two mask searches")
+    p.add_argument("--a", required=True, help="search.pt of the first search seed")
+    p.add_argument("--b", required=True, help="search.pt of the second search seed")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("sweep-report", help="select S2AP's gamma on validation numbers")
+    p.add_argument("--models", required=True, nargs="+", help="model.pt files of the sweep")
+    p.add_argument("--out", required=True, help="CSV; a markdown table is written beside it")
 
     p = sub.add_parser("aggregate", help="leaderboard tables and plots from result JSONs")
-    p.add_argument("--runs", required=True)
+    p.add_argument("--runs", required=True, nargs="+",
+                   help="a folder of result JSONs, or the result files themselves")
     p.add_argument("--out", required=True)
+    p.add_argument("--no-plots", action="store_true")
     p.add_argument("--reference", default=None, help="published reference CSV to show beside")
 
     p = sub.add_parser("methods", help="list registered methods")
@@ -89,11 +104,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:10s} learns_scores={cls.learns_scores} needs_pretrain={cls.needs_pretrain} "
                   f"needs_finetune={cls.needs_finetune}")
         return 0
-    if args.command == "aggregate":
-        from .aggregate import aggregate
+    if args.command == "stability":
+        from .stages import seed_stability
 
-        table = aggregate(args.runs, args.out, reference_csv=args.reference)
+        record = seed_stability(args.a, args.b, args.out)
+        print(f"seed stability: flip fraction {record['seed_flip_fraction']:.4f}, "
+              f"jaccard {record['seed_jaccard']:.4f}")
+        return 0
+    if args.command == "sweep-report":
+        from .sweep import sweep_report
+
+        table = sweep_report(args.models, args.out)
+        print(table.to_string(index=False))
+        return 0
+    if args.command == "aggregate":
+        from .aggregate import aggregate, runs_frame
+
+        runs = args.runs[0] if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else args.runs
+        table = aggregate(runs, args.out, reference_csv=args.reference)
         print(f"leaderboard: {len(table)} rows -> {Path(args.out) / 'leaderboard.md'}")
+        if not args.no_plots:
+            from .plots import plot_diagnostics, plot_leaderboard
+
+            written = list(plot_leaderboard(table, Path(args.out) / "plots") or [])
+            written += list(plot_diagnostics(runs_frame(runs), Path(args.out) / "plots") or [])
+            print(f"plots: {len(written)} files -> {Path(args.out) / 'plots'}")
         return 0
 
     from . import stages
@@ -104,14 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "prune":
         stages.prune(args.config, dataset=args.dataset, arch=args.arch, method=args.method,
                      s2ap=args.s2ap, sparsity=args.sparsity, seed=args.seed, dense=args.dense,
-                     out=args.out, state_dir=args.state_dir, plugins=args.plugin)
+                     out=args.out, state_dir=args.state_dir, plugins=args.plugin,
+                     search_seed=args.search_seed)
     elif args.command == "finetune":
         stages.finetune(args.config, dataset=args.dataset, arch=args.arch, method=args.method,
                         s2ap=args.s2ap, sparsity=args.sparsity, seed=args.seed, search=args.search,
                         out=args.out, state_dir=args.state_dir, plugins=args.plugin)
     elif args.command == "evaluate":
         record = stages.evaluate(args.config, model_path=args.model, cell=args.cell, out=args.out,
-                                 state_dir=args.state_dir)
+                                 state_dir=args.state_dir, extra_diagnostics=args.extra_diagnostics)
         parts = [f"{k}={v['acc']:.4f}" for k, v in record["metrics"].items() if v]
         print(" ".join(parts + [f"sparsity={record['sparsity']['measured']:.4f}"]))
     return 0

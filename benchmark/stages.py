@@ -148,8 +148,11 @@ def _masked_model(arch, info, cfg, method, device) -> nn.Module:
 
 def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsity: float, seed: int,
           dense: str | Path | None, out: str | Path, state_dir: str | Path | None = None,
-          plugins=()) -> dict:
+          plugins=(), search_seed: int | None = None) -> dict:
+    """``seed`` names the dense model; ``search_seed`` (default: the same) drives the search, so
+    two searches on one dense model measure seed stability."""
     t0 = time.perf_counter()
+    dense_seed, seed = seed, seed if search_seed is None else search_seed
     device = apply_runtime(cfg.get("runtime"))
     info = dataset_info(dataset)
     tcfg = train_config(cfg, info)
@@ -167,14 +170,7 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
         ckpt, dmeta = _read_artifact(dense)
         model.load_state_dict(ckpt["state_dict"])
         upstream_timing = dmeta.get("timing", {})
-    else:
-        m.prepare_weights(model, gen)
-    masking.to_masked(model, m.granularity)
-    m.setup_layers(model)
-    model.to(device)
-    m.init_scores(model, gen)
-    m.init_rates(model)
-    masking.refresh_masks(model)
+    m.prepare_search_model(model, gen, device)
     masking.set_mode(model, "search", train_bn=tcfg.train_bn)
     history: list = []
     if m.learns_scores and tcfg.epochs > 0:
@@ -183,7 +179,7 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
             from methods.s2ap import ScoreSharpness
 
             plugins_.append(ScoreSharpness(cfg.get("s2ap") or {}, total_epochs=tcfg.epochs))
-        fp = fingerprint("prune", cfg, dataset, arch, method, s2ap, sparsity, seed)
+        fp = fingerprint("prune", cfg, dataset, arch, method, s2ap, sparsity, dense_seed, seed)
         trainer = _trainer(model, m.search_params(model, tcfg), tcfg, splits, device, seed, state_dir,
                            "prune", fp, plugins_, cfg)
         history = trainer.fit()
@@ -192,11 +188,19 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
     attack = AttackConfig(tcfg.attack.eps, max(tcfg.val_attack_steps, 1), tcfg.attack.step_size)
     val_loader = torch.utils.data.DataLoader(splits[1], batch_size=256)
     mask_val = validate(model, val_loader, attack, device) if len(splits[1]) else {}
+    t_diag = time.perf_counter()
+    diag = {}
+    if cfg.get("diagnostics") is not None:
+        from .diagnostics import search_diagnostics
+
+        diag = search_diagnostics(model, splits[1], cfg["diagnostics"], attack, device, seed)
+    diag_s = time.perf_counter() - t_diag
     masks = masking.get_masks(model)
     meta = _meta(cfg, "prune", dmeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
-                 sparsity=sparsity, seed=seed, history=history, mask_val=mask_val,
-                 sparsity_report=masking.sparsity_report(masks),
-                 timing={**upstream_timing, "prune_s": time.perf_counter() - t0})
+                 sparsity=sparsity, seed=dense_seed, search_seed=seed, history=history, mask_val=mask_val,
+                 sparsity_report=masking.sparsity_report(masks), diagnostics=diag,
+                 timing={**upstream_timing, "prune_s": time.perf_counter() - t0 - diag_s,
+                         "diagnostics_s": diag_s})
     atomic_torch_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                        "masks": masks, "meta": json.dumps(meta)}, out)
     return meta
@@ -241,6 +245,7 @@ def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, spar
     meta = _meta(cfg, "finetune", smeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
                  sparsity=sparsity, seed=seed, width=float(cfg.get("model", {}).get("width", 1.0)),
                  history=history, search=dict(mask_val=smeta.get("mask_val"), history=smeta.get("history")),
+                 diagnostics=smeta.get("diagnostics") or {},
                  timing={**smeta.get("timing", {}), "finetune_s": time.perf_counter() - t0})
     atomic_torch_save({"state_dict": masking.export_state_dict(model), "masks": masks,
                        "meta": json.dumps(meta)}, out)
@@ -255,8 +260,22 @@ def load_exported(path: str | Path, arch: str, info, model_cfg: dict) -> tuple[n
     return model, ckpt.get("masks"), meta
 
 
+def seed_stability(search_a: str | Path, search_b: str | Path, out: str | Path) -> dict:
+    """Flip fraction and Jaccard index between the masks of two search seeds on one dense model."""
+    from .diagnostics import seed_stability as compare
+
+    (a, meta_a), (b, meta_b) = _read_artifact(search_a), _read_artifact(search_b)
+    if a.get("masks") is None or b.get("masks") is None:
+        raise ValueError("seed stability needs the masks of two mask searches")
+    result = compare(a["masks"], b["masks"])
+    record = {"seed_flip_fraction": result["flip_fraction"], "seed_jaccard": result["jaccard"],
+              "seed_pair": [meta_a.get("search_seed"), meta_b.get("search_seed")]}
+    atomic_write_json(out, record)
+    return record
+
+
 def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
-             state_dir: str | Path | None = None) -> dict:
+             state_dir: str | Path | None = None, extra_diagnostics=()) -> dict:
     from .evaluation import evaluate_model, prepare_for_eval
     from .provenance import config_hash, provenance
 
@@ -295,7 +314,7 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
         "flags": result["flags"],
         "timing": {**meta.get("timing", {}), **result.get("timing", {}),
                    "evaluate_s": time.perf_counter() - t0},
-        "diagnostics": _diagnostics(meta),
+        "diagnostics": _diagnostics(meta, extra_diagnostics),
         "history": {"train": meta.get("history"), "search": (meta.get("search") or {}).get("history")},
         "provenance": provenance(),
     }
@@ -303,7 +322,9 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
     return record
 
 
-def _diagnostics(meta: dict) -> dict:
+def _diagnostics(meta: dict, extra_files=()) -> dict:
+    from .io import read_json
+
     out: dict = {}
     search = meta.get("search") or {}
     mask_val = search.get("mask_val") or {}
@@ -311,4 +332,6 @@ def _diagnostics(meta: dict) -> dict:
         out["mask_robust_acc"] = mask_val["val_pgd"]
         out["mask_clean_acc"] = mask_val["val_clean"]
     out.update(meta.get("diagnostics") or {})
+    for path in extra_files:
+        out.update({k: v for k, v in read_json(path).items() if isinstance(v, (int, float))})
     return out

@@ -45,13 +45,7 @@ def make_trainer(variant: str, args, info, data, device):
                        device=device, seed=0)
     name = variant.split("+")[0]
     method = method_registry().get(name)(args.sparsity)
-    masking.to_masked(model, method.granularity)
-    method.setup_layers(model)
-    model.to(device)
-    gen = torch.Generator().manual_seed(0)
-    method.init_scores(model, gen)
-    method.init_rates(model)
-    masking.refresh_masks(model)
+    method.prepare_search_model(model, torch.Generator().manual_seed(0), device)
     masking.set_mode(model, "search")
     plugins = method.search_plugins(model, cfg)
     if variant.endswith("+s2ap"):

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmark.masking import (apply_masks_to_weights, masked_layers, refresh_masks,
-                               scaled_score_init, set_keep)
+from benchmark.masking import (apply_masks_to_weights, global_counts, keep_for_count, kept_count,
+                               masked_layers, refresh_masks, scaled_score_init, set_keep, to_masked)
 from benchmark.training import TrainConfig, TrainPlugin
 
 
@@ -42,6 +42,16 @@ class KeepPrunedZero(TrainPlugin):
 
     def after_step(self, trainer) -> None:
         apply_masks_to_weights(trainer.model)
+
+
+def keep_global_counts(model: nn.Module, layer_values, keep: float) -> None:
+    """Sets each layer's keep fraction so that it keeps exactly the count that ONE global top-k
+    over ``layer_values`` (one tensor per masked layer, in order) gives it at ``keep``."""
+    layers = [layer for _, layer in masked_layers(model)]
+    total = sum(layer.scores.numel() for layer in layers)
+    counts = global_counts(list(layer_values), kept_count(total, keep))
+    for layer, count in zip(layers, counts):
+        layer.keep = keep_for_count(layer.scores.numel(), count)
 
 
 class PruningMethod:
@@ -77,6 +87,21 @@ class PruningMethod:
 
     def init_rates(self, model: nn.Module) -> None:
         set_keep(model, self.keep)
+
+    def prepare_search_model(self, model: nn.Module, generator: torch.Generator,
+                             device: torch.device | None = None) -> nn.Module:
+        """The mask search's starting point from a plain model (pretrained, or random when the
+        method needs no pretraining): masked layers, method parameters, scores, rates, masks."""
+        if not self.needs_pretrain:
+            self.prepare_weights(model, generator)
+        to_masked(model, self.granularity)
+        self.setup_layers(model)
+        if device is not None:
+            model.to(device)
+        self.init_scores(model, generator)
+        self.init_rates(model)
+        refresh_masks(model)
+        return model
 
     # -- mask search -------------------------------------------------------------------------
     def search_params(self, model: nn.Module, cfg: TrainConfig) -> list:

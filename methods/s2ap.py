@@ -98,15 +98,12 @@ class ScoreSharpness(TrainPlugin):
             loss.backward()
             return loss.detach()
         layers = [layer for _, layer in masked_layers(model) if layer.scores.requires_grad]
-        score_ids = {id(layer.scores) for layer in layers}
         devices = [trainer.device] if trainer.device.type == "cuda" else []
         rng_before = torch.get_rng_state()
         cuda_before = torch.cuda.get_rng_state_all() if devices else None
 
         loss = trainer.compute_loss(batch)  # pass 1: the base method's pass
         loss.backward()
-        others = {p: p.grad.clone() for p in model.parameters()
-                  if p.grad is not None and id(p) not in score_ids}
         saved_scores = [layer.scores.detach().clone() for layer in layers]
         saved_masks = [layer.mask.detach().clone() for layer in layers]
         saved_bn = [b.detach().clone() for b in _bn_buffers(model)]
@@ -116,8 +113,6 @@ class ScoreSharpness(TrainPlugin):
             for layer in layers:
                 layer.scores.add_(perturbation(layer.scores, layer.scores.grad, self.gamma, self.norm))
                 layer.refresh_mask()
-        for p in model.parameters():
-            p.grad = None
         try:
             # replay the RNG pass 1 saw: same dropout masks, and pass 2 consumes nothing
             torch.set_rng_state(rng_before)
@@ -126,7 +121,10 @@ class ScoreSharpness(TrainPlugin):
             if self.regenerate:
                 with trainer.autocast():
                     batch = trainer.robust_loss.prepare(model, batch.x, batch.y)
-            trainer.compute_loss(batch).backward()  # pass 2 at s + z
+            # pass 2 at s + z: only the score gradient is taken, so every other parameter keeps
+            # the gradient of pass 1 (BN affine, HARP's rates) and no work is spent on theirs
+            scores = [layer.scores for layer in layers]
+            grads = torch.autograd.grad(trainer.compute_loss(batch), scores, allow_unused=True)
         finally:
             torch.set_rng_state(rng_after)
             if devices:
@@ -137,9 +135,8 @@ class ScoreSharpness(TrainPlugin):
                     layer.mask.copy_(m)
                 for b, saved in zip(_bn_buffers(model), saved_bn):
                     b.copy_(saved)
-        for p in model.parameters():
-            if id(p) not in score_ids:
-                p.grad = others.get(p)
+        for layer, g in zip(layers, grads):
+            layer.scores.grad = g if g is not None else torch.zeros_like(layer.scores)
         return loss.detach()
 
     def state_dict(self) -> dict:

@@ -128,3 +128,24 @@ def test_set_mode_search_trains_only_scores_and_bn():
     assert {n for n, p in net.named_parameters() if p.requires_grad} == {"0.scores", "3.scores", "7.scores"}
     masking.set_mode(net, "finetune")
     assert not any(p.requires_grad for n, p in net.named_parameters() if n.endswith("scores"))
+
+
+def test_attack_forward_follows_every_mask_refresh():
+    # the attack reuses one folded w * m per optimiser step; a refresh must invalidate it
+    net = masking.to_masked(toy_net())
+    masking.scaled_score_init(net)
+    masking.set_keep(net, 0.5)
+    masking.refresh_masks(net)
+    masking.set_mode(net, "search")
+    net.eval()
+    x = torch.rand(2, 3, 8, 8)
+    with masking.scores_frozen(net), torch.no_grad():
+        before = net(x)
+        for _, layer in masking.masked_layers(net):
+            layer.scores.data = -layer.scores.data.abs().flip(-1)
+        masking.refresh_masks(net)
+        after = net(x)
+        masking.set_mode(net, "finetune")
+        expected = net(x)
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, expected)

@@ -62,13 +62,15 @@ def write_preset(path: Path, base: str, **changes) -> Path:
 def test_quick_dry_run(tmp_path):
     jobs = dry_run_jobs("--configfile", PRESETS / "quick.yaml", cwd=tmp_path)
     counts = Counter(j["rule"] for j in jobs)
-    # 2 methods x 3 sparsities, one dense model shared by both
+    # hydra and harp with S2AP off and on, lwm and random: 6 cells at one sparsity, one dense
+    # model shared by all; the on/off cells have a search each (no AWP-only value in quick)
     assert counts["pretrain"] == 1 and counts["evaluate_dense"] == 1
     assert counts["prune"] == counts["finetune"] == counts["evaluate"] == 6
     assert counts["aggregate"] == 1
     outputs = [o for j in jobs for o in j["output"]]
     assert "results/quick/leaderboard.md" in outputs
-    assert "results/quick/runs/fashion-mnist/small_cnn/lwm/n-a/sp90/seed0.json" in outputs
+    assert "results/quick/runs/fashion-mnist/small_cnn/lwm/n-a/sp95/seed0.json" in outputs
+    assert "results/quick/runs/fashion-mnist/small_cnn/harp/on/sp95/seed0.json" in outputs
     assert "results/quick/runs/fashion-mnist/small_cnn/dense/n-a/sp0/seed0.json" in outputs
     for j in jobs:
         if j["rule"] in {"pretrain", "prune", "finetune", "evaluate", "evaluate_dense", "aggregate"}:

@@ -22,6 +22,7 @@ rule evaluate:
     input:
         model=lambda wc: model_path(wc.dataset, wc.arch, wc.method, apcfg.s2ap_from_path(wc.s2ap),
                                     wc.sparsity, wc.seed),
+        stability=stability_inputs,
     output:
         "results/{preset}/runs/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.json",
     log:
@@ -30,10 +31,12 @@ rule evaluate:
         cfg=_eval_cfg,
         cell=lambda wc: apcfg.dumps(apcfg.cell_json(CFG, _pruned_cell(wc))),
         state="work/{preset}/state/evaluate/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}",
+        extra=lambda wc, input: " ".join(f"--extra-diagnostics {shlex.quote(str(f))}"
+                                         for f in input.stability),
     threads: THREADS
     shell:
         BENCH + " evaluate --config {params.cfg:q} --model {input.model:q} --cell {params.cell:q}"
-        " --out {output:q} --state-dir {params.state:q} > {log:q} 2>&1"
+        " --out {output:q} --state-dir {params.state:q} {params.extra} > {log:q} 2>&1"
 
 
 rule evaluate_dense:

@@ -1,0 +1,458 @@
+"""HARP: learned layer rates, their straight-through gradient, the hinge, the budget, channels."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+
+from benchmark import masking
+from benchmark.attacks import AttackConfig
+from benchmark.training import Trainer, TrainConfig
+from methods.base import RefreshMasks
+from methods.harp import Harp, RateHinge, erk_keep
+from methods.hydra import Hydra
+from methods.lamp import lamp_allocation
+
+torch.set_num_threads(2)
+
+
+def toy_net(bias: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=bias), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 24, 1, bias=True), nn.ReLU(),  # a channel layer with no BN
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+
+def setup(sparsity=0.9, model=None, **options):
+    method = Harp(sparsity, options)
+    model = model if model is not None else toy_net()
+    masking.to_masked(model, method.granularity)
+    method.setup_layers(model)
+    method.init_scores(model, torch.Generator().manual_seed(0))
+    method.init_rates(model)
+    masking.refresh_masks(model)
+    masking.set_mode(model, "search")
+    return method, model
+
+
+def short_search(method, model, epochs=1, lr=0.1, n=32):
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=16, loss="pgd_at", val_attack_steps=0,
+                      attack=AttackConfig(8 / 255, 1, 2 / 255))
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.rand(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
+    trainer = Trainer(model, method.search_params(model, cfg), cfg, train_set=data, val_set=None,
+                      device=torch.device("cpu"), seed=0, plugins=method.search_plugins(model, cfg),
+                      log=lambda msg: None)
+    trainer.fit()
+    return trainer
+
+
+def learned_keep(layer) -> float:
+    """k_l written out from the published formula, independently of the masking code."""
+    return float(torch.sigmoid(layer.rate_logit.detach()) * (1 - layer.rate_floor) + layer.rate_floor)
+
+
+def assert_counts_follow_rates(model):
+    masks = masking.get_masks(model)
+    for name, layer in masking.masked_layers(model):
+        n = layer.scores.numel()
+        expected = masking.kept_count(n, learned_keep(layer)) if layer.rate_logit is not None \
+            else masking.kept_count(n, layer.keep)
+        assert int(layer.mask.sum()) == expected, name
+        if layer.granularity == "weight":
+            assert int(masks[name].sum()) == expected, name
+
+
+def kept_fraction(model) -> float:
+    kept = sum(int(layer.mask.sum()) for _, layer in masking.masked_layers(model))
+    return kept / sum(layer.mask.numel() for _, layer in masking.masked_layers(model))
+
+
+# ---------------------------------------------------------------- parametrisation and init
+def test_rates_follow_the_published_parametrisation_with_floor():
+    method, model = setup(0.99)
+    assert method.rate_floor == pytest.approx(0.1 * 0.01)
+    for _, layer in masking.masked_layers(model):
+        assert isinstance(layer.rate_logit, nn.Parameter) and layer.rate_logit.dim() == 0
+        layer.rate_logit.data.fill_(-1e4)
+        assert float(layer.keep_fraction().detach()) == pytest.approx(method.rate_floor)
+        layer.rate_logit.data.fill_(1e4)
+        assert float(layer.keep_fraction().detach()) == pytest.approx(1.0)
+
+
+def test_default_start_is_the_target_and_gives_hydras_first_mask():
+    _, model = setup(0.9)
+    hydra = Hydra(0.9)
+    ref = masking.to_masked(toy_net())
+    hydra.init_scores(ref, torch.Generator())
+    hydra.init_rates(ref)
+    masking.refresh_masks(ref)
+    for (name, a), (_, b) in zip(masking.masked_layers(model), masking.masked_layers(ref)):
+        assert torch.equal(a.mask, b.mask), name
+
+
+def test_uniform_init_keep_reproduces_010_uni():
+    _, model = setup(0.99, init_keep=0.1)
+    for name, layer in masking.masked_layers(model):
+        assert learned_keep(layer) == pytest.approx(0.1, rel=1e-4), name
+
+
+def test_lamp_and_erk_initial_allocations():
+    _, model = setup(0.9, init="lamp")
+    counts = lamp_allocation(model, 0.1)
+    for name, layer in masking.masked_layers(model):
+        assert abs(layer.kept_target() - counts[name]) <= 1, name
+    assert len({round(learned_keep(layer), 3) for _, layer in masking.masked_layers(model)}) > 1
+
+    shapes = [(16, 3, 3, 3), (32, 16, 3, 3), (256, 512, 3, 3), (10, 24)]
+    keeps = erk_keep(shapes, 0.1)
+    n = [math.prod(s) for s in shapes]
+    assert sum(k * c for k, c in zip(keeps, n)) / sum(n) == pytest.approx(0.1)
+    assert max(keeps) <= 1.0 and keeps[0] == 1.0 and keeps[2] < 0.1  # small layers dense, big ones sparse
+    _, model = setup(0.9, init="erk")
+    ks = [learned_keep(layer) for _, layer in masking.masked_layers(model)]
+    assert ks[0] > ks[1]
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="init must be"):
+        Harp(0.9, {"init": "magic"})
+    with pytest.raises(ValueError, match="on_over_budget"):
+        Harp(0.9, {"on_over_budget": "ignore"})
+    with pytest.raises(ValueError, match="structured"):
+        Harp(0.5, {"structured": True, "init": "erk"})
+    assert Harp(0.5, {"structured": True}).granularity == "channel"
+    assert Harp(0.5).granularity == "weight" and Hydra.granularity == "weight"
+
+
+# ---------------------------------------------------------------- straight-through rate gradient
+@pytest.mark.parametrize("granularity", ["weight", "channel"])
+def test_rate_gradient_equals_the_sum_of_the_mask_gradient(granularity):
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 5))
+    method = Harp(0.6, {"structured": granularity == "channel", "keep_classifier": False})
+    masking.to_masked(net, method.granularity)
+    method.setup_layers(net)
+    layer = net[0]
+    layer.scores.data = torch.randn(layer.scores.shape)
+    layer.rate_logit.data.fill_(0.3)
+    layer.refresh_mask()
+    masking.set_mode(net, "search")
+    x = torch.randn(4, 6)
+    out = net(x)
+    g = torch.randn_like(out)
+    out.backward(g)
+    grad_w_eff = g.t() @ x  # dL / d(w * m)
+    if granularity == "weight":
+        grad_m = grad_w_eff * layer.weight.detach()
+    else:  # per output channel: the filter's share plus the bias, which the channel mask removes too
+        grad_m = (grad_w_eff * layer.weight.detach()).sum(1) + layer.bias.detach() * g.sum(0)
+    s = torch.sigmoid(torch.tensor(0.3))
+    dk_dr = s * (1 - s) * (1 - layer.rate_floor)
+    torch.testing.assert_close(layer.rate_logit.grad, grad_m.sum() * dk_dr)
+    torch.testing.assert_close(layer.scores.grad, grad_m * torch.sign(layer.scores.detach()))
+
+
+# ---------------------------------------------------------------- the hinge
+class FakeTrainer:
+    model = None
+
+
+def test_hinge_grows_per_epoch_freezes_once_reached_and_resumes():
+    layer = masking.to_masked(nn.Sequential(nn.Linear(10, 10)))[0]
+    layer.rate_logit = nn.Parameter(torch.tensor(0.0))
+    layer.rate_floor = 0.01
+    hinge = RateHinge([layer], target=0.1, gamma=0.01)
+    t = FakeTrainer()
+
+    def set_rate(k):
+        layer.rate_logit.data.fill_(math.log((k - 0.01) / (1 - k)))
+
+    set_rate(0.3)
+    gammas = []
+    for epoch in range(3):
+        hinge.on_epoch_start(t, epoch)
+        gammas.append(hinge.gamma_t)
+        loss = hinge.extra_loss(t)
+        assert loss.item() == pytest.approx(hinge.gamma_t * (0.3 / 0.1 - 1), rel=1e-5)
+        record = {}
+        hinge.on_epoch_end(t, epoch, record)
+        assert record["harp_frozen"] is False and record["harp_rate"] == pytest.approx(0.3, rel=1e-5)
+    assert gammas == pytest.approx([0.01, 0.02, 0.03])
+
+    # the hinge pushes the rate down: d/dr = gamma_t / target * dk/dr
+    layer.rate_logit.grad = None
+    hinge.extra_loss(t).backward()
+    k = 0.3
+    s = (k - 0.01) / 0.99
+    assert layer.rate_logit.grad.item() == pytest.approx(0.03 / 0.1 * s * (1 - s) * 0.99, rel=1e-4)
+
+    hinge.on_epoch_start(t, 3)
+    set_rate(0.09)  # below target by the epoch end: gamma freezes at this epoch's value
+    hinge.on_epoch_end(t, 3, {})
+    assert hinge.frozen_gamma == pytest.approx(0.04)
+    assert hinge.extra_loss(t).item() == 0.0
+    set_rate(0.2)  # above again: gamma stays frozen rather than growing
+    hinge.on_epoch_start(t, 7)
+    assert hinge.gamma_t == pytest.approx(0.04)
+
+    # resume restores gamma and the frozen flag
+    state = hinge.state_dict()
+    other = RateHinge([layer], target=0.1, gamma=0.01)
+    other.on_epoch_start(t, 9)
+    assert other.gamma_t == pytest.approx(0.10)
+    other.load_state_dict(state)
+    other.on_epoch_start(t, 9)
+    assert other.gamma_t == pytest.approx(0.04) and other.frozen_gamma == pytest.approx(0.04)
+
+
+def test_hinge_state_travels_through_a_trainer_checkpoint(tmp_path):
+    method, model = setup(0.9, init_keep=0.5)
+    trainer = short_search(method, model, epochs=1)
+    hinge = next(p for p in trainer.plugins if isinstance(p, RateHinge))
+    hinge.frozen_gamma = 0.123
+    state = trainer.state_dict()
+    path = tmp_path / "prune.pt"
+    torch.save(state, path)
+    loaded = torch.load(path, weights_only=True)
+    method2, model2 = setup(0.9, init_keep=0.5)
+    cfg = trainer.cfg
+    trainer2 = Trainer(model2, method2.search_params(model2, cfg), cfg,
+                       train_set=trainer.train_loader.dataset, val_set=None, device=torch.device("cpu"),
+                       seed=0, plugins=method2.search_plugins(model2, cfg), log=lambda m: None)
+    trainer2.load_state_dict(loaded)
+    hinge2 = next(p for p in trainer2.plugins if isinstance(p, RateHinge))
+    assert hinge2.frozen_gamma == pytest.approx(0.123)
+    for (_, a), (_, b) in zip(masking.masked_layers(model), masking.masked_layers(model2)):
+        assert torch.equal(a.rate_logit, b.rate_logit)
+
+
+def test_rates_train_without_weight_decay_in_their_own_group():
+    method, model = setup(0.9)
+    groups = method.search_params(model, TrainConfig(epochs=1, lr=0.1, weight_decay=5e-4))
+    rate_group = [g for g in groups if any(p.dim() == 0 for p in g["params"])]
+    assert len(rate_group) == 1 and rate_group[0]["weight_decay"] == 0.0
+    assert len(rate_group[0]["params"]) == len(list(masking.masked_layers(model)))
+    assert isinstance(method.search_plugins(model, None)[0], RefreshMasks)
+
+
+# ---------------------------------------------------------------- the end of the search
+def test_exported_counts_equal_the_learned_rates():
+    method, model = setup(0.9)
+    g = torch.Generator().manual_seed(5)
+    for _, layer in masking.masked_layers(model):  # a non-uniform allocation, under budget
+        layer.rate_logit.data.fill_(float(torch.empty(()).uniform_(-6.0, -2.5, generator=g)))
+    logits = [layer.rate_logit.item() for _, layer in masking.masked_layers(model)]
+    method.finalize_search(model)
+    assert not method.last_report["projected"]
+    assert logits == [layer.rate_logit.item() for _, layer in masking.masked_layers(model)]
+    assert_counts_follow_rates(model)
+    ks = [learned_keep(layer) for _, layer in masking.masked_layers(model)]
+    assert max(ks) - min(ks) > 0.01  # the counts really differ from a uniform allocation
+    assert kept_fraction(model) <= 0.1 + 0.001
+
+
+def test_a_search_ending_above_target_is_projected_onto_the_budget():
+    # 10x the target at the start and one short epoch: the hinge cannot bring the rates down
+    method, model = setup(0.99, init_keep=0.1)
+    short_search(method, model, epochs=1)
+    total = sum(layer.mask.numel() for _, layer in masking.masked_layers(model))
+    before = [layer.rate_logit.item() for _, layer in masking.masked_layers(model)]
+    assert method.kept_total(model) > (0.01 + 0.001) * total
+    method.finalize_search(model)
+    assert method.last_report["projected"]
+    assert kept_fraction(model) <= 0.01 + 0.001
+    assert method.kept_total(model) <= masking.kept_count(total, 0.01)
+    assert_counts_follow_rates(model)
+    # one common shift in logit space: the learned allocation keeps its order
+    after = [layer.rate_logit.item() for _, layer in masking.masked_layers(model)]
+    shifts = [a - b for a, b in zip(after, before)]
+    assert max(shifts) - min(shifts) < 1e-4 and shifts[0] < 0
+    masks = masking.get_masks(model)
+    assert masking.sparsity_report(masks)["kept"] == method.kept_total(model)
+
+
+def test_fail_rule_raises_a_clear_error():
+    method, model = setup(0.99, init_keep=0.1, on_over_budget="fail")
+    with pytest.raises(RuntimeError, match="above its budget.*on_over_budget: project"):
+        method.finalize_search(model)
+
+
+def test_within_tolerance_is_left_alone():
+    method, model = setup(0.9)  # starts at the target: per-layer rounding is far below 0.1 %
+    before = [layer.rate_logit.item() for _, layer in masking.masked_layers(model)]
+    method.finalize_search(model)
+    assert not method.last_report["projected"]
+    assert before == [layer.rate_logit.item() for _, layer in masking.masked_layers(model)]
+
+
+# ---------------------------------------------------------------- structured (channel) pruning
+def _channel_outputs(model):
+    """Records every BN's and every channel layer's output (hooks run after the masking hooks)."""
+    seen = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.BatchNorm2d, nn.Conv2d)):
+            handles.append(module.register_forward_hook(
+                lambda m, i, o, name=name: seen.__setitem__(name, o.detach().clone())))
+    return seen, handles
+
+
+def test_a_pruned_channel_outputs_exactly_zero():
+    model = toy_net(bias=True)
+    with torch.no_grad():  # BN with a bias and shifted statistics, which would leak a constant
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.uniform_(0.5, 1.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.running_mean.uniform_(-1, 1)
+    method, model = setup(0.5, model=model, structured=True)
+    pairs = {a: b for a, _, b, _ in masking.channel_bn_pairs(model)}
+    assert pairs == {"0": "1", "3": "4"}  # conv -> BN by module order; "6" has none (own bias)
+    x = torch.rand(4, 3, 8, 8)
+    layers = dict(masking.masked_layers(model))
+
+    def check(net, names_to_layer):
+        seen, handles = _channel_outputs(net)
+        net(x)
+        for h in handles:
+            h.remove()
+        for out_name, layer_name in names_to_layer.items():
+            pruned = layers[layer_name].mask == 0
+            assert pruned.any(), layer_name
+            assert torch.count_nonzero(seen[out_name][:, pruned]) == 0, out_name
+        return seen
+
+    outputs = {"1": "0", "4": "3", "6": "6"}
+    model.train()
+    check(model, outputs)  # search, train-mode BN, before any parameter is zeroed
+    short_search(method, model, epochs=1)
+    method.finalize_search(model)
+    model.eval()
+    check(model, outputs)
+    masking.set_mode(model, "finetune")
+    masking.apply_masks_to_weights(model)
+    model.train()
+    check(model, outputs)
+    # the exported plain model has no hooks: zeroed bias and BN affine give the same exact zeros
+    plain = toy_net(bias=True)
+    plain.load_state_dict(masking.export_state_dict(model), strict=True)
+    plain.eval()
+    check(plain, outputs)
+    model.eval()
+    torch.testing.assert_close(plain(x), model(x))
+    # the budget counts channels
+    assert kept_fraction(model) <= 0.5 + 0.001
+    assert_counts_follow_rates(model)
+
+
+def test_without_the_mechanism_the_bn_bias_would_leak():
+    model = toy_net()
+    with torch.no_grad():
+        model[1].bias.fill_(1.0)
+    masking.to_masked(model, "channel")
+    hydra = Hydra(0.5)
+    hydra.init_scores(model, torch.Generator())
+    hydra.init_rates(model)
+    masking.refresh_masks(model)
+    masking.set_mode(model, "finetune")
+    model.eval()
+    seen, _ = _channel_outputs(model)
+    model(torch.rand(2, 3, 8, 8))
+    pruned = model[0].mask == 0
+    assert torch.count_nonzero(seen["1"][:, pruned]) > 0
+
+
+def test_classifier_keeps_its_outputs_and_shortcuts_share_the_block_rate():
+    from benchmark.datasets import get_info
+    from benchmark.models import build_model
+
+    model = build_model("resnet18", get_info("cifar10"), width=0.125)
+    method, model = setup(0.5, model=model, structured=True)
+    layers = dict(masking.masked_layers(model))
+    assert layers["net.linear"].rate_logit is None and int(layers["net.linear"].mask.sum()) == 10
+    shortcut = layers["net.layer2.0.shortcut.0"]
+    assert shortcut.rate_logit is layers["net.layer2.0.conv1"].rate_logit
+    assert layers["net.layer2.0.conv2"].rate_logit is not shortcut.rate_logit
+    pairs = {a: b for a, _, b, _ in masking.channel_bn_pairs(model)}
+    assert pairs["net.layer2.0.shortcut.0"] == "net.layer2.0.shortcut.1"
+    assert pairs["net.conv1"] == "net.bn1" and pairs["net.layer1.1.conv2"] == "net.layer1.1.bn2"
+    # the shared rate is one parameter of the optimiser, with the gradient of both uses
+    groups = method.search_params(model, TrainConfig(epochs=1, lr=0.1))
+    rates = [p for g in groups for p in g["params"] if p.dim() == 0]
+    assert len(rates) == len({id(p) for p in rates}) == len(layers) - 1 - 3
+    model.train()
+    x = torch.rand(2, 3, 32, 32)
+    nn.functional.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+    assert shortcut.rate_logit.grad is not None and shortcut.rate_logit.grad.item() != 0.0
+    method.finalize_search(model)
+    assert kept_fraction(model) <= 0.5 + 0.001
+
+
+def test_a_deep_copy_masks_channels_with_its_own_masks():
+    """AWP's proxy is a deepcopy: its hooks must read the copy's masks, not the original's."""
+    import copy
+
+    _, model = setup(0.5, model=toy_net(bias=True), structured=True)
+    proxy = copy.deepcopy(model)
+    hook = next(iter(proxy[1]._forward_hooks.values()))
+    assert hook.layer is proxy[0]
+    proxy[0].mask.zero_()  # the copy prunes every channel of its first conv; the original does not
+    seen, _ = _channel_outputs(proxy)
+    proxy.eval()
+    proxy(torch.rand(2, 3, 8, 8))
+    assert torch.count_nonzero(seen["1"]) == 0
+    seen, _ = _channel_outputs(model)
+    model.eval()
+    model(torch.rand(2, 3, 8, 8))
+    assert torch.count_nonzero(seen["1"]) > 0
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_prune_and_finetune_stages_with_s2ap_and_awp(structured, tmp_path, monkeypatch):
+    """HARP through the real stages (toy data), S2AP's two passes and AWP included."""
+    from types import SimpleNamespace
+
+    from benchmark import stages
+
+    info = SimpleNamespace(name="toy", num_classes=10, in_channels=3, image_size=8,
+                           eps=8 / 255, steps=1, step_size=2 / 255)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.rand(32, 3, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
+    monkeypatch.setattr(stages, "dataset_info", lambda name: info)
+    monkeypatch.setattr(stages, "load_splits", lambda *a, **k: (data, data, data))
+    monkeypatch.setattr(stages, "build_plain_model", lambda arch, info, model_cfg: toy_net(bias=True))
+    dense = tmp_path / "dense.pt"
+    torch.save({"state_dict": toy_net(bias=True).state_dict(), "masks": None, "meta": "{}"}, dense)
+    train = {"epochs": 2, "lr": 0.1, "batch_size": 16, "loss": "pgd_at", "val_attack_steps": 1,
+             "attack": {"eps": None, "steps": 1, "step_size": None}}
+    sparsity = 50 if structured else 90
+    cfg = {"data": {}, "model": {}, "train": train, "runtime": {"device": "cpu"},
+           "method": {"options": {"structured": structured, "init_keep": 0.9}},
+           "s2ap": {"gamma": 0.05, "warmup": 0.0}, "awp": {"gamma": 0.01, "warmup_epochs": 0}}
+    search = tmp_path / "search.pt"
+    meta = stages.prune(cfg, dataset="toy", arch="toy", method="harp", s2ap="on", sparsity=sparsity,
+                        seed=0, dense=dense, out=search, state_dir=tmp_path / "state")
+    assert [r["harp_gamma"] for r in meta["history"]] == pytest.approx([0.01, 0.02])
+    out = tmp_path / "model.pt"
+    stages.finetune(cfg, dataset="toy", arch="toy", method="harp", s2ap="on", sparsity=sparsity, seed=0,
+                    search=search, out=out)
+    ckpt = torch.load(out, weights_only=True)
+    plain = toy_net(bias=True)
+    plain.load_state_dict(ckpt["state_dict"], strict=True)
+    masks = ckpt["masks"]
+    if structured:
+        channels = {n: m.flatten(1).any(1) for n, m in masks.items()}
+        kept = sum(int(c.sum()) for c in channels.values())
+        assert kept <= (0.5 + 0.001) * sum(c.numel() for c in channels.values())
+        seen, _ = _channel_outputs(plain)
+        plain.eval()
+        plain(torch.rand(4, 3, 8, 8))
+        for conv, out_name in (("0", "1"), ("3", "4"), ("6", "6")):
+            assert torch.count_nonzero(seen[out_name][:, ~channels[conv]]) == 0, conv
+    else:
+        assert masking.sparsity_report(masks)["global"] >= 0.9 - 0.001
