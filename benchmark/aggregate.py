@@ -152,7 +152,7 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
         "eps": res.get("eps"),
         "sparsity_measured": _measured(res, sparsity),
         "structure": _structure(res),
-        "preset": (cfg or {}).get("preset") if isinstance(cfg, dict) else None,
+        "preset": cell.get("preset") or ((cfg or {}).get("preset") if isinstance(cfg, dict) else None),
     }
     for name in METRICS:
         m = metrics.get(name)

@@ -58,7 +58,8 @@ def topk_mask_count(scores: torch.Tensor, count: int) -> torch.Tensor:
         threshold = torch.kthvalue(flat, n - count + 1).values
     above = flat > threshold
     tied = flat == threshold
-    need = count - int(above.sum())
+    # kept on the device: an int() here would stall the GPU once per layer per step
+    need = count - above.sum()
     keep_tied = tied & (torch.cumsum(tied.to(torch.int64), 0) <= need)
     return (above | keep_tied).to(torch.float32).view_as(scores)
 

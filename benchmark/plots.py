@@ -99,14 +99,45 @@ def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def plot_diagnostics(df_or_runs: pd.DataFrame | str | Path, out_dir: str | Path) -> list[Path]:
-    """Every numeric diagnostics column ('diag.*', e.g. mask stability) vs sparsity, one PNG per
-    (dataset, arch, diagnostic), one line per (method, s2ap) so S2AP on and off sit side by side.
+# The panels of the diagnostics figure: what S2AP is meant to change, in the paper's terms.
+# Radius-indexed keys (stability_random_r0.05, ...) are matched by prefix and drawn one line per
+# radius; the other keys are single panels. Bookkeeping keys (diag_batch, diag_loss, stds) are left
+# out: they would only crowd the figure.
+DIAGNOSTIC_PANELS = [
+    ("mask_robust_acc", "mask robust acc. (val PGD, before finetune)"),
+    ("stability_random_r", "mask flips, random z"),
+    ("stability_worst_r", "mask flips, worst-case z"),
+    ("sharpness_r", "score-space sharpness (loss increase)"),
+    ("hessian_top_eig", "top eigenvalue of the score Hessian"),
+    ("seed_flip_fraction", "mask flips between two search seeds"),
+]
 
-    Accepts the leaderboard (seed means) or a runs folder (then seeds are averaged here and the
-    std across seeds drawn as error bars). Writes nothing when there is no diagnostics column.
+
+def _diag_columns(df: pd.DataFrame, key: str) -> list[str]:
+    cols = [c for c in df.columns if str(c).startswith("diag.") and df[c].notna().any()
+            and pd.api.types.is_numeric_dtype(df[c])]
+    if key.endswith("_r"):
+        by_radius = {float(c[len("diag.") + len(key):]): c for c in cols
+                     if c[len("diag."):].startswith(key)
+                     and c[len("diag.") + len(key):].replace(".", "", 1).isdigit()}
+        if not by_radius:
+            return []
+        # one radius per panel keeps one line per method: 0.05 (the default sharpness radius,
+        # above S2AP's training gamma) when measured, else the largest
+        return [by_radius.get(0.05, by_radius[max(by_radius)])]
+    return [c for c in cols if c == f"diag.{key}"]
+
+
+def plot_diagnostics(df_or_runs: pd.DataFrame | str | Path, out_dir: str | Path) -> list[Path]:
+    """One figure per (dataset, arch): a panel per diagnostic (``DIAGNOSTIC_PANELS``) against
+    nominal sparsity, one line per (method, S2AP setting) -- dashed with S2AP on -- so S2AP on and
+    off sit side by side; radius-indexed diagnostics are shown at one radius (``_diag_columns``).
+    Error bars are the std across seeds.
+
+    Accepts the leaderboard (seed means) or a runs folder / runs frame (seeds averaged here).
+    Writes nothing when there is no diagnostics column.
     """
-    if isinstance(df_or_runs, (str, Path)):
+    if isinstance(df_or_runs, (str, Path, list, tuple)):
         from benchmark.aggregate import runs_frame
 
         df = runs_frame(df_or_runs)
@@ -114,30 +145,37 @@ def plot_diagnostics(df_or_runs: pd.DataFrame | str | Path, out_dir: str | Path)
         df = df_or_runs
     if df is None or df.empty:
         return []
-    cols = [c for c in df.columns if str(c).startswith("diag.")
-            and pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()]
-    if not cols:
+    panels = [(title, _diag_columns(df, key)) for key, title in DIAGNOSTIC_PANELS]
+    panels = [(title, cols) for title, cols in panels if cols]
+    if not panels:
         return []
     plt = _plt()
     out_dir = Path(out_dir)
     written = []
     keys = ["dataset", "arch", "method", "s2ap", "sparsity"]
-    for col in cols:
-        stats = (df[df[col].notna()].groupby(keys, sort=True, dropna=False)[col]
-                 .agg(["mean", "std"]).reset_index())
-        for (dataset, arch), block in stats.groupby(["dataset", "arch"], sort=True, dropna=False):
-            fig, ax = plt.subplots(figsize=(5.5, 3.8))
-            for (method, s2ap), line in block.groupby(["method", "s2ap"], sort=True, dropna=False):
+    for (dataset, arch), block in df.groupby(["dataset", "arch"], sort=True, dropna=False):
+        ncols = min(3, len(panels))
+        nrows = math.ceil(len(panels) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
+        for ax, (title, cols) in zip(axes.flat, panels):
+            col = cols[0]
+            stats = (block[block[col].notna()].groupby(keys, sort=True, dropna=False)[col]
+                     .agg(["mean", "std"]).reset_index())
+            for (method, s2ap), line in stats.groupby(["method", "s2ap"], sort=True, dropna=False):
                 line = line.sort_values("sparsity")
                 ax.errorbar(line["sparsity"].to_numpy(), line["mean"].to_numpy(),
                             yerr=line["std"].fillna(0.0).to_numpy(), marker="o", capsize=3,
-                            linestyle="--" if s2ap == "on" else "-",
+                            linestyle="--" if s2ap in ("on", "score") else "-",
                             label=_series_label(method, s2ap))
+            radius = col.rsplit("_r", 1)[-1] if "_r" in col else None
+            ax.set_title(title + (f" (r = {radius})" if radius else ""), fontsize=9)
             ax.set_xlabel("nominal sparsity (%)")
-            ax.set_ylabel(col[len("diag."):])
-            ax.set_title(f"{dataset} / {arch}")
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-            written.append(_save(fig, out_dir / f"diag_{_slug(col[len('diag.'):], dataset, arch)}.png"))
-            plt.close(fig)
+            ax.legend(fontsize=6)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        fig.suptitle(f"Mask diagnostics: {dataset} / {arch}")
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / f"diagnostics_{_slug(dataset, arch)}.png"))
+        plt.close(fig)
     return written
