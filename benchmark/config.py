@@ -87,7 +87,7 @@ DEFAULTS: dict[str, Any] = {
     "prune": dict(TRAIN_DEFAULTS, epochs=20, lr=0.1),
     "finetune": dict(TRAIN_DEFAULTS, epochs=100, lr=0.01),
     "methods": {},
-    "s2ap": {"gamma": 0.02, "warmup": 0.25, "norm": "l2", "regenerate": False},
+    "s2ap": {"gamma": 0.01, "warmup": 0.25, "norm": "l2", "regenerate": False},
     "awp": {"gamma": 0.01, "warmup_epochs": 0, "proxy_lr": 0.01},
     "evaluate": {
         "eps": None,

@@ -49,7 +49,8 @@ def test_example_method_is_a_valid_choice_only_with_its_plugin(tmp_path):
                     reason="needs the Debian package dataset-fashion-mnist (installed by .ci/run)")
 def test_example_method_runs_with_s2ap_into_the_leaderboard(tmp_path):
     preset = tiny_variant(tmp_path, methods=["hydra_global", "lwm"], s2ap=["off", "on"])
-    proc = snakemake("--cores", "2", "--configfile", preset, "all", "gamma_sweep", cwd=tmp_path)
+    # targets first: --configfile takes every word after it
+    proc = snakemake("all", "gamma_sweep", "--cores", "2", "--configfile", preset, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     results = tmp_path / "results" / "tiny"
     with open(results / "leaderboard.csv") as fh:
@@ -63,7 +64,9 @@ def test_example_method_runs_with_s2ap_into_the_leaderboard(tmp_path):
         assert r["diag.stability_worst_r0.05"] != ""
     with open(results / "s2ap_paired.csv") as fh:
         pairs = list(csv.DictReader(fh))
-    assert [p["method"] for p in pairs] == ["hydra_global"]
+    by_method = {p["method"]: p for p in pairs}
+    assert by_method["hydra_global"]["s2ap_applicable"] == "True" and by_method["hydra_global"]["delta"] != ""
+    assert by_method["lwm"]["s2ap_applicable"] == "False" and by_method["lwm"]["s2ap_aa"] == ""
     assert "S2AP" in (results / "leaderboard.md").read_text()
     with open(results / "gamma_sweep.csv") as fh:
         sweep = list(csv.DictReader(fh))
