@@ -47,8 +47,12 @@ include: "workflows/rules/sweep.smk"
 localrules: all, aggregate, seed_stability
 
 
+# Every result file is a target too, not only the leaderboard: Snakemake (>= 7.7) does not remake
+# a deleted intermediate file whose downstream output is up to date, and a result deleted by hand
+# must come back.
 rule all:
     default_target: True
     input:
         LEADERBOARD_CSV,
         LEADERBOARD_MD,
+        RUNS,

@@ -170,7 +170,8 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
         ckpt, dmeta = _read_artifact(dense)
         model.load_state_dict(ckpt["state_dict"])
         upstream_timing = dmeta.get("timing", {})
-    m.prepare_search_model(model, gen, device)
+    m.prepare_search_model(model, gen, device,
+                           weights_generator=torch.Generator().manual_seed(dense_seed))
     masking.set_mode(model, "search", train_bn=tcfg.train_bn)
     history: list = []
     if m.learns_scores and tcfg.epochs > 0:

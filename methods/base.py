@@ -89,11 +89,16 @@ class PruningMethod:
         set_keep(model, self.keep)
 
     def prepare_search_model(self, model: nn.Module, generator: torch.Generator,
-                             device: torch.device | None = None) -> nn.Module:
+                             device: torch.device | None = None,
+                             weights_generator: torch.Generator | None = None) -> nn.Module:
         """The mask search's starting point from a plain model (pretrained, or random when the
-        method needs no pretraining): masked layers, method parameters, scores, rates, masks."""
+        method needs no pretraining): masked layers, method parameters, scores, rates, masks.
+
+        ``weights_generator`` draws the random weights of a method without pretraining; it is
+        separate from the search's ``generator`` so that two search seeds prune the SAME weights
+        (seed stability measures the search, not a new draw of weights)."""
         if not self.needs_pretrain:
-            self.prepare_weights(model, generator)
+            self.prepare_weights(model, weights_generator or generator)
         to_masked(model, self.granularity)
         self.setup_layers(model)
         if device is not None:

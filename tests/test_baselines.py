@@ -177,3 +177,15 @@ def test_rst_prune_stage_runs_without_a_dense_model(tmp_path, monkeypatch):
     first = state["0.weight"]
     nonzero = first[first != 0].abs()
     torch.testing.assert_close(nonzero, torch.full_like(nonzero, math.sqrt(2 / first[0].numel())))
+
+
+def test_rst_second_search_seed_prunes_the_same_random_weights():
+    # seed stability of RST compares two searches on ONE draw of weights
+    a = RobustScratchTicket(0.9).prepare_search_model(toy_net(), torch.Generator().manual_seed(0),
+                                                      weights_generator=torch.Generator().manual_seed(7))
+    b = RobustScratchTicket(0.9).prepare_search_model(toy_net(), torch.Generator().manual_seed(1000),
+                                                      weights_generator=torch.Generator().manual_seed(7))
+    la, lb = dict(masking.masked_layers(a)), dict(masking.masked_layers(b))
+    for name in la:
+        assert torch.equal(la[name].weight, lb[name].weight), name
+    assert any(not torch.equal(la[n].scores, lb[n].scores) for n in la)

@@ -72,3 +72,9 @@ def test_example_method_runs_with_s2ap_into_the_leaderboard(tmp_path):
         sweep = list(csv.DictReader(fh))
     assert sorted(float(r["gamma"]) for r in sweep) == [0.0, 0.05]
     assert sum(r["selected"] == "True" for r in sweep) == 1
+    # a result deleted by hand comes back (Snakemake skips deleted intermediates by default)
+    lost = results / "runs" / "fashion-mnist" / "small_cnn" / "hydra_global" / "on" / "sp90" / "seed0.json"
+    lost.unlink()
+    dry = snakemake("-n", "all", "--cores", "1", "--configfile", preset, cwd=tmp_path)
+    assert "Nothing to be done" not in dry.stdout + dry.stderr
+    assert "rule evaluate:" in dry.stdout + dry.stderr
