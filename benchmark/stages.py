@@ -30,8 +30,26 @@ S2AP_VALUES = ("off", "on", "score", "awp", "n/a")
 
 
 # ---------------------------------------------------------------- shared set-up
+_CODE_DIGEST: str | None = None
+
+
+def code_digest() -> str:
+    """Hash of the library's and the methods' source. Part of every resume fingerprint: a
+    checkpoint written by other code is not continued (it would mix two versions in one result)."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        root = Path(__file__).resolve().parent.parent
+        h = hashlib.sha256()
+        for path in sorted([*root.glob("benchmark/**/*.py"), *root.glob("methods/*.py")]):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+        _CODE_DIGEST = h.hexdigest()[:16]
+    return _CODE_DIGEST
+
+
 def fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([code_digest(), *parts], sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
 
 
 def resolve_device(runtime: dict) -> torch.device:
