@@ -116,10 +116,10 @@ def test_slurm_profile_dry_run(tmp_path):
 
 def test_non_canonical_sparsity_path_is_not_a_target(tmp_path):
     target = "results/quick/runs/fashion-mnist/small_cnn/hydra/off/sp{}/seed0.json"
-    ok = snakemake(target.format("90"), "-n", "--cores", "1", "--configfile", PRESETS / "quick.yaml",
+    ok = snakemake(target.format("95"), "-n", "--cores", "1", "--configfile", PRESETS / "quick.yaml",
                    cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    bad = snakemake(target.format("90.0"), "-n", "--cores", "1", "--configfile", PRESETS / "quick.yaml",
+    bad = snakemake(target.format("95.0"), "-n", "--cores", "1", "--configfile", PRESETS / "quick.yaml",
                     cwd=tmp_path)
     assert bad.returncode != 0 and "MissingRuleException" in bad.stdout + bad.stderr
 
@@ -137,7 +137,7 @@ def test_plugin_method_without_pretrain_gets_no_dense_model(tmp_path):
             needs_pretrain = False
             needs_finetune = False
         """))
-    preset = write_preset(tmp_path / "p.yaml", "quick.yaml", grid__methods=["scratch", "lwm"],
+    preset = write_preset(tmp_path / "p.yaml", "offline.yaml", grid__methods=["scratch", "lwm"],
                           grid__s2ap=["off", "on"], method_plugins=["scratch.py"])
     jobs = dry_run_jobs("--configfile", preset, cwd=tmp_path)
     prune = [j for j in jobs if j["rule"] == "prune"]
