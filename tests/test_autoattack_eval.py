@@ -11,15 +11,6 @@ from benchmark.autoattack_eval import (capture_autoattack_log, parse_log, resolv
 from benchmark.evaluation import prepare_for_eval
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models on a shared 2-core machine: intra-op threads only add contention (25x here)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class Linear(nn.Module):
     def __init__(self, seed=0):
         super().__init__()

@@ -7,15 +7,6 @@ from benchmark.evaluation import (assert_eval_ready, clean_flags, evaluate_model
                                   prepare_for_eval)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models on a shared 2-core machine: intra-op threads only add contention
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class Picker(nn.Module):
     """Predicts argmax of the first 10 input values: predictions known in advance."""
 
