@@ -22,7 +22,7 @@ warning, so a forgotten ``model.eval()`` must be an error, not a silent bias.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn

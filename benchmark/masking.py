@@ -148,11 +148,10 @@ class MaskedMixin:
                                                   k if isinstance(k, torch.Tensor) else None)
             # weights are frozen in the search and the mask changes only at a refresh, so the
             # attack's forward passes reuse one folded product per optimiser step
-            folded = self._folded
-            if folded is None or folded[0] != self._fold_key():
-                folded = (self._fold_key(), (self.weight * self._broadcast(self.mask)).detach())
-                self._folded = folded
-            return folded[1]
+            key = self._fold_key()
+            if self._folded is None or self._folded[0] != key:
+                self._folded = (key, (self.weight * self._broadcast(self.mask)).detach())
+            return self._folded[1]
         return self.weight * self._broadcast(self.mask)
 
     def _fold_key(self) -> tuple:

@@ -7,7 +7,6 @@ evaluate  clean / PGD / AutoAttack of the exported model    -> result JSON
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os

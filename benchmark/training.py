@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -105,7 +105,7 @@ def build_optimizer(params: Sequence, cfg: TrainConfig) -> torch.optim.Optimizer
                            nesterov=cfg.nesterov)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     # stepped once per epoch, as HYDRA and HARP do
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
@@ -183,7 +183,7 @@ class Trainer:
                            if val_set is not None and len(val_set) > 0 else None)
         self.params = params
         self.optimizer = build_optimizer(params, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.train_loader))
+        self.scheduler = build_scheduler(self.optimizer, cfg)
         self.robust_loss = RobustLoss(cfg.loss, cfg.attack, trades_beta=cfg.trades_beta,
                                       adv_eval_mode=cfg.adv_eval_mode)
         self.bf16 = bf16 and device.type == "cuda"

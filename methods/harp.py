@@ -69,7 +69,7 @@ from benchmark import masking
 from benchmark.registry import register_method
 from benchmark.training import TrainConfig, TrainPlugin
 
-from .base import KeepPrunedZero, PruningMethod, RefreshMasks
+from .base import PruningMethod, RefreshMasks
 from .lamp import lamp_allocation
 
 INITS = ("uniform", "lamp", "erk")

@@ -171,6 +171,7 @@ class AWP(TrainPlugin):
         self.proxy_lr = float(cfg["proxy_lr"])
         self.active = False
         self.proxy: nn.Module | None = None
+        self._target_list: list | None = None
 
     def on_fit_start(self, trainer) -> None:
         self.proxy = copy.deepcopy(trainer.model)
@@ -181,17 +182,19 @@ class AWP(TrainPlugin):
         self.active = epoch >= self.warmup_epochs
 
     def _targets(self, model: nn.Module) -> list[tuple[str, nn.Parameter, torch.Tensor | None]]:
-        masks = {f"{name}.weight": layer.mask for name, layer in masked_layers(model)}
-        layers = dict(masked_layers(model))
-        out = []
-        for name, p in model.named_parameters():
-            if p.dim() <= 1 or not p.requires_grad:
-                continue
-            m = masks.get(name)
-            if m is not None:
-                m = layers[name.rpartition(".")[0]]._broadcast(m)
-            out.append((name, p, m))
-        return out
+        """(name, parameter, broadcastable mask or None) of every perturbed parameter. Built once:
+        the masks are buffers updated in place, so the list stays valid for the whole finetune."""
+        if getattr(self, "_target_list", None) is None:
+            layers = dict(masked_layers(model))
+            out = []
+            for name, p in model.named_parameters():
+                if p.dim() <= 1 or not p.requires_grad:
+                    continue
+                owner, _, leaf = name.rpartition(".")
+                layer = layers.get(owner) if leaf == "weight" else None
+                out.append((name, p, None if layer is None else layer._broadcast(layer.mask)))
+            self._target_list = out
+        return self._target_list
 
     @torch.no_grad()
     def weight_perturbation(self, trainer, batch) -> dict[str, torch.Tensor]:
