@@ -12,7 +12,7 @@ and the ratios the issues set goals for:
   hydra / dense        <= 1.10     S2AP / plain method <= 1.10 (paper: about 1.15)
   harp / hydra         <= 1.05
 
-  python benchmarks/bench_steps.py --arch small_cnn --rounds 7
+  python speed/bench_steps.py --arch small_cnn --rounds 7
 """
 from __future__ import annotations
 
