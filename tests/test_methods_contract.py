@@ -1,4 +1,4 @@
-"""Every registered method meets the contract: the built-in ones, the example (examples/), and
+"""Every registered method meets the contract: the built-in ones, both examples (examples/), and
 the method files a user names:
 
     APBENCH_METHOD_FILES=a.py:b.py python -m pytest tests/test_methods_contract.py
@@ -31,7 +31,7 @@ from benchmark.score_init import ScoreInitContext, TrainBatches
 from benchmark.training import Trainer, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = [ROOT / "examples" / "my_method.py"]
+EXAMPLES = [ROOT / "examples" / "my_method.py", ROOT / "examples" / "snip_method.py"]
 METHOD_FILES_ENV = "APBENCH_METHOD_FILES"
 TRAITS = ("learns_scores", "needs_pretrain", "needs_finetune")
 SPARSITY = 0.9
@@ -132,7 +132,7 @@ def search(method, model) -> None:
 
 def test_the_examples_the_user_files_and_the_built_in_methods_are_registered(registry, request):
     names = set(registry.names())
-    assert "hydra_global" in names
+    assert {"hydra_global", "snip_adv"} <= names
     assert {"hydra", "harp", "lwm", "lamp", "random", "rst"} <= names
     for path in user_method_files(request.config):
         assert any(registry._targets[n].startswith(f"{path}:") for n in names), path
