@@ -139,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "prune":
         stages.prune(args.config, dataset=args.dataset, arch=args.arch, method=args.method,
                      s2ap=args.s2ap, sparsity=args.sparsity, seed=args.seed, dense=args.dense,
-                     out=args.out, state_dir=args.state_dir, plugins=args.plugin,
+                     out=args.out, state_dir=args.state_dir, method_files=args.plugin,
                      search_seed=args.search_seed)
     elif args.command == "finetune":
         stages.finetune(args.config, dataset=args.dataset, arch=args.arch, method=args.method,
                         s2ap=args.s2ap, sparsity=args.sparsity, seed=args.seed, search=args.search,
-                        out=args.out, state_dir=args.state_dir, plugins=args.plugin)
+                        out=args.out, state_dir=args.state_dir, method_files=args.plugin)
     elif args.command == "evaluate":
         record = stages.evaluate(args.config, model_path=args.model, cell=args.cell, out=args.out,
                                  state_dir=args.state_dir, extra_diagnostics=args.extra_diagnostics)

@@ -9,16 +9,17 @@ and every parameter's ``requires_grad``, never touches ``.grad`` (gradients come
 state is unchanged. Randomness (random score directions, the Hessian's start vector) comes from
 an explicit ``torch.Generator``.
 
-Definitions (docs: ../shared/reference/decisions.md, section Diagnostics):
+Definitions (the README's S2AP section says what each number is for):
 
 * mask of s: ``topk_mask_count(s_l, layer.kept_target())`` per layer, i.e. the layer keeps its
   own count, so a perturbation can only move weights across the top-k boundary, never change k.
-* flip fraction between two masks: sum over layers of flips / sum over layers of (kept_a + kept_b);
+* flip fraction between two masks (``mask_agreement``): sum over layers of flips / sum over layers
+  of (kept_a + kept_b);
   with equal kept counts this is flips / (2 * kept) = the fraction of kept weights that changed
   (identical masks 0, disjoint masks of equal size 1). Channel masks count every weight of a
   flipped channel, so structured and unstructured runs share one unit (weights).
-* random z: per layer, a Gaussian direction d_l mapped by ``methods.s2ap.perturbation(s_l, d_l,
-  r, norm)``; for the l2 norm that is d_l rescaled to ||z_l|| = r * ||s_l||. The same n_random
+* random z: per layer, a Gaussian direction d_l mapped by ``score_perturbation.perturbation(s_l,
+  d_l, r, norm)`` (the formula S2AP's score step uses); for the l2 norm that is d_l rescaled to ||z_l|| = r * ||s_l||. The same n_random
   directions serve every radius (common random numbers), so the curve over radii is smooth.
 * worst-case z: one normalised gradient step, ``perturbation(s_l, g_l, r, norm)`` with g the
   score gradient (straight-through) of the cross-entropy on the adversarial batch: S2AP's own
@@ -41,19 +42,22 @@ import torch.nn.functional as F
 
 from .attacks import AttackConfig, pgd_linf
 from .masking import masked_layers, scores_frozen, topk_mask_count
+from .score_perturbation import perturbation
 
 DEFAULT_RADII = (0.01, 0.02, 0.05, 0.1)
 
-# cfg of ``search_diagnostics``. seed_stability belongs to the workflow (two search runs), it is
-# accepted here so the preset's diagnostics block can be passed through unchanged.
+# cfg of ``search_diagnostics``. seed_stability belongs to the workflow (two search runs, compared
+# by ``stages.seed_stability``); it is accepted here so the preset's diagnostics block can be
+# passed through unchanged.
 DEFAULTS = {
     "radii": list(DEFAULT_RADII),
     "n_random": 5,
     "hessian_iters": 20,
     "hessian_tol": 1e-3,
     # 0.05: one of the default radii, so sharpness_r0.05 is the loss cost of exactly the flips
-    # that stability_worst_r0.05 counts; and above the S2AP training gamma (0.02), so it probes
-    # the neighbourhood just beyond the one S2AP flattened, where plain and S2AP masks differ most
+    # that stability_worst_r0.05 counts; and above S2AP's training gamma (0.01 by default), so it
+    # probes the neighbourhood just beyond the one S2AP flattened, where plain and S2AP masks
+    # differ most
     "sharpness_radius": 0.05,
     "batch_size": 128,
     "norm": "l2",
@@ -78,23 +82,12 @@ def _paired(mask_a, mask_b) -> Iterable[tuple[str, torch.Tensor, torch.Tensor]]:
         yield name, ta, tb.to(ta.device)
 
 
-def mask_flip_fraction(mask_a, mask_b) -> float:
-    """Flips / (kept_a + kept_b) summed over layers: flips / (2 * kept) for equal kept counts.
+def mask_agreement(masks_a, masks_b) -> dict:
+    """Agreement of two masks (two search seeds on one dense model, say), global and per layer.
 
-    ``mask_a`` and ``mask_b`` are dicts layer name -> boolean (or 0/1) tensor, or two tensors.
-    Two empty masks give 0.
-    """
-    flips = kept = 0
-    for _, a, b in _paired(mask_a, mask_b):
-        flips += int((a ^ b).sum())
-        kept += int(a.sum()) + int(b.sum())
-    return flips / kept if kept else 0.0
-
-
-def seed_stability(masks_a: dict, masks_b: dict) -> dict:
-    """Agreement of two masks (two search seeds on one dense model), global and per layer.
-
-    flip_fraction as ``mask_flip_fraction``; jaccard = |a & b| / |a | b| (1 for two empty masks).
+    ``masks_a`` and ``masks_b`` are dicts layer name -> boolean (or 0/1) tensor, or two tensors.
+    flip_fraction = flips / (kept_a + kept_b) summed over layers, i.e. flips / (2 * kept) for equal
+    kept counts (two empty masks: 0); jaccard = |a & b| / |a | b| (two empty masks: 1).
     """
     layers = {}
     flips = kept = inter = union = 0
@@ -105,19 +98,6 @@ def seed_stability(masks_a: dict, masks_b: dict) -> dict:
         flips, kept, inter, union = flips + f, kept + k, inter + i, union + u
     return {"flip_fraction": flips / kept if kept else 0.0,
             "jaccard": inter / union if union else 1.0, "layers": layers}
-
-
-def seed_stability_files(path_a, path_b) -> dict:
-    """``seed_stability`` of the ``masks`` stored in two search.pt / model.pt files."""
-    from .io import load_checkpoint
-
-    masks = []
-    for p in (path_a, path_b):
-        ckpt = load_checkpoint(p)
-        if not isinstance(ckpt, dict) or "masks" not in ckpt:
-            raise ValueError(f"{p} holds no masks (not a search.pt or model.pt of this suite)")
-        masks.append(ckpt["masks"])
-    return seed_stability(*masks)
 
 
 # ---------------------------------------------------------------- restoring the model
@@ -201,8 +181,6 @@ def _score_grads(model, layers, x, y) -> tuple[float, list]:
 
 
 def _worst_z(layers, grads, radius, norm) -> list[torch.Tensor]:
-    from methods.s2ap import perturbation
-
     return [perturbation(l.scores.detach(), g, radius, norm) for l, g in zip(layers, grads)]
 
 
@@ -231,8 +209,6 @@ def _generator(generator: torch.Generator | None) -> torch.Generator:
 
 # ---------------------------------------------------------------- measurements
 def _stability(model, layers, x, y, radii, n_random, generator, norm, grads=None) -> dict:
-    from methods.s2ap import perturbation
-
     base = _base_masks(layers)
     # drawn on the CPU generator and moved, so a run gives the same z on CPU and GPU
     directions = [[torch.randn(l.scores.shape, generator=generator, dtype=l.scores.dtype).to(l.scores.device)

@@ -11,17 +11,21 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 
 from . import masking
 from .attacks import AttackConfig
 from .io import atomic_torch_save, atomic_write_json, load_checkpoint
+from .losses import RobustLoss
 from .registry import method_registry
-from .training import Trainer, TrainConfig, validate
+from .score_init import ScoreInitContext, TrainBatches
+from .training import Trainer, TrainConfig, TrainHook, validate
 
 S2AP_SEARCH = ("on", "score")
 S2AP_FINETUNE = ("on", "awp")
@@ -103,18 +107,54 @@ def train_config(cfg: dict, info) -> TrainConfig:
     return TrainConfig.from_dict(cfg["train"], default_attack(info))
 
 
-def load_method(name: str, sparsity: float, method_cfg: dict, plugins=()):
-    cls = method_registry(plugins).get(name)
+def load_method(name: str, sparsity: float, method_cfg: dict, method_files=()):
+    cls = method_registry(method_files).get(name)
     return cls(sparsity / 100.0, (method_cfg or {}).get("options"))
 
 
-def _trainer(model, params, tcfg, splits, device, seed, state_dir, name, fp, plugins, cfg):
-    data, runtime = cfg.get("data", {}), cfg.get("runtime", {}) or {}
-    return Trainer(model, params, tcfg, train_set=splits[0], val_set=splits[1], device=device,
-                   seed=seed, state_path=Path(state_dir) / f"{name}.pt" if state_dir else None,
-                   plugins=plugins, num_workers=int(data.get("num_workers", 0)),
-                   bf16=bool(runtime.get("bf16", False)), channels_last=bool(runtime.get("channels_last", False)),
-                   desc=name, fingerprint=fp)
+@dataclass(frozen=True)
+class StageTraining:
+    """What a stage's training loop needs besides the model, its parameters and hooks; built once
+    per stage (``for_stage``), so the search's score initialisation and its Trainer see the same
+    data, seed and device."""
+
+    name: str  # pretrain | prune | finetune: the log prefix and the resume checkpoint's file name
+    train: TrainConfig
+    train_set: Dataset
+    val_set: Dataset | None
+    device: torch.device
+    seed: int
+    fingerprint: str  # a resume checkpoint is continued only when it carries the same one
+    state_dir: Path | None = None
+    num_workers: int = 0
+    bf16: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def for_stage(cls, name: str, cfg: dict, *, train: TrainConfig, splits: Sequence[Dataset],
+                  device: torch.device, seed: int, fingerprint: str,
+                  state_dir: str | Path | None) -> "StageTraining":
+        data, runtime = cfg.get("data", {}), cfg.get("runtime", {}) or {}
+        return cls(name=name, train=train, train_set=splits[0], val_set=splits[1], device=device,
+                   seed=seed, fingerprint=fingerprint, state_dir=Path(state_dir) if state_dir else None,
+                   num_workers=int(data.get("num_workers", 0)), bf16=bool(runtime.get("bf16", False)),
+                   channels_last=bool(runtime.get("channels_last", False)))
+
+    def trainer(self, model: nn.Module, params, hooks: Sequence[TrainHook] = ()) -> Trainer:
+        return Trainer(model, params, self.train, train_set=self.train_set, val_set=self.val_set,
+                       device=self.device, seed=self.seed,
+                       state_path=self.state_dir / f"{self.name}.pt" if self.state_dir else None,
+                       hooks=hooks, num_workers=self.num_workers, bf16=self.bf16,
+                       channels_last=self.channels_last, desc=self.name, fingerprint=self.fingerprint)
+
+    def score_init_context(self, generator: torch.Generator) -> ScoreInitContext:
+        """The search's data for ``init_scores``: training batches in the order of this stage's
+        seed, the robust loss the search trains with, the device."""
+        t = self.train
+        return ScoreInitContext(
+            generator=generator, device=self.device,
+            batches=TrainBatches(self.train_set, t.batch_size, self.seed, self.device),
+            robust_loss=RobustLoss(t.loss, t.attack, trades_beta=t.trades_beta, adv_eval_mode=t.adv_eval_mode))
 
 
 def _meta(cfg: dict, stage: str, upstream: dict | None = None, **extra) -> dict:
@@ -137,10 +177,10 @@ def pretrain(cfg: dict, *, dataset: str, arch: str, seed: int, out: str | Path,
     model = build_plain_model(arch, info, cfg.get("model")).to(device)
     if cfg.get("runtime", {}).get("channels_last") and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    fp = fingerprint("pretrain", cfg, dataset, arch, seed)
-    trainer = _trainer(model, list(model.parameters()), tcfg, splits, device, seed, state_dir,
-                       "pretrain", fp, [], cfg)
-    history = trainer.fit()
+    run = StageTraining.for_stage("pretrain", cfg, train=tcfg, splits=splits, device=device, seed=seed,
+                                  fingerprint=fingerprint("pretrain", cfg, dataset, arch, seed),
+                                  state_dir=state_dir)
+    history = run.trainer(model, list(model.parameters())).fit()
     meta = _meta(cfg, "pretrain", None, dataset=dataset, arch=arch, seed=seed,
                  width=float(cfg.get("model", {}).get("width", 1.0)), history=history,
                  timing={"pretrain_s": time.perf_counter() - t0})
@@ -165,7 +205,7 @@ def _masked_model(arch, info, cfg, method, device) -> nn.Module:
 
 def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsity: float, seed: int,
           dense: str | Path | None, out: str | Path, state_dir: str | Path | None = None,
-          plugins=(), search_seed: int | None = None) -> dict:
+          method_files=(), search_seed: int | None = None) -> dict:
     """``seed`` names the dense model; ``search_seed`` (default: the same) drives the search, so
     two searches on one dense model measure seed stability."""
     t0 = time.perf_counter()
@@ -173,9 +213,12 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
     device = apply_runtime(cfg.get("runtime"))
     info = dataset_info(dataset)
     tcfg = train_config(cfg, info)
-    m = load_method(method, sparsity, cfg.get("method"), plugins)
+    m = load_method(method, sparsity, cfg.get("method"), method_files)
     _check_s2ap(m, s2ap)
     splits = load_splits(dataset, cfg.get("data", {}))
+    run = StageTraining.for_stage(
+        "prune", cfg, train=tcfg, splits=splits, device=device, seed=seed, state_dir=state_dir,
+        fingerprint=fingerprint("prune", cfg, dataset, arch, method, s2ap, sparsity, dense_seed, seed))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     upstream_timing: dict = {}
@@ -187,20 +230,15 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
         ckpt, dmeta = _read_artifact(dense)
         model.load_state_dict(ckpt["state_dict"])
         upstream_timing = dmeta.get("timing", {})
-    m.prepare_search_model(model, gen, device,
+    m.prepare_search_model(model, run.score_init_context(gen),
                            weights_generator=torch.Generator().manual_seed(dense_seed))
     masking.set_mode(model, "search", train_bn=tcfg.train_bn)
     history: list = []
     if m.learns_scores and tcfg.epochs > 0:
-        plugins_ = m.search_plugins(model, tcfg)
+        hooks = m.search_hooks(model, tcfg)
         if s2ap in S2AP_SEARCH:
-            from methods.s2ap import ScoreSharpness
-
-            plugins_.append(ScoreSharpness(cfg.get("s2ap") or {}, total_epochs=tcfg.epochs))
-        fp = fingerprint("prune", cfg, dataset, arch, method, s2ap, sparsity, dense_seed, seed)
-        trainer = _trainer(model, m.search_params(model, tcfg), tcfg, splits, device, seed, state_dir,
-                           "prune", fp, plugins_, cfg)
-        history = trainer.fit()
+            hooks.append(m.s2ap_search_hook(cfg.get("s2ap") or {}, tcfg.epochs))
+        history = run.trainer(model, m.search_params(model, tcfg), hooks).fit()
     m.finalize_search(model)
     # "mask robust accuracy": the searched mask on the frozen weights, before any finetune
     attack = AttackConfig(tcfg.attack.eps, max(tcfg.val_attack_steps, 1), tcfg.attack.step_size)
@@ -233,12 +271,13 @@ def _check_s2ap(m, s2ap: str) -> None:
 
 
 def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsity: float, seed: int,
-             search: str | Path, out: str | Path, state_dir: str | Path | None = None, plugins=()) -> dict:
+             search: str | Path, out: str | Path, state_dir: str | Path | None = None,
+             method_files=()) -> dict:
     t0 = time.perf_counter()
     device = apply_runtime(cfg.get("runtime"))
     info = dataset_info(dataset)
     tcfg = train_config(cfg, info)
-    m = load_method(method, sparsity, cfg.get("method"), plugins)
+    m = load_method(method, sparsity, cfg.get("method"), method_files)
     _check_s2ap(m, s2ap)
     ckpt, smeta = _read_artifact(search)
     model = _masked_model(arch, info, cfg, m, device)
@@ -250,15 +289,14 @@ def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, spar
     if m.needs_finetune and tcfg.epochs > 0:
         splits = load_splits(dataset, cfg.get("data", {}))
         torch.manual_seed(seed)
-        plugins_ = m.finetune_plugins(model, tcfg)
+        hooks = m.finetune_hooks(model, tcfg)
         if s2ap in S2AP_FINETUNE:
-            from methods.s2ap import AWP
-
-            plugins_.append(AWP(cfg.get("awp") or {}))
-        fp = fingerprint("finetune", cfg, dataset, arch, method, s2ap, sparsity, seed)
-        params = [p for n, p in model.named_parameters() if p.requires_grad]
-        trainer = _trainer(model, params, tcfg, splits, device, seed, state_dir, "finetune", fp, plugins_, cfg)
-        history = trainer.fit()
+            hooks.append(m.s2ap_finetune_hook(cfg.get("awp") or {}))
+        run = StageTraining.for_stage(
+            "finetune", cfg, train=tcfg, splits=splits, device=device, seed=seed, state_dir=state_dir,
+            fingerprint=fingerprint("finetune", cfg, dataset, arch, method, s2ap, sparsity, seed))
+        params = [p for p in model.parameters() if p.requires_grad]
+        history = run.trainer(model, params, hooks).fit()
     masks = masking.get_masks(model)
     meta = _meta(cfg, "finetune", smeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
                  sparsity=sparsity, seed=seed, width=float(cfg.get("model", {}).get("width", 1.0)),
@@ -280,12 +318,12 @@ def load_exported(path: str | Path, arch: str, info, model_cfg: dict) -> tuple[n
 
 def seed_stability(search_a: str | Path, search_b: str | Path, out: str | Path) -> dict:
     """Flip fraction and Jaccard index between the masks of two search seeds on one dense model."""
-    from .diagnostics import seed_stability as compare
+    from .diagnostics import mask_agreement
 
     (a, meta_a), (b, meta_b) = _read_artifact(search_a), _read_artifact(search_b)
     if a.get("masks") is None or b.get("masks") is None:
         raise ValueError("seed stability needs the masks of two mask searches")
-    result = compare(a["masks"], b["masks"])
+    result = mask_agreement(a["masks"], b["masks"])
     record = {"seed_flip_fraction": result["flip_fraction"], "seed_jaccard": result["jaccard"],
               "seed_pair": [meta_a.get("search_seed"), meta_b.get("search_seed")]}
     atomic_write_json(out, record)

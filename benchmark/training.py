@@ -2,8 +2,8 @@
 
 Checkpoints after every epoch hold everything that shapes the future (weights, scores, rates,
 masks, optimiser momentum, scheduler, epoch, RNG states as tensors, the sampler's generator and
-every plug-in's state), so a killed job resumes to the same weights as an uninterrupted one.
-Methods change the loop only through plug-ins (``TrainPlugin``): an extra loss term (HARP's rate
+every hook's state), so a killed job resumes to the same weights as an uninterrupted one.
+Methods change the loop only through hooks (``TrainHook``): an extra loss term (HARP's rate
 hinge), a replacement for the gradient computation (S2AP's two passes, AWP), work after each
 optimiser step (refreshing masks) and at epoch ends.
 """
@@ -64,10 +64,10 @@ class TrainConfig:
         return cls(attack=attack, **d)
 
 
-class TrainPlugin:
-    """Hooks a method uses to change the loop; every hook is optional."""
+class TrainHook:
+    """What a method (or the S2AP plug-in) may change in the loop; every method here is optional."""
 
-    #: a plug-in that overrides ``backward`` computes the gradients itself
+    #: a hook that overrides ``backward`` computes the gradients itself
     overrides_backward = False
 
     def on_fit_start(self, trainer: "Trainer") -> None: ...
@@ -162,16 +162,16 @@ def validate(model: nn.Module, loader: DataLoader, attack: AttackConfig | None, 
 class Trainer:
     def __init__(self, model: nn.Module, params, cfg: TrainConfig, *, train_set: Dataset,
                  val_set: Dataset | None, device: torch.device, seed: int,
-                 state_path: str | Path | None = None, plugins: Sequence[TrainPlugin] = (),
+                 state_path: str | Path | None = None, hooks: Sequence[TrainHook] = (),
                  num_workers: int = 0, bf16: bool = False, channels_last: bool = False,
                  desc: str = "train", fingerprint: str = "", log: Callable[[str], None] | None = None):
         self.model = model
         self.cfg = cfg
         self.device = device
         self.seed = seed
-        self.plugins = list(plugins)
-        if sum(p.overrides_backward for p in self.plugins) > 1:
-            raise ValueError("at most one plug-in may compute the gradients itself")
+        self.hooks = list(hooks)
+        if sum(h.overrides_backward for h in self.hooks) > 1:
+            raise ValueError("at most one hook may compute the gradients itself")
         self.state_path = Path(state_path) if state_path else None
         self.desc = desc
         self.fingerprint = fingerprint
@@ -199,19 +199,19 @@ class Trainer:
         return torch.autocast("cpu", enabled=False)
 
     def compute_loss(self, batch: AdvBatch) -> torch.Tensor:
-        """Robust loss plus every plug-in's extra term (HARP's rate hinge)."""
+        """Robust loss plus every hook's extra term (HARP's rate hinge)."""
         with self.autocast():
             loss, _ = self.robust_loss.loss(self.model, batch)
-        for plugin in self.plugins:
-            extra = plugin.extra_loss(self)
+        for hook in self.hooks:
+            extra = hook.extra_loss(self)
             if extra is not None:
                 loss = loss + extra
         return loss
 
     def _backward(self, batch: AdvBatch) -> torch.Tensor:
-        for plugin in self.plugins:
-            if plugin.overrides_backward:
-                return plugin.backward(self, batch)
+        for hook in self.hooks:
+            if hook.overrides_backward:
+                return hook.backward(self, batch)
         loss = self.compute_loss(batch)
         loss.backward()
         return loss.detach()
@@ -225,8 +225,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._backward(batch)
         self.optimizer.step()
-        for plugin in self.plugins:
-            plugin.after_step(self)
+        for hook in self.hooks:
+            hook.after_step(self)
         self.global_step += 1
         return float(loss)
 
@@ -241,7 +241,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "generator": self.generator.get_state(),
-            "plugins": [p.state_dict() for p in self.plugins],
+            "hooks": [h.state_dict() for h in self.hooks],
             "history": json.dumps(self.history),
         }
 
@@ -251,8 +251,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
-        for plugin, pstate in zip(self.plugins, state["plugins"]):
-            plugin.load_state_dict(pstate)
+        for hook, hstate in zip(self.hooks, state["hooks"]):
+            hook.load_state_dict(hstate)
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.history = json.loads(state["history"])
@@ -271,16 +271,16 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> list[dict]:
         self.try_resume()
-        for plugin in self.plugins:
-            plugin.on_fit_start(self)
+        for hook in self.hooks:
+            hook.on_fit_start(self)
         val_attack = AttackConfig(self.cfg.attack.eps, self.cfg.val_attack_steps, self.cfg.attack.step_size) \
             if self.cfg.val_attack_steps > 0 else None
         show_bar = sys.stderr.isatty() or os.environ.get("APBENCH_PROGRESS") == "1"
         while self.epoch < self.cfg.epochs:
             epoch = self.epoch
             self.model.train()
-            for plugin in self.plugins:
-                plugin.on_epoch_start(self, epoch)
+            for hook in self.hooks:
+                hook.on_epoch_start(self, epoch)
             t0 = time.perf_counter()
             total, batches = 0.0, 0
             bar = tqdm(self.train_loader, desc=f"{self.desc} epoch {epoch + 1}/{self.cfg.epochs}",
@@ -298,8 +298,8 @@ class Trainer:
                       "time_s": time.perf_counter() - t0}
             if self.val_loader is not None:
                 record.update(validate(self.model, self.val_loader, val_attack, self.device))
-            for plugin in self.plugins:
-                plugin.on_epoch_end(self, epoch, record)
+            for hook in self.hooks:
+                hook.on_epoch_end(self, epoch, record)
             self.history.append(record)
             self.epoch = epoch + 1
             self.log(f"[{self.desc}] " + " ".join(

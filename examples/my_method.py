@@ -10,7 +10,7 @@ How to add a method
    ``@register_method("your_name")``. Put the file either in ``methods/`` (built in) or anywhere
    else and list it in a preset:
 
-       method_plugins: [examples/my_method.py]
+       method_files: [examples/my_method.py]
        grid:
          methods: [hydra, hydra_global]
 
@@ -23,12 +23,18 @@ How to add a method
    ``needs_pretrain`` (False: prune random weights, as RST), ``needs_finetune``.
 3. Override only what differs from HYDRA's defaults (see methods/base.py):
    ``prepare_weights`` (weights when there is no dense model), ``setup_layers`` (extra parameters
-   on the masked layers, before a checkpoint loads), ``init_scores``, ``init_rates`` (each layer's
-   keep fraction), ``search_params`` / ``search_plugins`` (what the search trains, extra loss terms
-   via a TrainPlugin), ``finalize_search``, ``finetune_plugins``. Options a preset may set under
+   on the masked layers, before a checkpoint loads), ``init_scores(model, ctx)`` (the starting
+   scores; ``ctx`` holds the search's generator, the device, training batches and the robust
+   loss, and the weights to prune are already loaded: examples/snip_method.py starts from one
+   adversarial batch), ``init_rates`` (each layer's keep fraction), ``search_params`` /
+   ``search_hooks`` (what the search trains; extra loss terms and per-step work via a
+   ``TrainHook``), ``finalize_search``, ``finetune_hooks``. S2AP's hooks are added by the stages
+   for every score-learning method. Options a preset may set under
    ``methods.your_name.options`` are declared in ``default_options``; unknown keys are refused.
-4. Run the contract tests (tests/test_methods_contract.py run every registered method, this
-   example included, through set-up, a short search, export and a checkpoint round trip).
+4. Run the contract tests on your file: ``APBENCH_METHOD_FILES=path/to/yours.py python -m pytest
+   tests/test_methods_contract.py`` (or ``--method-file path/to/yours.py``); they run every
+   registered method, both examples and the files you name through set-up, a short search,
+   export and a checkpoint round trip.
 """
 from __future__ import annotations
 

@@ -8,9 +8,16 @@ without importing torch):
   needs_pretrain   False when the method prunes random weights (RST)
   needs_finetune   False when the searched mask is the final model (RST)
 
-and overrides what differs from HYDRA's defaults: how scores and layer rates start, which
-parameters the search trains, what the search loss adds (``search_plugins``), and how the search
-ends (``finalize_search``).
+and overrides what differs from HYDRA's defaults: how scores and layer rates start
+(``init_scores(model, ctx)`` gets a ``ScoreInitContext``: the search's generator, the device, a
+batch source over the training split and the robust loss; the weights to prune are already in
+place), which parameters the search trains, what the search and the finetune add to the training
+loop (``search_hooks`` / ``finetune_hooks``, lists of ``TrainHook``), and how the search ends
+(``finalize_search``).
+
+S2AP is a plug-in of every score-learning method: the stages append its hooks
+(``s2ap_search_hook``, ``s2ap_finetune_hook``) after the method's own, so a method's hooks never
+need to know whether S2AP is on.
 """
 from __future__ import annotations
 
@@ -21,10 +28,16 @@ import torch.nn as nn
 
 from benchmark.masking import (apply_masks_to_weights, global_counts, keep_for_count, kept_count,
                                masked_layers, refresh_masks, scaled_score_init, set_keep, to_masked)
-from benchmark.training import TrainConfig, TrainPlugin
+from benchmark.score_init import ScoreInitContext, TrainBatches
+from benchmark.training import TrainConfig, TrainHook
+
+from .s2ap import AWP, ScoreSharpness
+
+__all__ = ["KeepPrunedZero", "PruningMethod", "RefreshMasks", "ScoreInitContext", "TrainBatches",
+           "TrainHook", "keep_global_counts"]
 
 
-class RefreshMasks(TrainPlugin):
+class RefreshMasks(TrainHook):
     """The mask changes only when the scores do: recompute it once per optimiser step."""
 
     def on_fit_start(self, trainer) -> None:
@@ -34,7 +47,7 @@ class RefreshMasks(TrainPlugin):
         refresh_masks(trainer.model)
 
 
-class KeepPrunedZero(TrainPlugin):
+class KeepPrunedZero(TrainHook):
     """Finetuning: pruned weights stay exactly zero (weight decay and momentum would move them)."""
 
     def on_fit_start(self, trainer) -> None:
@@ -82,28 +95,32 @@ class PruningMethod:
     def setup_layers(self, model: nn.Module) -> None:
         """Creates method-specific parameters on the masked layers (HARP's rates) before loading."""
 
-    def init_scores(self, model: nn.Module, generator: torch.Generator) -> None:
+    def init_scores(self, model: nn.Module, ctx: ScoreInitContext) -> None:
+        """Writes every masked layer's ``scores`` (the model's state: ``benchmark.score_init``)."""
         scaled_score_init(model)
 
     def init_rates(self, model: nn.Module) -> None:
         set_keep(model, self.keep)
 
-    def prepare_search_model(self, model: nn.Module, generator: torch.Generator,
-                             device: torch.device | None = None,
+    def prepare_search_model(self, model: nn.Module, ctx: ScoreInitContext,
                              weights_generator: torch.Generator | None = None) -> nn.Module:
         """The mask search's starting point from a plain model (pretrained, or random when the
         method needs no pretraining): masked layers, method parameters, scores, rates, masks.
 
         ``weights_generator`` draws the random weights of a method without pretraining; it is
-        separate from the search's ``generator`` so that two search seeds prune the SAME weights
-        (seed stability measures the search, not a new draw of weights)."""
+        separate from the search's generator (``ctx.generator``) so that two search seeds prune
+        the SAME weights (seed stability measures the search, not a new draw of weights)."""
         if not self.needs_pretrain:
-            self.prepare_weights(model, weights_generator or generator)
+            self.prepare_weights(model, weights_generator or ctx.generator)
         to_masked(model, self.granularity)
         self.setup_layers(model)
-        if device is not None:
-            model.to(device)
-        self.init_scores(model, generator)
+        model.to(ctx.device)
+        # the global RNG (a PGD start, say) is forked and seeded by the search seed: the start is a
+        # function of that seed alone and leaves the search's random stream where it was
+        cuda = list(range(torch.cuda.device_count())) if ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(ctx.generator.initial_seed())
+            self.init_scores(model, ctx)
         self.init_rates(model)
         refresh_masks(model)
         return model
@@ -112,15 +129,26 @@ class PruningMethod:
     def search_params(self, model: nn.Module, cfg: TrainConfig) -> list:
         return [p for p in model.parameters() if p.requires_grad]
 
-    def search_plugins(self, model: nn.Module, cfg: TrainConfig) -> list[TrainPlugin]:
+    def search_hooks(self, model: nn.Module, cfg: TrainConfig) -> list[TrainHook]:
+        """The method's own hooks of the mask search (S2AP's are added by the stage)."""
         return [RefreshMasks()]
 
     def finalize_search(self, model: nn.Module) -> None:
         refresh_masks(model)
 
     # -- finetune ----------------------------------------------------------------------------
-    def finetune_plugins(self, model: nn.Module, cfg: TrainConfig) -> list[TrainPlugin]:
+    def finetune_hooks(self, model: nn.Module, cfg: TrainConfig) -> list[TrainHook]:
+        """The method's own hooks of the finetune (AWP is added by the stage)."""
         return [KeepPrunedZero()]
 
     def layer_keep(self, model: nn.Module) -> dict[str, float]:
         return {name: float(layer.mask.mean()) for name, layer in masked_layers(model)}
+
+    # -- the S2AP plug-in --------------------------------------------------------------------
+    def s2ap_search_hook(self, options: dict[str, Any] | None, total_epochs: int) -> TrainHook:
+        """S2AP's score step for grid values on/score (``options``: the preset's ``s2ap`` block)."""
+        return ScoreSharpness(options, total_epochs=total_epochs)
+
+    def s2ap_finetune_hook(self, options: dict[str, Any] | None) -> TrainHook:
+        """AWP on the kept weights for grid values on/awp (``options``: the preset's ``awp`` block)."""
+        return AWP(options)

@@ -41,7 +41,7 @@ Options (presets: methods.harp.options) and why the defaults:
                    output channel (HYDRA's scaled init on the filter norms); the nominal sparsity
                    is the fraction of output channels removed, so the hinge and the budget count
                    channels. A pruned channel outputs exactly zero: the BatchNorm after it (or the
-                   layer's own bias) is masked too (masking.attach_channel_output_masks), and
+                   layer's own bias) is masked too (structured.attach_channel_output_masks), and
                    finalize_search zeroes those parameters so the exported plain model agrees.
                    The FLOPs hinge of the paper's structured runs is NOT implemented: the hinge
                    counts channels (weighted by nothing else), which the leaderboard's nominal
@@ -59,6 +59,7 @@ finalize_search guarantees per-layer counts = kept_count(n_l, k_l) of the final 
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -67,10 +68,13 @@ import torch.nn as nn
 
 from benchmark import masking
 from benchmark.registry import register_method
-from benchmark.training import TrainConfig, TrainPlugin
+from benchmark.training import TrainConfig, TrainHook
 
+from . import structured
 from .base import PruningMethod, RefreshMasks
 from .lamp import lamp_allocation
+
+logger = logging.getLogger(__name__)
 
 INITS = ("uniform", "lamp", "erk")
 OVER_BUDGET = ("project", "fail")
@@ -123,7 +127,7 @@ def _shortcut_owner(names: list[str]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the hinge
-class RateHinge(TrainPlugin):
+class RateHinge(TrainHook):
     """gamma_t * max(current_rate / target - 1, 0); gamma_t grows per epoch until the target is met.
 
     current_rate is the size-weighted mean of the layers' keep fractions (weights, or channels
@@ -194,14 +198,14 @@ class RateHinge(TrainPlugin):
         self.gamma_t = float(state.get("gamma_t", self.gamma))
 
 
-class ZeroPrunedChannels(TrainPlugin):
+class ZeroPrunedChannels(TrainHook):
     """Structured finetune: pruned channels' biases and BN affine stay exactly zero."""
 
     def on_fit_start(self, trainer) -> None:
-        masking.zero_pruned_channel_params(trainer.model)
+        structured.zero_pruned_channel_params(trainer.model)
 
     def after_step(self, trainer) -> None:
-        masking.zero_pruned_channel_params(trainer.model)
+        structured.zero_pruned_channel_params(trainer.model)
 
 
 # ---------------------------------------------------------------- the method
@@ -270,7 +274,7 @@ class Harp(PruningMethod):
                 if by_name[owner].rate_logit is not None and by_name[shortcut].rate_logit is not None:
                     by_name[shortcut].rate_logit = by_name[owner].rate_logit
         if self.structured:
-            masking.attach_channel_output_masks(model)
+            structured.attach_channel_output_masks(model)
 
     def rate_params(self, model: nn.Module) -> list[tuple[masking.MaskedMixin, nn.Parameter]]:
         """(first layer holding it, parameter) for every distinct rate parameter."""
@@ -319,15 +323,15 @@ class Harp(PruningMethod):
             groups.append({"params": rates, "weight_decay": float(self.options["rate_weight_decay"])})
         return groups
 
-    def search_plugins(self, model: nn.Module, cfg: TrainConfig) -> list[TrainPlugin]:
+    def search_hooks(self, model: nn.Module, cfg: TrainConfig) -> list[TrainHook]:
         layers = [layer for _, layer in masking.masked_layers(model)]
         return [RefreshMasks(), RateHinge(layers, self.keep, float(self.options["gamma"]))]
 
-    def finetune_plugins(self, model: nn.Module, cfg: TrainConfig) -> list[TrainPlugin]:
-        plugins = super().finetune_plugins(model, cfg)
+    def finetune_hooks(self, model: nn.Module, cfg: TrainConfig) -> list[TrainHook]:
+        hooks = super().finetune_hooks(model, cfg)
         if self.structured:
-            plugins.append(ZeroPrunedChannels())
-        return plugins
+            hooks.append(ZeroPrunedChannels())
+        return hooks
 
     # -- the end of the search ---------------------------------------------------------------
     def budget(self, model: nn.Module) -> tuple[int, int, int]:
@@ -389,15 +393,15 @@ class Harp(PruningMethod):
             shift = self.project_rates(model, target)
         masking.refresh_masks(model)
         if self.structured:
-            masking.zero_pruned_channel_params(model)
+            structured.zero_pruned_channel_params(model)
         after = self.kept_total(model)
         self.last_report = {"total": total, "target": target, "kept_before": before, "kept": after,
                             "projected": before > allowed, "logit_shift": shift,
                             "layer_keep": {n: float(torch.as_tensor(l.keep_fraction()).detach())
                                            for n, l in masking.masked_layers(model)}}
         if before > allowed:
-            print(f"[harp] search ended above budget ({before}/{total} kept, allowed {allowed}): "
-                  f"rates projected by a logit shift of {shift:.4g} to {after}/{total} kept", flush=True)
+            logger.warning("harp: search ended above budget (%d/%d kept, allowed %d): rates projected "
+                           "by a logit shift of %.4g to %d/%d kept", before, total, allowed, shift, after, total)
 
 
 @torch.no_grad()

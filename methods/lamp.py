@@ -18,10 +18,9 @@ import torch
 import torch.nn as nn
 
 from benchmark import masking
-from benchmark.masking import global_counts  # noqa: F401  (re-exported: the allocation LAMP uses)
 from benchmark.registry import register_method
 
-from .base import PruningMethod, keep_global_counts
+from .base import PruningMethod, ScoreInitContext, keep_global_counts
 
 
 def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
@@ -45,7 +44,7 @@ def lamp_allocation(model: nn.Module, keep: float) -> dict[str, int]:
     """Kept count per masked layer when LAMP's global top-k keeps ``keep`` of all weights."""
     layers = list(masking.masked_layers(model))
     total = sum(layer.weight.numel() for _, layer in layers)
-    counts = global_counts([lamp_scores(layer.weight) for _, layer in layers],
+    counts = masking.global_counts([lamp_scores(layer.weight) for _, layer in layers],
                            masking.kept_count(total, keep))
     return {name: c for (name, _), c in zip(layers, counts)}
 
@@ -57,7 +56,7 @@ class Lamp(PruningMethod):
     needs_finetune = True
 
     @torch.no_grad()
-    def init_scores(self, model: nn.Module, generator: torch.Generator) -> None:
+    def init_scores(self, model: nn.Module, ctx: ScoreInitContext) -> None:
         for _, layer in masking.masked_layers(model):
             if layer.granularity != "weight":
                 raise ValueError("LAMP prunes individual weights; it has no channel variant")

@@ -13,7 +13,7 @@ import torch.nn as nn
 from benchmark import masking
 from benchmark.registry import register_method
 
-from .base import PruningMethod
+from .base import PruningMethod, ScoreInitContext
 
 
 @register_method("random")
@@ -23,9 +23,9 @@ class RandomPrune(PruningMethod):
     needs_finetune = True
 
     @torch.no_grad()
-    def init_scores(self, model: nn.Module, generator: torch.Generator) -> None:
+    def init_scores(self, model: nn.Module, ctx: ScoreInitContext) -> None:
         for _, layer in masking.masked_layers(model):
             # drawn on the CPU: a CPU generator cannot fill a CUDA tensor, and the draw must not
             # depend on the device the job runs on
-            draw = torch.rand(layer.scores.shape, generator=generator, dtype=torch.float32)
+            draw = torch.rand(layer.scores.shape, generator=ctx.generator, dtype=torch.float32)
             layer.scores.copy_(draw.to(layer.scores.device, layer.scores.dtype))

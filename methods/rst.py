@@ -36,7 +36,7 @@ from benchmark import masking
 from benchmark.registry import register_method
 from benchmark.training import TrainConfig
 
-from .base import PruningMethod
+from .base import PruningMethod, ScoreInitContext
 
 WEIGHT_INITS = ("signed_constant", "kaiming_normal")
 SCORE_INITS = ("kaiming_uniform", "scaled")
@@ -77,13 +77,13 @@ class RobustScratchTicket(PruningMethod):
                 layer.bias.zero_()
 
     @torch.no_grad()
-    def init_scores(self, model: nn.Module, generator: torch.Generator) -> None:
+    def init_scores(self, model: nn.Module, ctx: ScoreInitContext) -> None:
         if self.options["score_init"] == "scaled":
             masking.scaled_score_init(model)
             return
         for _, layer in masking.masked_layers(model):
             bound = 1.0 / math.sqrt(masking.fan_in(layer))
-            draw = (torch.rand(layer.scores.shape, generator=generator, dtype=torch.float32) * 2 - 1) * bound
+            draw = (torch.rand(layer.scores.shape, generator=ctx.generator, dtype=torch.float32) * 2 - 1) * bound
             layer.scores.copy_(draw.to(layer.scores.device, layer.scores.dtype))
 
     def search_params(self, model: nn.Module, cfg: TrainConfig) -> list:

@@ -35,40 +35,15 @@ import torch
 import torch.nn as nn
 
 from benchmark.masking import masked_layers
-from benchmark.training import TrainPlugin
-
-NORMS = {
-    # z_l = gamma * ||s_l||_2 * g_l / (||g_l||_2 + 1e-12)       (the paper's layer-wise constraint)
-    "l2": "gamma * ||s_l||_2 * g_l / (||g_l||_2 + 1e-12)",
-    # z_l = gamma * ||s_l||_inf * sign(g_l)                     (the L-inf ball of the same relative size)
-    "linf": "gamma * max|s_l| * sign(g_l)",
-    # z_l = gamma * ||s_l||_2 * (|s_l| * g_l) / (|| |s_l| * g_l ||_2 + 1e-12)   (ASAM-style, scale-adaptive:
-    #       scores near zero move less)
-    "adaptive": "gamma * ||s_l||_2 * (|s_l| g_l) / (|| |s_l| g_l ||_2 + 1e-12)",
-}
-
-
-def perturbation(scores: torch.Tensor, grad: torch.Tensor | None, gamma: float, norm: str = "l2") -> torch.Tensor:
-    """The per-layer score perturbation z_l (formulas in ``NORMS``). A layer with no or zero
-    gradient gets z = 0, never NaN."""
-    if grad is None:
-        return torch.zeros_like(scores)
-    if norm == "l2":
-        return gamma * scores.norm() * grad / (grad.norm() + 1e-12)
-    if norm == "linf":
-        return gamma * scores.abs().max() * grad.sign()
-    if norm == "adaptive":
-        d = scores.abs() * grad
-        return gamma * scores.norm() * d / (d.norm() + 1e-12)
-    raise ValueError(f"unknown S2AP norm {norm!r}; valid choices: {', '.join(NORMS)}")
-
+from benchmark.score_perturbation import NORMS, perturbation
+from benchmark.training import TrainHook
 
 def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
     return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
             for b in m.buffers(recurse=False)]
 
 
-class ScoreSharpness(TrainPlugin):
+class ScoreSharpness(TrainHook):
     overrides_backward = True
     # gamma 0.01: chosen on validation by the gamma sweep (results/offline/gamma_sweep.md)
     defaults = {"gamma": 0.01, "warmup": 0.25, "norm": "l2", "regenerate": False}
@@ -147,7 +122,7 @@ class ScoreSharpness(TrainPlugin):
         self.active = bool(state.get("active", False))
 
 
-class AWP(TrainPlugin):
+class AWP(TrainHook):
     """Adversarial weight perturbation (Wu et al., NeurIPS 2020) on the kept weights only.
 
     A proxy copy of the model takes one SGD step (lr ``proxy_lr``) that increases the robust loss

@@ -10,3 +10,12 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def pytest_addoption(parser):
+    # tests/test_methods_contract.py runs on these too (and on APBENCH_METHOD_FILES)
+    group = parser.getgroup("method contract")
+    group.addoption("--method-file", action="append", default=[], metavar="PATH",
+                    help="a method file whose methods the contract tests run on (repeatable)")
+    group.addoption("--method-preset", default=None, metavar="PRESET",
+                    help="run the contract tests on the method_files of this preset")

@@ -12,7 +12,9 @@ from torch.utils.data import TensorDataset
 from benchmark import masking, stages
 from benchmark.config import method_traits
 from benchmark.registry import method_registry
-from methods.lamp import Lamp, global_counts, lamp_scores
+from benchmark.masking import global_counts
+from benchmark.score_init import ScoreInitContext
+from methods.lamp import Lamp, lamp_scores
 from methods.random_prune import RandomPrune
 from methods.rst import RobustScratchTicket
 
@@ -28,7 +30,7 @@ def toy_net() -> nn.Module:
 
 def prepared(method, seed=0, model=None):
     model = model if model is not None else toy_net()
-    return method.prepare_search_model(model, torch.Generator().manual_seed(seed))
+    return method.prepare_search_model(model, ScoreInitContext(torch.Generator().manual_seed(seed)))
 
 
 # ---------------------------------------------------------------- LAMP
@@ -181,9 +183,9 @@ def test_rst_prune_stage_runs_without_a_dense_model(tmp_path, monkeypatch):
 
 def test_rst_second_search_seed_prunes_the_same_random_weights():
     # seed stability of RST compares two searches on ONE draw of weights
-    a = RobustScratchTicket(0.9).prepare_search_model(toy_net(), torch.Generator().manual_seed(0),
+    a = RobustScratchTicket(0.9).prepare_search_model(toy_net(), ScoreInitContext(torch.Generator().manual_seed(0)),
                                                       weights_generator=torch.Generator().manual_seed(7))
-    b = RobustScratchTicket(0.9).prepare_search_model(toy_net(), torch.Generator().manual_seed(1000),
+    b = RobustScratchTicket(0.9).prepare_search_model(toy_net(), ScoreInitContext(torch.Generator().manual_seed(1000)),
                                                       weights_generator=torch.Generator().manual_seed(7))
     la, lb = dict(masking.masked_layers(a)), dict(masking.masked_layers(b))
     for name in la:

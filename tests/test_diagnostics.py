@@ -43,28 +43,28 @@ def batch(n=32, size=8, classes=3):
 ATTACK = AttackConfig(0.1, 2, 0.05)
 
 
-# ---------------------------------------------------------------- flip fraction, seed stability
+# ---------------------------------------------------------------- mask agreement (seed stability)
 def test_flip_fraction_identical_zero_disjoint_one():
     a = {"l1": torch.tensor([1, 1, 0, 0], dtype=torch.bool), "l2": torch.tensor([[1, 0], [0, 0]], dtype=torch.bool)}
     b = {"l1": torch.tensor([0, 0, 1, 1], dtype=torch.bool), "l2": torch.tensor([[0, 1], [0, 0]], dtype=torch.bool)}
-    assert D.mask_flip_fraction(a, a) == 0.0
-    assert D.mask_flip_fraction(a, b) == 1.0
+    assert D.mask_agreement(a, a)["flip_fraction"] == 0.0
+    assert D.mask_agreement(a, b)["flip_fraction"] == 1.0
     # one of two kept weights moved in l1 only: 2 flips / (2 * 3 kept)
     c = {"l1": torch.tensor([1, 0, 1, 0], dtype=torch.bool), "l2": a["l2"]}
-    assert D.mask_flip_fraction(a, c) == pytest.approx(2 / 6)
+    assert D.mask_agreement(a, c)["flip_fraction"] == pytest.approx(2 / 6)
     with pytest.raises(KeyError):
-        D.mask_flip_fraction(a, {"l1": a["l1"]})
+        D.mask_agreement(a, {"l1": a["l1"]})
 
 
-def test_seed_stability_identical_and_disjoint():
+def test_mask_agreement_identical_and_overlapping():
     net = search_model()
     m = masking.get_masks(net)
-    s = D.seed_stability(m, m)
+    s = D.mask_agreement(m, m)
     assert s["flip_fraction"] == 0.0 and s["jaccard"] == 1.0
     assert all(v == {"flip_fraction": 0.0, "jaccard": 1.0} for v in s["layers"].values())
     a = {"x": torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)}
     b = {"x": torch.tensor([0, 1, 1, 0, 1, 0], dtype=torch.bool)}
-    s = D.seed_stability(a, b)
+    s = D.mask_agreement(a, b)
     assert s["jaccard"] == pytest.approx(2 / 4) and s["flip_fraction"] == pytest.approx(2 / 6)
     json.dumps(s)
 

@@ -11,7 +11,8 @@ from torch.utils.data import TensorDataset
 from benchmark import masking
 from benchmark.attacks import AttackConfig
 from benchmark.training import Trainer, TrainConfig
-from methods.base import RefreshMasks
+from methods import structured
+from methods.base import RefreshMasks, ScoreInitContext
 from methods.harp import Harp, RateHinge, erk_keep
 from methods.hydra import Hydra
 from methods.lamp import lamp_allocation
@@ -32,7 +33,7 @@ def setup(sparsity=0.9, model=None, **options):
     model = model if model is not None else toy_net()
     masking.to_masked(model, method.granularity)
     method.setup_layers(model)
-    method.init_scores(model, torch.Generator().manual_seed(0))
+    method.init_scores(model, ScoreInitContext(torch.Generator().manual_seed(0)))
     method.init_rates(model)
     masking.refresh_masks(model)
     masking.set_mode(model, "search")
@@ -45,7 +46,7 @@ def short_search(method, model, epochs=1, lr=0.1, n=32):
     g = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.rand(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
     trainer = Trainer(model, method.search_params(model, cfg), cfg, train_set=data, val_set=None,
-                      device=torch.device("cpu"), seed=0, plugins=method.search_plugins(model, cfg),
+                      device=torch.device("cpu"), seed=0, hooks=method.search_hooks(model, cfg),
                       log=lambda msg: None)
     trainer.fit()
     return trainer
@@ -88,7 +89,7 @@ def test_default_start_is_the_target_and_gives_hydras_first_mask():
     _, model = setup(0.9)
     hydra = Hydra(0.9)
     ref = masking.to_masked(toy_net())
-    hydra.init_scores(ref, torch.Generator())
+    hydra.init_scores(ref, ScoreInitContext(torch.Generator()))
     hydra.init_rates(ref)
     masking.refresh_masks(ref)
     for (name, a), (_, b) in zip(masking.masked_layers(model), masking.masked_layers(ref)):
@@ -213,7 +214,7 @@ def test_hinge_grows_per_epoch_freezes_once_reached_and_resumes():
 def test_hinge_state_travels_through_a_trainer_checkpoint(tmp_path):
     method, model = setup(0.9, init_keep=0.5)
     trainer = short_search(method, model, epochs=1)
-    hinge = next(p for p in trainer.plugins if isinstance(p, RateHinge))
+    hinge = next(p for p in trainer.hooks if isinstance(p, RateHinge))
     hinge.frozen_gamma = 0.123
     state = trainer.state_dict()
     path = tmp_path / "prune.pt"
@@ -223,9 +224,9 @@ def test_hinge_state_travels_through_a_trainer_checkpoint(tmp_path):
     cfg = trainer.cfg
     trainer2 = Trainer(model2, method2.search_params(model2, cfg), cfg,
                        train_set=trainer.train_loader.dataset, val_set=None, device=torch.device("cpu"),
-                       seed=0, plugins=method2.search_plugins(model2, cfg), log=lambda m: None)
+                       seed=0, hooks=method2.search_hooks(model2, cfg), log=lambda m: None)
     trainer2.load_state_dict(loaded)
-    hinge2 = next(p for p in trainer2.plugins if isinstance(p, RateHinge))
+    hinge2 = next(p for p in trainer2.hooks if isinstance(p, RateHinge))
     assert hinge2.frozen_gamma == pytest.approx(0.123)
     for (_, a), (_, b) in zip(masking.masked_layers(model), masking.masked_layers(model2)):
         assert torch.equal(a.rate_logit, b.rate_logit)
@@ -237,7 +238,7 @@ def test_rates_train_without_weight_decay_in_their_own_group():
     rate_group = [g for g in groups if any(p.dim() == 0 for p in g["params"])]
     assert len(rate_group) == 1 and rate_group[0]["weight_decay"] == 0.0
     assert len(rate_group[0]["params"]) == len(list(masking.masked_layers(model)))
-    assert isinstance(method.search_plugins(model, None)[0], RefreshMasks)
+    assert isinstance(method.search_hooks(model, None)[0], RefreshMasks)
 
 
 # ---------------------------------------------------------------- the end of the search
@@ -311,7 +312,7 @@ def test_a_pruned_channel_outputs_exactly_zero():
                 m.weight.uniform_(0.5, 1.5)
                 m.running_mean.uniform_(-1, 1)
     method, model = setup(0.5, model=model, structured=True)
-    pairs = {a: b for a, _, b, _ in masking.channel_bn_pairs(model)}
+    pairs = {a: b for a, _, b, _ in structured.channel_bn_pairs(model)}
     assert pairs == {"0": "1", "3": "4"}  # conv -> BN by module order; "6" has none (own bias)
     x = torch.rand(4, 3, 8, 8)
     layers = dict(masking.masked_layers(model))
@@ -356,7 +357,7 @@ def test_without_the_mechanism_the_bn_bias_would_leak():
         model[1].bias.fill_(1.0)
     masking.to_masked(model, "channel")
     hydra = Hydra(0.5)
-    hydra.init_scores(model, torch.Generator())
+    hydra.init_scores(model, ScoreInitContext(torch.Generator()))
     hydra.init_rates(model)
     masking.refresh_masks(model)
     masking.set_mode(model, "finetune")
@@ -378,7 +379,7 @@ def test_classifier_keeps_its_outputs_and_shortcuts_share_the_block_rate():
     shortcut = layers["net.layer2.0.shortcut.0"]
     assert shortcut.rate_logit is layers["net.layer2.0.conv1"].rate_logit
     assert layers["net.layer2.0.conv2"].rate_logit is not shortcut.rate_logit
-    pairs = {a: b for a, _, b, _ in masking.channel_bn_pairs(model)}
+    pairs = {a: b for a, _, b, _ in structured.channel_bn_pairs(model)}
     assert pairs["net.layer2.0.shortcut.0"] == "net.layer2.0.shortcut.1"
     assert pairs["net.conv1"] == "net.bn1" and pairs["net.layer1.1.conv2"] == "net.layer1.1.bn2"
     # the shared rate is one parameter of the optimiser, with the gradient of both uses

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from benchmark import masking
-from benchmark.masking import kept_count, topk_mask, topk_mask_count
+from benchmark.masking import kept_count, topk_mask_count
 
 
 def toy_net():

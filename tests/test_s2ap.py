@@ -10,7 +10,8 @@ from benchmark import masking
 from benchmark.attacks import AttackConfig
 from benchmark.training import Trainer, TrainConfig
 from methods.base import KeepPrunedZero, RefreshMasks
-from methods.s2ap import AWP, NORMS, ScoreSharpness, perturbation
+from benchmark.score_perturbation import NORMS, perturbation
+from methods.s2ap import AWP, ScoreSharpness
 
 
 def toy_net(dropout=0.0):
@@ -39,9 +40,9 @@ def cfg(epochs=2):
                        attack=AttackConfig(0.1, 2, 0.05), val_attack_steps=0)
 
 
-def run_search(net, plugins, epochs=2, seed=0):
+def run_search(net, hooks, epochs=2, seed=0):
     tr = Trainer(net, [p for p in net.parameters() if p.requires_grad], cfg(epochs), train_set=data(),
-                 val_set=None, device=torch.device("cpu"), seed=seed, plugins=plugins)
+                 val_set=None, device=torch.device("cpu"), seed=seed, hooks=hooks)
     tr.fit()
     return tr
 
@@ -105,9 +106,9 @@ def test_second_pass_leaves_bn_buffers_and_non_score_grads_from_pass_one():
     net = search_model()
     tr = Trainer(net, [p for p in net.parameters() if p.requires_grad], cfg(1), train_set=data(),
                  val_set=None, device=torch.device("cpu"), seed=0,
-                 plugins=[ScoreSharpness({"gamma": 0.3, "warmup": 0.0}, total_epochs=1)])
-    plugin = tr.plugins[0]
-    plugin.on_epoch_start(tr, 0)
+                 hooks=[ScoreSharpness({"gamma": 0.3, "warmup": 0.0}, total_epochs=1)])
+    hook = tr.hooks[0]
+    hook.on_epoch_start(tr, 0)
     x, y = data(16).tensors
     batch = tr.robust_loss.prepare(net, x, y)
     ref = copy.deepcopy(net)
@@ -118,7 +119,7 @@ def test_second_pass_leaves_bn_buffers_and_non_score_grads_from_pass_one():
     for p in net.parameters():
         p.grad = None
     net.load_state_dict(ref.state_dict())
-    plugin.backward(tr, batch)
+    hook.backward(tr, batch)
     for k, v in net.state_dict().items():
         if k in bn_after_pass1:
             assert torch.equal(v, bn_after_pass1[k]), k
@@ -148,7 +149,7 @@ def test_awp_restores_weights_exactly_and_keeps_pruned_weights_zero():
     net = finetune_model()
     awp = AWP({"gamma": 0.05})
     tr = Trainer(net, [p for p in net.parameters() if p.requires_grad], cfg(1), train_set=data(),
-                 val_set=None, device=torch.device("cpu"), seed=0, plugins=[KeepPrunedZero(), awp])
+                 val_set=None, device=torch.device("cpu"), seed=0, hooks=[KeepPrunedZero(), awp])
     awp.on_fit_start(tr)
     awp.on_epoch_start(tr, 0)
     x, y = data(16).tensors

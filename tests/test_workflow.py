@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -154,14 +152,12 @@ def test_plugin_method_without_pretrain_gets_no_dense_model(tmp_path):
 # ------------------------------------------------------------------ end to end
 @pytest.mark.e2e
 def test_tiny_end_to_end(tmp_path):
-    """Pretrain -> HYDRA search -> finetune -> evaluate -> leaderboard, in under three minutes."""
-    t0 = time.monotonic()
+    """Pretrain -> HYDRA search -> finetune -> evaluate -> leaderboard (its time is the speed
+    scripts' business, not a test's)."""
     proc = snakemake("--profile", REPO / "workflows/profiles/local", "--cores", "2",
                      "--configfile", PRESETS / "tiny.yaml", cwd=tmp_path, timeout=600)
-    elapsed = time.monotonic() - t0
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
-    assert elapsed < 180, f"tiny end-to-end run took {elapsed:.0f} s"
 
     results = tmp_path / "results" / "tiny"
     assert (results / "leaderboard.md").is_file()

@@ -8,7 +8,7 @@ The model is a small CNN trained for a few seconds on Fashion-MNIST (fixed seed)
 images are a realistic mix: some broken by APGD, some surviving every attack, which makes FAB-T
 and Square run too. Without the dataset files it falls back to random images and a random model.
 
-    .venv/bin/python benchmarks/bench_autoattack.py --rounds 5 --n-images 16
+    .venv/bin/python speed/bench_autoattack.py --rounds 5 --n-images 16
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ and the ratios the issues set goals for:
   hydra / dense        <= 1.10     S2AP / plain method <= 1.10 (paper: about 1.15)
   harp / hydra         <= 1.05
 
-  python benchmarks/bench_steps.py --arch small_cnn --rounds 7
+  python speed/bench_steps.py --arch small_cnn --rounds 7
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from benchmark.attacks import AttackConfig  # noqa: E402
 from benchmark.datasets import get_info  # noqa: E402
 from benchmark.models import build_model  # noqa: E402
 from benchmark.registry import method_registry  # noqa: E402
+from benchmark.score_init import ScoreInitContext  # noqa: E402
 from benchmark.training import Trainer, TrainConfig  # noqa: E402
 
 
@@ -45,18 +46,16 @@ def make_trainer(variant: str, args, info, data, device):
                        device=device, seed=0)
     name = variant.split("+")[0]
     method = method_registry().get(name)(args.sparsity)
-    method.prepare_search_model(model, torch.Generator().manual_seed(0), device)
+    method.prepare_search_model(model, ScoreInitContext(torch.Generator().manual_seed(0), device))
     masking.set_mode(model, "search")
-    plugins = method.search_plugins(model, cfg)
+    hooks = method.search_hooks(model, cfg)
     if variant.endswith("+s2ap"):
-        from methods.s2ap import ScoreSharpness
-
-        plugins.append(ScoreSharpness({"gamma": 0.02, "warmup": 0.0}, total_epochs=cfg.epochs))
+        hooks.append(method.s2ap_search_hook({"gamma": 0.02, "warmup": 0.0}, cfg.epochs))
     tr = Trainer(model, method.search_params(model, cfg), cfg, train_set=data, val_set=None,
-                 device=device, seed=0, plugins=plugins)
-    for p in tr.plugins:
-        p.on_fit_start(tr)
-        p.on_epoch_start(tr, 10)
+                 device=device, seed=0, hooks=hooks)
+    for h in tr.hooks:
+        h.on_fit_start(tr)
+        h.on_epoch_start(tr, 10)
     return tr
 
 
