@@ -41,7 +41,10 @@ fx = _fixtures()
 
 
 def _required() -> bool:
-    return bool(os.environ.get("CI") or os.environ.get("APBENCH_REQUIRE_BROWSER"))
+    def on(name: str) -> bool:
+        return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+    return on("CI") or on("APBENCH_REQUIRE_BROWSER")
 
 
 def _unavailable(reason: str):
