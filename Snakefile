@@ -42,6 +42,7 @@ include: "workflows/rules/stability.smk"
 include: "workflows/rules/evaluate.smk"
 include: "workflows/rules/aggregate.smk"
 include: "workflows/rules/sweep.smk"
+include: "workflows/rules/site.smk"
 
 # Cheap bookkeeping runs on the submitting machine, not as a cluster job.
 localrules: all, aggregate, seed_stability

@@ -6,6 +6,7 @@
   python -m benchmark evaluate  --config JSON --model model.pt --cell JSON --out result.json
   python -m benchmark aggregate --runs results/quick/runs --out results/quick
   python -m benchmark methods   (lists the registered methods and their traits)
+  python -m benchmark site / export robustbench|models|verify   (publishing: benchmark/cli_publish.py)
 
 ``--config`` takes the stage's sub-config as a JSON string or ``@file.json``.
 """
@@ -90,11 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list registered methods")
     p.add_argument("--plugin", action="append", default=[])
+
+    # publishing: site, export robustbench|models|verify (benchmark/cli_publish.py)
+    from .cli_publish import add_commands as add_publish_commands
+
+    add_publish_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .cli_publish import COMMANDS as PUBLISH_COMMANDS, run as run_publish
+
+    if args.command in PUBLISH_COMMANDS:
+        return run_publish(args)
     if args.command == "methods":
         from .registry import method_registry
 

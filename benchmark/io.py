@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def _atomic_path(path: str | Path):
@@ -71,3 +72,26 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Any:
 def read_json(path: str | Path) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+def replace_dir(path: str | Path, build: Callable[[Path], None]) -> Path:
+    """Builds a whole folder (a site, an export) with ``build(tmp)`` in a sibling temporary folder,
+    then swaps it in: readers see the old folder or the new one, never a half-written mix, and
+    files of an earlier build that this one did not write are gone."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        build(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a published folder from its readers
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path

@@ -75,6 +75,10 @@ class PruningMethod:
     granularity = "weight"
     #: method-specific options and their defaults; presets set them under methods.<name>.options
     default_options: dict[str, Any] = {}
+    #: the paper the class implements, as a literal dict {"key", "name", "authors", "venue", "link"}
+    #: ("key" in RobustBench's style, e.g. "Sehwag2020Hydra"); read from source by benchmark.papers
+    #: for the RobustBench export, from the registered class itself (a subclass states its own)
+    paper: dict[str, str] | None = None
 
     def __init__(self, sparsity: float, options: dict[str, Any] | None = None):
         if not 0.0 < sparsity < 1.0:

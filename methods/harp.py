@@ -214,6 +214,10 @@ class Harp(PruningMethod):
     learns_scores = True
     needs_pretrain = True
     needs_finetune = True
+    # the paper this class implements (RobustBench export; read from source by benchmark.papers)
+    paper = {"key": "Zhao2023Holistic", "name": "Holistic Adversarially Robust Pruning",
+             "authors": "Qi Zhao, Christian Wressnegger",
+             "venue": "ICLR 2023", "link": "https://openreview.net/forum?id=sAJDi9lD06L"}
     default_options: dict[str, Any] = {
         "gamma": 0.01,
         "alpha": 0.1,

@@ -14,3 +14,7 @@ class Hydra(PruningMethod):
     learns_scores = True
     needs_pretrain = True
     needs_finetune = True
+    # the paper this class implements (RobustBench export; read from source by benchmark.papers)
+    paper = {"key": "Sehwag2020Hydra", "name": "HYDRA: Pruning Adversarially Robust Neural Networks",
+             "authors": "Vikash Sehwag, Shiqi Wang, Prateek Mittal, Suman Jana",
+             "venue": "NeurIPS 2020", "link": "https://arxiv.org/abs/2002.10509"}

@@ -54,6 +54,10 @@ class Lamp(PruningMethod):
     learns_scores = False
     needs_pretrain = True
     needs_finetune = True
+    # the paper this class implements (RobustBench export; read from source by benchmark.papers)
+    paper = {"key": "Lee2021Layer", "name": "Layer-adaptive Sparsity for the Magnitude-based Pruning",
+             "authors": "Jaeho Lee, Sejun Park, Sangwoo Mo, Sungsoo Ahn, Jinwoo Shin",
+             "venue": "ICLR 2021", "link": "https://arxiv.org/abs/2010.07611"}
 
     @torch.no_grad()
     def init_scores(self, model: nn.Module, ctx: ScoreInitContext) -> None:

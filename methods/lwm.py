@@ -13,3 +13,8 @@ class LayerwiseMagnitude(PruningMethod):
     learns_scores = False
     needs_pretrain = True
     needs_finetune = True
+    # the paper this class implements (RobustBench export; read from source by benchmark.papers)
+    paper = {"key": "Han2015Learning",
+             "name": "Learning both Weights and Connections for Efficient Neural Networks",
+             "authors": "Song Han, Jeff Pool, John Tran, William J. Dally",
+             "venue": "NeurIPS 2015", "link": "https://arxiv.org/abs/1506.02626"}

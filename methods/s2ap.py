@@ -47,6 +47,12 @@ class ScoreSharpness(TrainHook):
     overrides_backward = True
     # gamma 0.01: chosen on validation by the gamma sweep (results/offline/gamma_sweep.md)
     defaults = {"gamma": 0.01, "warmup": 0.25, "norm": "l2", "regenerate": False}
+    # the paper of the plug-in (RobustBench export; read from source by benchmark.papers)
+    paper = {"key": "Piras2025S2AP",
+             "name": "S2AP: Score-space Sharpness Minimization for Adversarial Pruning",
+             "authors": "Giorgio Piras, Qi Zhao, Fabio Brau, Maura Pintor, Christian Wressnegger, "
+                        "Battista Biggio",
+             "venue": "arXiv, Oct 2025", "link": "https://arxiv.org/abs/2510.18381"}
 
     def __init__(self, cfg: dict | None, total_epochs: int):
         cfg = {**self.defaults, **(cfg or {})}

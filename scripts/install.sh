@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the suite into ./.venv (idempotent) and, when run as root, the offline Fashion-MNIST
-# files the quick preset reads. Used by `make quick`, `make test` and .ci/run.
+# files the quick preset reads and the chromium the browser tests drive. Used by `make quick`,
+# `make test` and .ci/run.
 #   bash scripts/install.sh            # runtime + test dependencies
 #   EXTRAS=test,cluster bash scripts/install.sh
 set -euo pipefail
@@ -39,6 +40,17 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch==2.14.1 / torchvision==0.29.1 resolve from local disk on the project machines
 "$VENV/bin/python" -m pip install -q -e ".[${EXTRAS}]"
+
+# The site's browser tests drive Debian's chromium through playwright (`playwright install`
+# cannot download a browser here).
+if ! command -v chromium >/dev/null; then
+    if as_root && command -v apt-get >/dev/null; then
+        apt_install chromium
+    else
+        echo "warning: chromium not found; the browser tests (pytest -m browser) need it:" >&2
+        echo "         sudo apt-get update && sudo apt-get install -y chromium" >&2
+    fi
+fi
 
 if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
     if as_root && command -v apt-get >/dev/null; then

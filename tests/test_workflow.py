@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -180,6 +181,19 @@ def test_tiny_end_to_end(tmp_path):
     # and an unchanged preset is up to date
     proc = snakemake("-n", "--cores", "1", "--configfile", PRESETS / "tiny.yaml", cwd=tmp_path)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    # the publishing target: model files with checksums, RobustBench export, the static site
+    proc = snakemake("site", "--cores", "2", "--configfile", PRESETS / "tiny.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert (results / "site" / "index.html").is_file()
+    manifest = json.loads((results / "export" / "models" / "manifest.json").read_text())
+    assert {m["method"] for m in manifest["models"]} >= {"dense", "hydra"}
+    assert (results / "export" / "robustbench").is_dir()  # fashion-mnist: nothing to export
+    from benchmark.model_export import load_from_manifest, verify_manifest
+
+    assert verify_manifest(results / "export" / "models" / "manifest.json") == []
+    hydra = next(m for m in manifest["models"] if m["method"] == "hydra")
+    assert load_from_manifest(results / "export" / "models" / "manifest.json", hydra["model"]) is not None
 
 
 @pytest.mark.e2e

@@ -1,0 +1,84 @@
+"""The publishing commands of the CLI (registered by benchmark.cli):
+
+  python -m benchmark site --runs results/quick/runs --out results/quick/site
+        [--reference CSV] [--models results/quick/export/models/manifest.json]
+        [--logs work/quick/logs] [--robustbench results/quick/export/robustbench] [--method-file F]
+  python -m benchmark export robustbench --runs results/quick/runs --out results/quick/export/robustbench
+        [--reference CSV] [--method-file F]
+  python -m benchmark export models --runs results/quick/runs --out results/quick/export/models
+        [--work work/quick]
+  python -m benchmark export verify --manifest results/quick/export/models/manifest.json
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+COMMANDS = ("site", "export")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("site", help="static web leaderboard (HTML, no network) from result JSONs")
+    p.add_argument("--runs", required=True, nargs="+", help="result files or folders of them")
+    p.add_argument("--out", required=True, help="site folder (replaced as a whole)")
+    p.add_argument("--reference", default=None, help="published reference CSV (reference vs ours plot)")
+    p.add_argument("--models", action="append", default=None,
+                   help="model manifest.json (links and sha256 of model files); once per preset")
+    p.add_argument("--logs", default=None,
+                   help="logs folder of the run (work/<preset>/logs); '{preset}' stands for each result's preset")
+    p.add_argument("--robustbench", default=None,
+                   help="folder written by 'export robustbench'; '{preset}' as for --logs")
+    p.add_argument("--method-file", action="append", default=[], help="extra method file")
+    p.add_argument("--title", default=None)
+
+    p = sub.add_parser("export", help="RobustBench entries, model files with checksums")
+    what = p.add_subparsers(dest="export_kind", required=True)
+    q = what.add_parser("robustbench", help="RobustBench model-info JSONs (<out>/<dataset>/Linf/<key>.json)")
+    q.add_argument("--runs", required=True, nargs="+")
+    q.add_argument("--out", required=True)
+    q.add_argument("--reference", default=None, help="published reference CSV ('reported' field)")
+    q.add_argument("--method-file", action="append", default=[], help="extra method file")
+    q = what.add_parser("models", help="safetensors + state_dict per result, and manifest.json")
+    q.add_argument("--runs", required=True, nargs="+")
+    q.add_argument("--out", required=True)
+    q.add_argument("--work", default=None, help="the run's work folder (default work/<preset>)")
+    q = what.add_parser("verify", help="check every file of a model manifest (size, sha256)")
+    q.add_argument("--manifest", required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "site":
+        from .site import build_site
+
+        index = build_site(args.runs, args.out, reference_csv=args.reference,
+                           models_manifest=args.models, logs_dir=args.logs,
+                           robustbench_dir=args.robustbench, method_files=args.method_file,
+                           title=args.title)
+        print(f"site: {index}")
+        return 0
+    if args.export_kind == "robustbench":
+        from .export_robustbench import export_robustbench
+
+        summary = export_robustbench(args.runs, args.out, method_files=args.method_file,
+                                     reference_csv=args.reference)
+        for _, entry in summary.written:
+            print(f"exported {entry}")
+        for path, reason in summary.skipped:
+            print(f"not exported {path}: {reason}")
+        print(f"robustbench: {len(summary.written)} entries, {len(summary.skipped)} not exported -> {args.out}")
+        return 0
+    if args.export_kind == "models":
+        from .model_export import export_models
+
+        manifest = export_models(args.runs, args.out, work_dir=args.work)
+        print(f"models: {len(manifest['models'])} -> {Path(args.out) / 'manifest.json'}")
+        return 0
+    if args.export_kind == "verify":
+        from .model_export import verify_manifest
+
+        problems = verify_manifest(args.manifest)
+        for line in problems:
+            print(line)
+        print(f"{args.manifest}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
+    raise AssertionError(args)

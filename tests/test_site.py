@@ -1,0 +1,321 @@
+"""The static leaderboard without a browser: rows, values, escaping, offline-ness, entry pages,
+the CLI command and the Snakemake target."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from benchmark.aggregate import aggregate, read_leaderboard
+from benchmark.cli import main as cli_main
+from benchmark.io import replace_dir
+from benchmark.site import build_site, site_data
+from benchmark.site.generator import inline_json
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _fixtures():
+    spec = importlib.util.spec_from_file_location("publishing_fixtures",
+                                                  Path(__file__).with_name("publishing_fixtures.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fx = _fixtures()
+
+
+class Page(HTMLParser):
+    """Rows of the leaderboard tables (data-* attributes and cell texts), links, scripts."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.rows, self.links, self.srcs, self.scripts = [], [], [], []
+        self._row = self._cell = self._script = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tr" and "data-id" in a:
+            self._row = {"attrs": a, "cells": []}
+        elif tag == "td" and self._row is not None:
+            self._cell = {"attrs": a, "text": ""}
+        for key in ("href", "src", "action", "data", "poster"):
+            if key in a:
+                (self.links if key == "href" else self.srcs).append(a[key])
+        if tag == "script":
+            self._script = {"attrs": a, "text": ""}
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self._row["cells"].append(self._cell)
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.rows.append(self._row)
+            self._row = None
+        elif tag == "script" and self._script is not None:
+            self.scripts.append(self._script)
+            self._script = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+        if self._script is not None:
+            self._script["text"] += data
+
+
+def parse(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text())
+    return page
+
+
+def grid(runs: Path) -> list[Path]:
+    """One seed per cell: dense, hydra/harp off+on, lwm and random, on CIFAR-10 and ResNet-18."""
+    files = [fx.write_result(runs, method="dense", sparsity=0, clean=8800, aa=4500)]
+    for i, (method, s2ap) in enumerate([("hydra", "off"), ("hydra", "on"), ("harp", "off"),
+                                        ("harp", "on"), ("lwm", "n/a"), ("random", "n/a")]):
+        for sp in (90, 99):
+            files.append(fx.write_result(runs, method=method, s2ap=s2ap, sparsity=sp,
+                                         clean=8000 - 100 * i - sp, aa=4000 - 37 * i - 3 * sp))
+    return files
+
+
+@pytest.fixture
+def site(tmp_path):
+    runs = tmp_path / "results" / "fixture" / "runs"
+    files = grid(runs)
+    out = tmp_path / "results" / "fixture" / "site"
+    build_site(runs, out)
+    return {"runs": runs, "files": files, "out": out, "index": out / "index.html", "tmp": tmp_path}
+
+
+def test_one_row_per_result_file(site):
+    page = parse(site["index"])
+    assert len(page.rows) == len(site["files"]) == 13
+    ids = [r["attrs"]["data-id"] for r in page.rows]
+    assert len(set(ids)) == len(ids)
+    # every result file is linked from exactly one entry page
+    linked = []
+    for entry in (site["out"] / "entries").glob("*.html"):
+        for href in parse(entry).links:
+            target = (entry.parent / href).resolve()
+            if target.suffix == ".json" and target.is_file():
+                linked.append(target)
+    assert sorted(linked) == sorted(f.resolve() for f in site["files"])
+
+
+def test_values_equal_the_leaderboard_csv(site):
+    aggregate(site["runs"], site["tmp"] / "agg")
+    csv = read_leaderboard(site["tmp"] / "agg" / "leaderboard.csv")
+    page = parse(site["index"])
+    shown = {r["attrs"]["data-id"]: r for r in page.rows}
+    data = json.loads(next(s["text"] for s in page.scripts if s["attrs"].get("id") == "leaderboard-data"))
+    inline = {r["id"]: r["values"] for r in data["rows"]}
+    assert len(csv) == len(shown) == len(inline)
+    for rec in csv.to_dict("records"):
+        entry = next(i for i, v in inline.items() if v["method"] == rec["method"] and v["s2ap"] == rec["s2ap"]
+                     and v["sparsity"] == rec["sparsity"])
+        cells = {c["attrs"].get("data-col"): c for c in shown[entry]["cells"]}
+        assert cells["clean"]["text"].strip() == f"{rec['clean']:.2f}"
+        assert cells["autoattack"]["text"].split()[0] == f"{rec['autoattack']:.2f}"
+        assert cells["autoattack"]["text"].split("[")[1].startswith(f"{rec['autoattack_lo']:.1f}, ")
+        assert float(cells["clean"]["attrs"]["data-v"]) == pytest.approx(rec["clean"])
+        for col, value in rec.items():  # the download data is the CSV row, column by column
+            got = inline[entry][col]
+            if isinstance(value, float) and value != value:  # an empty CSV field
+                assert got in (None, ""), col
+            elif isinstance(value, float):
+                assert got == pytest.approx(value), col
+            else:
+                assert str(got) == str(value), col
+
+
+def test_tables_never_mix_eps_or_image_counts(tmp_path):
+    runs = tmp_path / "runs"
+    fx.write_result(runs, method="hydra", sparsity=90, eps=0.031, aa_n=10_000)
+    fx.write_result(runs, method="lwm", s2ap="n/a", sparsity=90, eps=0.031, aa_n=10_000)
+    fx.write_result(runs, method="hydra", sparsity=95, eps=8 / 255, aa_n=10_000, aa=3000)
+    fx.write_result(runs, method="hydra", sparsity=99, eps=0.031, aa_n=1000, aa=300)
+    data = site_data(runs)
+    assert len(data["tables"]) == 3
+    for table in data["tables"]:
+        keys = {(e["row"]["eps"], e["row"]["autoattack_n"]) for e in table["entries"]}
+        assert len(keys) == 1, table["title"]
+    titles = [t["title"] for t in data["tables"]]
+    assert any("1,000 images" in t for t in titles) and any("ε = 0.031" in t for t in titles)
+
+
+def test_names_are_escaped(tmp_path):
+    runs = tmp_path / "runs"
+    evil = "<script>alert(1)</script>"
+    fx.write_result(runs, method="hydra", arch=evil, sparsity=90)
+    fx.write_result(runs, method="lwm", s2ap="n/a", arch="</script><img src=x onerror=alert(2)>",
+                    sparsity=90, warnings=["<b>bold</b> warning"])
+    out = tmp_path / "site"
+    build_site(runs, out)
+    for page in [out / "index.html", *(out / "entries").glob("*.html")]:
+        text = page.read_text()
+        assert evil not in text and "<img src=x" not in text and "<b>bold</b>" not in text, page.name
+    index = (out / "index.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index
+    # the inline JSON block survives: nothing in it can close the <script> element
+    page = parse(out / "index.html")
+    block = next(s["text"] for s in page.scripts if s["attrs"].get("id") == "leaderboard-data")
+    assert "</" not in block and "<" not in block
+    archs = {r["values"]["arch"] for r in json.loads(block)["rows"]}
+    assert evil in archs
+    # file names of entry pages hold no markup either
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+\.html", p.name) for p in (out / "entries").iterdir())
+
+
+def test_inline_json_cannot_close_its_script_block():
+    text = inline_json({"a": "</script><!-- & \u2028"})
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == {"a": "</script><!-- & \u2028"}
+
+
+_EXTERNAL = re.compile(r"^(?:[a-z][a-z0-9+.-]*:|//)", re.I)
+
+
+def test_no_external_url_in_the_site(site):
+    files = list(site["out"].rglob("*"))
+    for path in files:
+        if path.suffix not in (".html", ".js", ".css"):
+            continue
+        text = path.read_text()
+        assert "@import" not in text and "url(" not in text, path
+        if path.suffix == ".html":
+            page = parse(path)
+            for ref in page.links + page.srcs:
+                assert not _EXTERNAL.match(ref), f"{path.name}: {ref}"
+            for script in page.scripts:
+                assert not _EXTERNAL.match(script["attrs"].get("src", "")), path
+    for path in [site["index"], *(site["out"] / "assets").iterdir()]:
+        assert "http:" not in path.read_text() and "https:" not in path.read_text(), path
+
+
+def test_entry_page_holds_recipe_provenance_links_and_command(tmp_path):
+    runs = tmp_path / "results" / "fixture" / "runs"
+    path = fx.write_result(runs, method="hydra", s2ap="on", sparsity=90, dirty=True,
+                           warnings=["There are 1 points with zero gradient!"],
+                           lowered_by=["fab-t"], aa_n=100, aa=41,
+                           diagnostics={"mask_robust_acc": 0.4, "stability_random_r0.05": 0.02})
+    logs = tmp_path / "work" / "fixture" / "logs"
+    log = logs / "evaluate" / "cifar10/resnet18/hydra/on/sp90/seed0.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("evaluate log")
+    manifest = tmp_path / "models" / "manifest.json"
+    manifest.parent.mkdir()
+    (tmp_path / "models" / "m.safetensors").write_bytes(b"x")
+    manifest.write_text(json.dumps({"format": "apbench-model-manifest", "version": 1, "models": [
+        {"model": "cifar10/resnet18/hydra/on/sp90/seed0", "entry": "e", "preset": "fixture", "files": {
+            "safetensors": {"path": "m.safetensors", "sha256": "ab" * 32, "size": 1}}}]}))
+    out = tmp_path / "results" / "fixture" / "site"
+    # '{preset}': one site over several presets finds each result's logs
+    build_site(runs, out, models_manifest=[manifest], logs_dir=tmp_path / "work" / "{preset}" / "logs")
+    (entry,) = (out / "entries").glob("*.html")
+    text = entry.read_text()
+    result = json.loads(path.read_text())
+    assert result["config_hash"] in text
+    for stage in ("pretrain", "prune", "finetune", "evaluate"):
+        assert f"<h3>{stage}</h3>" in text
+    assert "after fab-t" in text and "after apgd-ce" in text  # per-attack accuracy
+    assert "mask_robust_acc" in text and "stability_random_r0.05" in text  # diagnostics
+    assert result["provenance"]["git"]["revision"] in text and "uncommitted changes" in text
+    assert "torch 2.14.1" in text
+    assert "ab" * 32 in text  # the model's sha256
+    assert ("git checkout " + result["provenance"]["git"]["revision"]) in text
+    assert ("--configfile presets/fixture.yaml --forceall "
+            "results/fixture/runs/cifar10/resnet18/hydra/on/sp90/seed0.json") in text
+    assert "zero gradient" in text and "fab-t" in text  # the flags' reasons
+    hrefs = parse(entry).links
+    for name in ("seed0.json", "seed0.log", "m.safetensors"):
+        href = next(h for h in hrefs if h.endswith(name))
+        assert (entry.parent / href).resolve().is_file(), href
+    # RobustBench: the entry page says why it is not exported
+    assert "not exported" in text and "100 of the 10,000" in text
+
+
+def test_full_standard_autoattack_switch_data_and_flags(tmp_path):
+    runs = tmp_path / "runs"
+    fx.write_result(runs, method="hydra", sparsity=90, aa_n=10_000)
+    fx.write_result(runs, method="hydra", sparsity=95, aa_n=500, aa=200)
+    fx.write_result(runs, method="hydra", sparsity=99, aa_n=10_000, attacks=["apgd-ce", "apgd-t"])
+    build_site(runs, tmp_path / "site")
+    rows = {r["attrs"]["data-sparsity"]: r for r in parse(tmp_path / "site" / "index.html").rows}
+    assert rows["90"]["attrs"]["data-fullaa"] == "1"
+    assert rows["95"]["attrs"]["data-fullaa"] == "0"
+    data = site_data(runs)
+    flags = {e["sparsity_text"]: {f["code"] for f in e["flags"]} for e in data["entries"]}
+    assert flags["90"] == set() and "S" in flags["95"] and "N" in flags["99"]
+    assert rows["99"]["attrs"]["data-fullaa"] == "0"
+
+
+def test_delta_vs_original_on_the_s2ap_row(site):
+    data = site_data(site["runs"])
+    by = {(e["method"], e["s2ap"], e["sparsity_text"]): e for e in data["entries"]}
+    on, off = by[("hydra", "on", "90")], by[("hydra", "off", "90")]
+    assert off["delta"] is None
+    assert on["delta"]["value"] == pytest.approx(on["row"]["autoattack"] - off["row"]["autoattack"])
+
+
+def test_svg_whiskers_for_one_seed_and_dodged_equal_points(tmp_path):
+    from benchmark.svg_plots import accuracy_vs_sparsity, method_colors
+
+    rows = [{"method": m, "s2ap": "off", "arch": "a", "sparsity": 90.0, "autoattack": 41.0,
+             "autoattack_lo": 31.9, "autoattack_hi": 50.8, "autoattack_n": 100} for m in ("x", "y")]
+    svg = accuracy_vs_sparsity(rows, method_colors(["x", "y"]))
+    assert svg.count('class="whisker"') == 2
+    xs = re.findall(r'<circle cx="([0-9.]+)"', svg.split("</title>", 1)[1])
+    point_xs = {x for x in xs}
+    assert len(point_xs) >= 2, "equal points must not sit on top of each other"
+
+
+def test_replace_dir_drops_stale_files_and_keeps_old_on_failure(tmp_path):
+    out = tmp_path / "site"
+    replace_dir(out, lambda d: (d / "a.html").write_text("a"))
+    replace_dir(out, lambda d: (d / "b.html").write_text("b"))
+    assert sorted(p.name for p in out.iterdir()) == ["b.html"]
+
+    def broken(d):
+        (d / "c.html").write_text("c")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        replace_dir(out, broken)
+    assert sorted(p.name for p in out.iterdir()) == ["b.html"]
+    assert [p.name for p in tmp_path.iterdir()] == ["site"]  # no temporary folder left
+
+
+def test_site_command(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fx.write_result(runs, method="hydra", sparsity=90)
+    assert cli_main(["site", "--runs", str(runs), "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "index.html").is_file()
+    assert "site:" in capsys.readouterr().out
+
+
+def test_no_result_files_is_a_clear_error(tmp_path):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="no result files"):
+        build_site(tmp_path / "runs", tmp_path / "s")
+
+
+def test_site_target_in_the_workflow(tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "site", "-n", "-p", "--cores", "1", "--configfile", str(REPO / "presets" / "quick.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for rule in ("export_models", "export_robustbench", "site"):
+        assert re.search(rf"^(local)?rule {rule}:$", out, re.M), rule
+    assert "-m benchmark site --runs" in out and "--out results/quick/site" in out
+    assert "--models results/quick/export/models/manifest.json" in out
+    assert "-m benchmark export models" in out and "--work work/quick" in out

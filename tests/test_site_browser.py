@@ -1,0 +1,238 @@
+"""The static leaderboard in a real browser: playwright driving Debian's chromium, from file://.
+
+Marked ``browser`` (deselect with ``-m 'not browser'``). Outside CI a missing playwright or
+chromium skips these tests with the reason; in CI (env ``CI`` set, or ``APBENCH_REQUIRE_BROWSER``
+set to a non-empty value) it fails them: a CI that cannot run them must not report green. The
+browser binary is ``$APBENCH_CHROMIUM``, else ``chromium`` on PATH (scripts/install.sh installs it
+when run as root). A screenshot of the page goes to ``$APBENCH_ARTIFACTS`` (default
+``build/test-artifacts/``).
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmark.aggregate import aggregate, read_leaderboard
+from benchmark.site import build_site
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _fixtures():
+    spec = importlib.util.spec_from_file_location("publishing_fixtures",
+                                                  Path(__file__).with_name("publishing_fixtures.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fx = _fixtures()
+
+
+def _required() -> bool:
+    def on(name: str) -> bool:
+        return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+    return on("CI") or on("APBENCH_REQUIRE_BROWSER")
+
+
+def _unavailable(reason: str):
+    if _required():
+        pytest.fail(f"browser tests cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _chromium() -> str | None:
+    explicit = os.environ.get("APBENCH_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if importlib.util.find_spec("playwright") is None:
+        _unavailable("playwright is not installed (pip install -e '.[browser]')")
+    exe = _chromium()
+    if exe is None:
+        _unavailable("chromium not found (apt-get install -y chromium, or set APBENCH_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=LAUNCH_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    runs = root / "results" / "fixture" / "runs"
+    fx.write_result(runs, method="dense", sparsity=0, clean=8800, aa=4500)
+    # AutoAttack 9.50 % and 10.20 %: text order would put "10.20" first
+    fx.write_result(runs, method="hydra", s2ap="off", sparsity=90, aa=950, clean=7000)
+    fx.write_result(runs, method="hydra", s2ap="on", sparsity=90, aa=1020, clean=7100)
+    fx.write_result(runs, method="harp", s2ap="off", sparsity=95, aa=4000, clean=8000)
+    fx.write_result(runs, method="harp", s2ap="on", sparsity=95, aa=4120, clean=8100,
+                    warnings=["There are 1 points with zero gradient!"], lowered_by=["square"])
+    fx.write_result(runs, method="lwm", s2ap="n/a", sparsity=99, aa=2500, clean=6000)
+    fx.write_result(runs, method="random", s2ap="n/a", sparsity=99, no_autoattack=True, clean=1000)
+    fx.write_result(runs, method="hydra", s2ap="off", sparsity=99, aa_n=100, aa=20, clean=5000)
+    out = root / "results" / "fixture" / "site"
+    build_site(runs, out)
+    aggregate(runs, root / "agg")
+    return {"out": out, "index": out / "index.html", "runs": runs,
+            "csv": read_leaderboard(root / "agg" / "leaderboard.csv")}
+
+
+@pytest.fixture
+def page(browser, site):
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    errors = []
+    pg.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    pg.on("requestfailed", lambda r: errors.append(f"request failed: {r.url} ({r.failure})"))
+    pg.goto(site["index"].as_uri())
+    pg.errors = errors
+    yield pg
+    context.close()
+
+
+def visible_rows(pg, table: str | None = None) -> list[dict]:
+    return pg.evaluate("""(sel) => Array.from(document.querySelectorAll(sel + ' tbody tr'))
+        .filter(tr => !tr.hidden)
+        .map(tr => ({id: tr.dataset.id, method: tr.dataset.method, s2ap: tr.dataset.s2ap,
+                     sparsity: tr.dataset.sparsity,
+                     cells: Array.from(tr.cells).map(td => td.textContent.trim())}))""",
+                       table or "table.lb")
+
+
+def column_values(pg, table: str, col: int) -> list[str]:
+    return [r["cells"][col] for r in visible_rows(pg, table)]
+
+
+def as_number(text: str) -> float | None:
+    head = text.split()[0] if text.split() else ""
+    return None if head in ("—", "") else float(head)
+
+
+def test_sorting_is_numeric_and_missing_sorts_last(page):
+    table = "#table-0"
+    heads = page.locator(f"{table} thead th")
+    aa_col = 5
+    heads.nth(aa_col).click()
+    values = [as_number(v) for v in column_values(page, table, aa_col)]
+    numbers = [v for v in values if v is not None]
+    assert numbers == sorted(numbers) and 9.5 in numbers and 10.2 in numbers
+    assert numbers.index(9.5) < numbers.index(10.2)
+    assert heads.nth(aa_col).get_attribute("aria-sort") == "ascending"
+    heads.nth(aa_col).click()
+    numbers = [as_number(v) for v in column_values(page, table, aa_col)]
+    assert numbers == sorted(numbers, reverse=True)
+    delta_col = 6  # "—" except on the S2AP rows: it sorts last in both directions
+    for direction in ("ascending", "descending"):
+        heads.nth(delta_col).click()
+        assert heads.nth(delta_col).get_attribute("aria-sort") == direction
+        values = [as_number(v) for v in column_values(page, table, delta_col)]
+        k = sum(v is not None for v in values)
+        assert k == 2 and all(v is None for v in values[k:])
+        assert values[:k] == sorted(values[:k], reverse=direction == "descending")
+    heads.nth(3).click()  # sparsity: 0, 90, 95, 99 as numbers
+    sparsities = [float(v) for v in column_values(page, table, 3)]
+    assert sparsities == sorted(sparsities)
+    heads.nth(0).click()  # text column: alphabetical
+    methods = column_values(page, table, 0)
+    assert methods == sorted(methods)
+    assert page.errors == []
+
+
+def test_filters_and_search_reduce_the_rows(page, site):
+    total = len(visible_rows(page))
+    assert total == len(site["csv"]) == 8
+    page.select_option("#filter-method", "hydra")
+    rows = visible_rows(page)
+    assert 0 < len(rows) < total and {r["method"] for r in rows} == {"hydra"}
+    page.select_option("#filter-s2ap", "on")
+    rows = visible_rows(page)
+    assert [(r["method"], r["s2ap"]) for r in rows] == [("hydra", "on")]
+    assert page.locator("#count").text_content().startswith("1 of 8")
+    page.select_option("#filter-method", "")
+    page.select_option("#filter-s2ap", "")
+    page.fill("#search", "lowered")  # flags are searchable by name
+    assert [r["method"] for r in visible_rows(page)] == ["harp"]
+    page.fill("#search", "")
+    page.check("#full-aa")
+    rows = visible_rows(page)
+    assert len(rows) < total and all(r["sparsity"] != "99" or r["method"] == "lwm" for r in rows)
+    # the subset table (AutoAttack on 100 images) has no row left and says so
+    assert page.locator("#board-1 .empty").is_visible()
+    page.uncheck("#full-aa")
+    assert len(visible_rows(page)) == total
+    assert page.errors == []
+
+
+def _download(page, button: str) -> str:
+    with page.expect_download() as info:
+        page.click(button)
+    return Path(info.value.path()).read_text()
+
+
+def test_downloaded_csv_and_json_equal_the_visible_rows(page, site):
+    page.select_option("#filter-sparsity", "90")
+    page.locator("#table-0 thead th").nth(4).click()  # sort by clean accuracy
+    shown = visible_rows(page)
+    assert len(shown) == 2
+    rows = list(csv.DictReader(io.StringIO(_download(page, "#download-csv"))))
+    assert [r["entry"] for r in rows] == [r["id"] for r in shown]
+    ref = site["csv"]
+    for row in rows:
+        match = ref[(ref["method"] == row["method"]) & (ref["s2ap"] == row["s2ap"])
+                    & (ref["sparsity"] == float(row["sparsity"]))]
+        assert len(match) == 1
+        for col in ("clean", "autoattack", "autoattack_lo", "autoattack_hi", "sparsity_measured"):
+            assert float(row[col]) == pytest.approx(float(match.iloc[0][col])), col
+        assert row["config_hash"] == match.iloc[0]["config_hash"]
+    as_json = json.loads(_download(page, "#download-json"))
+    assert [r["entry"] for r in as_json] == [r["id"] for r in shown]
+    assert page.errors == []
+
+
+def test_entry_links_resolve(page, site):
+    links = page.eval_on_selector_all("a.entry-link", "els => els.map(a => a.href)")
+    assert len(links) == 8
+    for href in links:
+        page.goto(href)
+        assert page.locator("h1").count() == 1
+        result_links = page.eval_on_selector_all("a.result-link", "els => els.map(a => a.href)")
+        assert result_links
+        for target in result_links:
+            assert target.startswith("file://")
+            assert Path(target[len("file://"):]).is_file(), target
+        page.click("text=← leaderboard")
+        page.wait_for_load_state("load")
+        assert page.url == site["index"].as_uri()
+    assert page.errors == []
+
+
+def test_no_console_errors_and_a_screenshot(page):
+    page.hover("#table-0 .flag >> nth=0")
+    artifacts = Path(os.environ.get("APBENCH_ARTIFACTS") or REPO / "build" / "test-artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "site-index.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert page.errors == []
