@@ -2,7 +2,16 @@
 
 ``aggregate(runs_dir, out_dir, reference_csv=None)`` reads every ``*.json`` under runs_dir and
 writes ``leaderboard.csv`` and ``leaderboard.md`` (and ``s2ap_paired.csv`` when the S2AP table
-exists) atomically into out_dir. Torch-free, so the aggregation job starts in a second.
+exists, ``excluded.csv`` when files were excluded) atomically into out_dir. Torch-free, so the
+aggregation job starts in a second.
+
+Nothing on disk is believed unchecked. Every file goes through ``benchmark.results.read_result``
+(the schema, then counts against flags, per-image implications, the eps of every attack, the
+protocol against the preset, the sparsity counts), and the results of one dataset's table must
+share eps, image counts and images. A file that breaks a rule stops the aggregation with its path
+and the rule, before anything is written (the previous leaderboard stays in place); with
+``exclude_invalid=True`` (CLI ``--exclude-invalid``) it is left out and listed as excluded in the
+leaderboard instead. No file is skipped silently.
 
 Rows: per (dataset, arch) the dense model first, then one row per (method, s2ap, nominal sparsity)
 and configuration hash (config without seed). Seeds of one row are pooled:
@@ -13,9 +22,13 @@ and configuration hash (config without seed). Seeds of one row are pooled:
 - pooling is refused (ValueError) when the seeds differ in eps, AutoAttack version or attack set,
   or the number of images: their numbers measure different things.
 
-Sparsity units: the nominal sparsity is taken as written in the cell (the suite writes percent,
-sp90); a measured sparsity given as a fraction (masking.sparsity_report's "global") is converted
-to percent when the nominal value is in percent.
+Sparsity: ``sparsity`` is the nominal value of the cell (percent, sp90), ``sparsity_measured`` the
+zero weights of the evaluated model, ``sparsity_mask`` the mask count, both in percent.
+
+Flags of a row: AutoAttack warnings, attacks after APGD that still broke images, a non-standard
+attack set, images robust to AutoAttack but broken by PGD (legitimate, counted in
+``aa_robust_pgd_broken``), a result made from a dirty tree (``dirty``) or by stage code other than
+the current one (``stale``).
 
 The S2AP table (paper layout: Orig. AA, S2AP AA, delta) appears when some cell has both s2ap
 'off' and 'on' results. Its p-value is an exact McNemar test on the per-image AutoAttack flags of
@@ -25,7 +38,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -33,13 +46,18 @@ from typing import Any, Iterable
 import pandas as pd
 
 from benchmark.io import atomic_write_text
-from benchmark.provenance import config_hash as _config_hash
+from benchmark.provenance import stage_code_digest
+from benchmark.results import ResultError, pgd_broken_aa_robust, read_result
 from benchmark.stats import mcnemar, wilson_interval
 
 METRICS = ("clean", "pgd", "autoattack")
 WILSON_METRICS = ("clean", "autoattack")
 S2AP_ORDER = {"n/a": 0, "off": 1, "on": 2}
 DASH = "—"
+# what every result of one dataset's table shares: (record field, what it is)
+TABLE_FIELDS = (("eps", "eps"), ("clean_n", "clean image count"), ("pgd_n", "PGD image count"),
+                ("autoattack_n", "AutoAttack image count"), ("clean_images", "clean images"),
+                ("pgd_images", "PGD images"), ("autoattack_images", "AutoAttack images"))
 
 
 class AggregationError(ValueError):
@@ -47,22 +65,6 @@ class AggregationError(ValueError):
 
 
 # ---------------------------------------------------------------- reading
-def _canon_s2ap(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return "on" if v else "off"
-    s = str(v).strip().lower()
-    return {"true": "on", "false": "off", "none": "n/a", "na": "n/a"}.get(s, s)
-
-
-def _canon_sparsity(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise AggregationError(f"sparsity {v!r} is not a number") from None
-
-
 def _fmt_sparsity(v: float) -> str:
     return f"{v:g}"
 
@@ -82,30 +84,6 @@ def _flatten_numeric(obj: Any, prefix: str, out: dict[str, float]) -> None:
                 _flatten_numeric(v, f"{prefix}[{i}]", out)
 
 
-def _structure(res: dict) -> str:
-    """'structured' or 'unstructured', for matching the reference table."""
-    cell = res.get("cell", {})
-    method_cfg = (res.get("config") or {}).get("method") or {}
-    for v in (cell.get("structure"), method_cfg.get("structure") if isinstance(method_cfg, dict) else None,
-              method_cfg.get("granularity") if isinstance(method_cfg, dict) else None):
-        if v:
-            return "structured" if str(v).lower() in ("structured", "channel", "filter") else "unstructured"
-    return "unstructured"
-
-
-def _measured(res: dict, nominal: float) -> float | None:
-    sp = res.get("sparsity") or {}
-    m = sp.get("measured") if isinstance(sp, dict) else None
-    if isinstance(m, dict):
-        m = m.get("global")
-    if m is None:
-        return None
-    m = float(m)
-    if nominal > 1.0 and m <= 1.0:
-        m *= 100.0
-    return m
-
-
 def result_files(runs: str | Path | list) -> list[Path]:
     """The result JSONs: every one under a folder, or exactly the files listed (the workflow
     lists its own, so results left by an earlier version of the grid are not pooled in)."""
@@ -121,56 +99,107 @@ def result_files(runs: str | Path | list) -> list[Path]:
     return sorted(runs_dir.rglob("*.json"))
 
 
-def load_runs(runs_dir: str | Path | list) -> list[dict[str, Any]]:
-    """One flat record per result JSON (files without a 'cell' are skipped)."""
-    records = []
-    for path in result_files(runs_dir):
-        if path.name.startswith("."):
-            continue
+def _excluded(path: Path | str, rule: str, detail: str) -> dict[str, str]:
+    return {"file": str(path), "rule": rule, "detail": detail}
+
+
+def load_checked(runs: str | Path | list, *, exclude_invalid: bool = False
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(one flat record per valid result file, the excluded files as {file, rule, detail}).
+
+    Every file is checked (benchmark.results.read_result, then the table rules: one dataset's
+    results share eps, image counts and images). A file that breaks a rule raises
+    AggregationError naming the file and the rule, unless exclude_invalid, which lists it among
+    the excluded instead (for a table rule: the files that disagree with most of their table).
+    """
+    records, excluded = [], []
+    for path in result_files(runs):
         try:
-            res = json.loads(path.read_text())
-        except ValueError as exc:
-            raise AggregationError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(res, dict) or "cell" not in res or "metrics" not in res:
-            continue
-        records.append(_record(path, res))
-    return records
+            records.append(_record(path, read_result(path)))
+        except ResultError as exc:
+            if not exclude_invalid:
+                raise AggregationError(f"{exc}. (To leave it out and list it as excluded, "
+                                       f"rerun the aggregation with --exclude-invalid.)") from exc
+            excluded.append(_excluded(path, exc.rule, exc.detail))
+    while True:
+        violations = _table_violations(records)
+        if not violations:
+            break
+        if not exclude_invalid:
+            raise AggregationError(
+                "results that must share a table disagree:\n" + "\n".join(
+                    f"  {v['file']}: rule '{v['rule']}': {v['detail']}" for v in violations)
+                + "\nRegenerate them with one preset, or rerun with --exclude-invalid")
+        bad = {v["file"] for v in violations}
+        excluded.extend(violations)
+        records = [r for r in records if r["file"] not in bad]
+    return records, excluded
+
+
+def load_runs(runs_dir: str | Path | list, *, exclude_invalid: bool = False) -> list[dict[str, Any]]:
+    """One flat record per valid result file (see load_checked; the excluded are dropped here)."""
+    return load_checked(runs_dir, exclude_invalid=exclude_invalid)[0]
+
+
+def _table_violations(records: list[dict]) -> list[dict[str, str]]:
+    """Files whose eps, image counts or images differ from most results of their dataset's table
+    (ties go to the value of the first file in path order)."""
+    by_dataset: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_dataset[r["dataset"]].append(r)
+    out = []
+    for dataset, recs in sorted(by_dataset.items()):
+        for field, what in TABLE_FIELDS:
+            counts = Counter(json.dumps(r[field]) for r in recs)
+            if len(counts) < 2:
+                continue
+            order = {v: i for i, v in reversed(list(enumerate(json.dumps(r[field]) for r in recs)))}
+            common = max(counts, key=lambda v: (counts[v], -order[v]))
+            for r in recs:
+                if json.dumps(r[field]) != common:
+                    out.append(_excluded(r["file"], "table", (
+                        f"{what} {r[field]} differs from {json.loads(common)} of "
+                        f"{counts[common]} other result(s) in the {dataset} table")))
+            break  # one disagreement per pass: excluding those files may settle the others
+    return out
 
 
 def _record(path: Path, res: dict) -> dict[str, Any]:
-    cell = res["cell"]
-    sparsity = _canon_sparsity(cell.get("sparsity", 0))
-    metrics = res.get("metrics") or {}
-    flags = res.get("flags") or {}
-    cfg = res.get("config")
+    """The flat view of a validated result record."""
+    cell, metrics, flags = res["cell"], res["metrics"], res["flags"]
+    git = res["provenance"]["git"]
+    sparsity = float(cell["sparsity"])
+    sp = res["sparsity"]
     rec: dict[str, Any] = {
         "file": str(path),
         "dataset": str(cell["dataset"]), "arch": str(cell["arch"]), "method": str(cell["method"]),
-        "s2ap": _canon_s2ap(cell.get("s2ap")), "sparsity": sparsity,
-        "seed": cell.get("seed"),
-        "config_hash": res.get("config_hash") or (_config_hash(cfg) if cfg is not None else "none"),
-        "eps": res.get("eps"),
-        "sparsity_measured": _measured(res, sparsity),
-        "structure": _structure(res),
-        "preset": cell.get("preset") or ((cfg or {}).get("preset") if isinstance(cfg, dict) else None),
+        "s2ap": str(cell["s2ap"]), "sparsity": sparsity,
+        "seed": cell["seed"],
+        "config_hash": res["config_hash"],
+        "eps": res["eps"],
+        "sparsity_measured": 100.0 * sp["measured"],
+        "sparsity_mask": None if sp["mask"] is None else 100.0 * sp["mask"]["sparsity"],
+        "structure": res["structure"],
+        "preset": cell.get("preset"),
+        "revision": git["revision"], "dirty": git["dirty"],
+        "stage_code": res["provenance"]["stage_code"],
+        "aa_robust_pgd_broken": pgd_broken_aa_robust(res),
     }
     for name in METRICS:
         m = metrics.get(name)
         rec[f"{name}_correct"] = None if m is None else int(m["correct"])
         rec[f"{name}_n"] = None if m is None else int(m["n"])
+        rec[f"{name}_images"] = None if m is None else m["images_digest"]
         rec[f"{name}_flags"] = flags.get(name)
-    pgd = metrics.get("pgd") or {}
-    rec["pgd_steps"] = pgd.get("steps")
-    if rec["eps"] is None:
-        rec["eps"] = pgd.get("eps", (metrics.get("autoattack") or {}).get("eps"))
+    rec["pgd_steps"] = metrics["pgd"]["steps"]
     aa = metrics.get("autoattack")
     if aa is not None:
-        rec["aa_version"] = aa.get("version")
-        rec["aa_attacks"] = tuple(aa.get("attacks") or ())
-        rec["aa_standard"] = bool(aa.get("standard", False))
-        rec["aa_warnings"] = list(aa.get("warnings") or [])
-        rec["aa_lowered_by"] = list(aa.get("lowered_by") or [])
-        rec["aa_lowered"] = bool(aa.get("lowered_after_apgd", False))
+        rec["aa_version"] = aa["version"]
+        rec["aa_attacks"] = tuple(aa["attacks"])
+        rec["aa_standard"] = bool(aa["standard"])
+        rec["aa_warnings"] = list(aa["warnings"])
+        rec["aa_lowered_by"] = list(aa["lowered_by"])
+        rec["aa_lowered"] = bool(aa["lowered_after_apgd"])
     else:
         rec.update(aa_version=None, aa_attacks=None, aa_standard=None, aa_warnings=[],
                    aa_lowered_by=[], aa_lowered=False)
@@ -227,8 +256,9 @@ def _pool(key: tuple, runs: list[dict]) -> dict[str, Any]:
     dataset, arch, method, s2ap, sparsity, chash = key
     row: dict[str, Any] = {"dataset": dataset, "arch": arch, "method": method, "s2ap": s2ap,
                            "sparsity": sparsity}
-    measured = [r["sparsity_measured"] for r in runs if r["sparsity_measured"] is not None]
-    row["sparsity_measured"] = sum(measured) / len(measured) if measured else math.nan
+    for col in ("sparsity_measured", "sparsity_mask"):
+        vals = [r[col] for r in runs if r[col] is not None]
+        row[col] = sum(vals) / len(vals) if vals else math.nan
     row["n_seeds"] = len(runs)
     row["seeds"] = " ".join(str(r["seed"]) for r in runs)
     for name in METRICS:
@@ -258,6 +288,18 @@ def _pool(key: tuple, runs: list[dict]) -> dict[str, Any]:
         flags.append("lowered-after-apgd:" + "+".join(lowered))
     if runs[0]["aa_standard"] is False:
         flags.append("non-standard-AA")
+    row["aa_robust_pgd_broken"] = sum(r["aa_robust_pgd_broken"] for r in runs)
+    if row["aa_robust_pgd_broken"]:
+        flags.append(f"pgd-broke-aa-robust:{row['aa_robust_pgd_broken']}")
+    row["dirty"] = any(r["dirty"] is True for r in runs)
+    row["stale"] = any(r["stale"] for r in runs)
+    row["revision"] = " ".join(sorted({r["revision"][:10] for r in runs}))
+    if any(r["dirty"] is None for r in runs):
+        flags.append("no-revision")
+    elif row["dirty"]:
+        flags.append("dirty-tree")
+    if row["stale"]:
+        flags.append("stale-code")
     row["flag"] = "; ".join(flags)
     row["config_hash"] = chash
     row["structure"] = runs[0]["structure"]
@@ -470,17 +512,36 @@ def _header(df: pd.DataFrame, preset: str, records: list[dict]) -> str:
         f"{DASH} for a single seed); 95% CI: Wilson interval on counts pooled over seeds",
         "- Flag: warnings = AutoAttack or Python warnings during the run; lowered-after-apgd = "
         "FAB-T or Square broke images APGD had left (the APGD attacks alone were not enough); "
-        "non-standard-AA = an attack subset, not AutoAttack standard",
+        "non-standard-AA = an attack subset, not AutoAttack standard; pgd-broke-aa-robust:K = "
+        "K images robust to AutoAttack were broken by PGD (legitimate: the attacks run "
+        "independently); dirty-tree = made from a checkout with uncommitted changes to tracked "
+        "files; no-revision = made outside a git checkout; stale-code = made by stage code other "
+        "than the current one (rerun it)",
+        "- Measured (%): zero Conv2d/Linear weights of the evaluated model",
         "",
     ]
     return "\n".join(lines)
 
 
+def _excluded_md(excluded: list[dict[str, str]]) -> list[str]:
+    rows = [{"File": e["file"], "Rule": e["rule"], "Why": e["detail"]} for e in excluded]
+    return ["## Excluded result files", "",
+            f"{len(excluded)} file(s) broke a rule and are not in the tables above "
+            "(aggregated with --exclude-invalid).", "",
+            pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+
+
 # ---------------------------------------------------------------- entry point
-def build_tables(runs_dir: str | Path, reference_csv: str | Path | None = None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
-    """(leaderboard, S2AP paired table or None, markdown text) without writing anything."""
-    records = load_runs(runs_dir)
+def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None = None, *,
+                 exclude_invalid: bool = False) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+    """(leaderboard, S2AP paired table or None, markdown text) without writing anything.
+
+    The files excluded under ``exclude_invalid`` are in ``leaderboard.attrs["excluded"]``
+    ({file, rule, detail} each) and in the markdown's last section."""
+    records, excluded = load_checked(runs_dir, exclude_invalid=exclude_invalid)
+    current = stage_code_digest()
+    for r in records:
+        r["stale"] = r["stage_code"] != current
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[_group_key(r)].append(r)
@@ -496,6 +557,7 @@ def build_tables(runs_dir: str | Path, reference_csv: str | Path | None = None
     else:
         diag_cols = sorted(c for c in df.columns if c.startswith("diag."))
         df = df[[c for c in df.columns if not c.startswith("diag.")] + diag_cols]
+    df.attrs["excluded"] = excluded
 
     folder = Path(runs_dir) if not isinstance(runs_dir, (list, tuple)) else None
     preset = next((r["preset"] for r in records if r.get("preset")), None) or (
@@ -512,22 +574,32 @@ def build_tables(runs_dir: str | Path, reference_csv: str | Path | None = None
                "Δ = S2AP − original in percentage points; McNemar p: exact test on per-image "
                "AutoAttack flags over the seeds both sides share; n/a: the method learns no "
                "scores, so S2AP does not apply.", "", _pairs_md(pairs), ""]
+    if excluded:
+        md += _excluded_md(excluded)
     return df, pairs, "\n".join(md)
 
 
-def aggregate(runs_dir: str | Path, out_dir: str | Path,
-              reference_csv: str | Path | None = None) -> pd.DataFrame:
+def aggregate(runs_dir: str | Path | list, out_dir: str | Path,
+              reference_csv: str | Path | None = None, *,
+              exclude_invalid: bool = False) -> pd.DataFrame:
     """Reads the result JSONs under runs_dir, writes leaderboard.csv and leaderboard.md (and
-    s2ap_paired.csv when S2AP pairs exist) atomically into out_dir; returns the leaderboard.
-    Raises AggregationError (a ValueError) rather than pool incomparable results."""
-    df, pairs, md = build_tables(runs_dir, reference_csv)
+    s2ap_paired.csv when S2AP pairs exist, excluded.csv when files were excluded) atomically into
+    out_dir; returns the leaderboard. Raises AggregationError (a ValueError) rather than pool
+    incomparable results or believe a file that breaks a rule; nothing is written then."""
+    df, pairs, md = build_tables(runs_dir, reference_csv, exclude_invalid=exclude_invalid)
+    excluded = df.attrs.get("excluded") or []
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "leaderboard.csv", df.to_csv(index=False))
     atomic_write_text(out_dir / "leaderboard.md", md)
+    # a table from an earlier aggregation would contradict this leaderboard
     if pairs is not None:
         atomic_write_text(out_dir / "s2ap_paired.csv", pairs.to_csv(index=False))
-    else:  # a table from an earlier aggregation would contradict this leaderboard
+    else:
         (out_dir / "s2ap_paired.csv").unlink(missing_ok=True)
+    if excluded:
+        atomic_write_text(out_dir / "excluded.csv", pd.DataFrame(excluded).to_csv(index=False))
+    else:
+        (out_dir / "excluded.csv").unlink(missing_ok=True)
     return df
 
 
@@ -537,11 +609,11 @@ def read_leaderboard(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
-def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
+def runs_frame(runs_dir: str | Path | list, *, exclude_invalid: bool = False) -> pd.DataFrame:
     """One row per result file (per seed), diagnostics flattened: the input of plot_diagnostics
     when per-seed detail is wanted."""
     rows = []
-    for r in load_runs(runs_dir):
+    for r in load_runs(runs_dir, exclude_invalid=exclude_invalid):
         row = {k: v for k, v in r.items() if k not in ("diagnostics",) and not k.endswith("_flags")}
         for name in METRICS:
             if r[f"{name}_n"]:
@@ -551,5 +623,5 @@ def runs_frame(runs_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__: Iterable[str] = ("aggregate", "build_tables", "read_leaderboard", "load_runs", "load_reference", "s2ap_pairs", "runs_frame",
-                          "AggregationError")
+__all__: Iterable[str] = ("aggregate", "build_tables", "read_leaderboard", "load_runs", "load_checked",
+                          "load_reference", "s2ap_pairs", "runs_frame", "AggregationError")

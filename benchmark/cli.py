@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--reference", default=None, help="published reference CSV to show beside")
+    p.add_argument("--exclude-invalid", action="store_true",
+                   help="list result files that break a rule as excluded instead of stopping")
 
     p = sub.add_parser("methods", help="list registered methods")
     p.add_argument("--plugin", action="append", default=[])
@@ -131,13 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         from .aggregate import aggregate, runs_frame
 
         runs = args.runs[0] if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else args.runs
-        table = aggregate(runs, args.out, reference_csv=args.reference)
+        table = aggregate(runs, args.out, reference_csv=args.reference,
+                          exclude_invalid=args.exclude_invalid)
         print(f"leaderboard: {len(table)} rows -> {Path(args.out) / 'leaderboard.md'}")
+        if table.attrs.get("excluded"):
+            print(f"excluded: {len(table.attrs['excluded'])} result file(s) that break a rule "
+                  f"-> {Path(args.out) / 'excluded.csv'}")
         if not args.no_plots:
             from .plots import plot_diagnostics, plot_leaderboard
 
             written = list(plot_leaderboard(table, Path(args.out) / "plots") or [])
-            written += list(plot_diagnostics(runs_frame(runs), Path(args.out) / "plots") or [])
+            written += list(plot_diagnostics(runs_frame(runs, exclude_invalid=args.exclude_invalid),
+                                             Path(args.out) / "plots") or [])
             print(f"plots: {len(written)} files -> {Path(args.out) / 'plots'}")
         return 0
 

@@ -2,8 +2,7 @@
 
 Every function takes the first N test images in test order (never shuffled), so that flags of
 two models line up image by image for paired tests, and refuses a model that is not ready for
-evaluation: AutoAttack on a BatchNorm model in training mode gives wrong numbers without any
-warning, so a forgotten ``model.eval()`` must be an error, not a silent bias.
+evaluation (benchmark.readiness).
 
 ``evaluate_model`` config (all accuracies come back as fractions in [0, 1]):
 
@@ -18,9 +17,18 @@ warning, so a forgotten ``model.eval()`` must be an error, not a silent bias.
      "autoattack": None | {"n_images": int | None, "version": "standard",
                    "attacks": None | [...], "batch_size": int, "shard_size": int | None,
                    "seed": int, "state_dir": path | None}}
+
+Besides the numbers, the evaluation returns its ``protocol`` (the configuration with every
+default resolved: the image counts, the step size, the attack list) and, per metric, what the
+attack actually did: the parameters it ran with, the largest L-inf distance of an adversarial
+image from its original, and a digest of the images it saw (``images_digest``: labels and
+per-image pixel sums of the first n images), so that a result can be checked against its preset
+and two results can be checked to cover the same images.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 from typing import Any
 
@@ -29,45 +37,18 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset, TensorDataset
 
 from benchmark.attacks import AttackConfig, pgd_linf
+from benchmark.autoattack_eval import resolve_attacks, run_autoattack
+from benchmark.readiness import assert_eval_ready, fork_devices, prepare_for_eval
 from benchmark.stats import flags_to_str
 
 TOP_KEYS = {"eps", "pgd_steps", "pgd_step_size", "pgd_seed", "clean_n", "pgd_n", "batch_size",
             "autoattack"}
 AA_KEYS = {"n_images", "version", "attacks", "batch_size", "shard_size", "seed", "state_dir"}
 
+log = logging.getLogger(__name__)
 
-# ---------------------------------------------------------------- readiness
-def assert_eval_ready(model: nn.Module) -> None:
-    """Raises RuntimeError naming the first offending module or parameter.
-
-    Checked: no module in training mode; no parameter requiring grad (the attacks' backward
-    passes would otherwise compute and accumulate weight gradients: slower, and a model that
-    changes between calls); floating parameters and buffers in float32 (the bf16 training
-    option must never reach the evaluation).
-    """
-    for name, module in model.named_modules():
-        if module.training:
-            raise RuntimeError(
-                f"module {name or '<root>'} ({type(module).__name__}) is in training mode; "
-                f"evaluation refuses it (BatchNorm would use batch statistics). Call "
-                f"benchmark.evaluation.prepare_for_eval(model) first.")
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            raise RuntimeError(f"parameter {name} requires grad; call prepare_for_eval(model)")
-    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, t in items:
-            if t.is_floating_point() and t.dtype != torch.float32:
-                raise RuntimeError(f"{kind} {name} is {t.dtype}; evaluation runs in float32, "
-                                   f"call prepare_for_eval(model)")
-
-
-def prepare_for_eval(model: nn.Module) -> nn.Module:
-    """eval(), float32, requires_grad off, then the readiness check. Returns the same model."""
-    model.eval()
-    model.float()
-    model.requires_grad_(False)
-    assert_eval_ready(model)
-    return model
+__all__ = ["assert_eval_ready", "prepare_for_eval", "iter_batches", "first_n", "clean_flags",
+           "pgd_flags", "default_step_size", "images_digest", "stage_config", "evaluate_model"]
 
 
 # ---------------------------------------------------------------- data
@@ -134,17 +115,27 @@ def first_n(data: Any, n: int | None = None, batch_size: int = 256) -> tuple[tor
     return torch.cat(xs), torch.cat(ys)
 
 
+def image_sums(x: torch.Tensor) -> torch.Tensor:
+    """Per-image pixel sums in float64 on the CPU: the cheap fingerprint of an image that
+    ``images_digest`` hashes (hashing every pixel of a full ImageNet validation set would cost
+    more than its clean evaluation)."""
+    return x.detach().cpu().double().flatten(1).sum(1)
+
+
+def images_digest(sums: torch.Tensor, y: torch.Tensor) -> str:
+    """16 hex digits over the labels and per-image sums of a run of images, in order."""
+    h = hashlib.sha256()
+    h.update(str(int(sums.numel())).encode())
+    h.update(sums.contiguous().numpy().tobytes())
+    h.update(torch.as_tensor(y).detach().cpu().long().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def _fork_devices(device: torch.device) -> list[int]:
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 # ---------------------------------------------------------------- clean and PGD
@@ -178,6 +169,13 @@ def pgd_flags(model: nn.Module, data: Any, eps: float, steps: int = 50,
     reproducible: it happens inside fork_rng after torch.manual_seed(seed), and the caller's RNG
     stream is left as it was. Batches follow the data batches, so results depend on batch_size.
     """
+    return _pgd(model, data, eps, steps, step_size, device, batch_size, seed, n, clean)[0]
+
+
+def _pgd(model: nn.Module, data: Any, eps: float, steps: int, step_size: float | None,
+         device: str | torch.device | None, batch_size: int, seed: int, n: int | None,
+         clean: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    """pgd_flags and the largest L-inf distance of an adversarial image from its original."""
     assert_eval_ready(model)
     dev = _device_of(model, device)
     cfg = AttackConfig(eps=float(eps), steps=int(steps),
@@ -185,7 +183,8 @@ def pgd_flags(model: nn.Module, data: Any, eps: float, steps: int = 50,
                        random_start=True)
     out = []
     seen = 0
-    with torch.random.fork_rng(devices=_fork_devices(dev)):
+    moved = 0.0
+    with torch.random.fork_rng(devices=fork_devices(dev)):
         torch.manual_seed(seed)
         for xb, yb in iter_batches(data, n, batch_size):
             xb, yb = xb.to(dev), yb.to(dev)
@@ -201,10 +200,11 @@ def pgd_flags(model: nn.Module, data: Any, eps: float, steps: int = 50,
             sel = ok.nonzero().flatten()
             if sel.numel():
                 x_adv = pgd_linf(model, xb[sel], yb[sel], cfg)
+                moved = max(moved, float((x_adv - xb[sel]).abs().max()))
                 with torch.no_grad():
                     robust[sel] = model(x_adv).argmax(dim=1) == yb[sel]
             out.append(robust.cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+    return (torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)), moved
 
 
 # ---------------------------------------------------------------- the whole evaluation
@@ -231,66 +231,121 @@ def _metric(flags: torch.Tensor, **extra: Any) -> dict[str, Any]:
     return {"correct": correct, "n": n, "acc": correct / n if n else float("nan"), **extra}
 
 
+def stage_config(evaluate_cfg: dict, default_eps: float, state_dir: str | None = None) -> dict:
+    """The evaluate_model config of the evaluation stage: the preset's ``evaluate`` section with
+    eps defaulting to the dataset's, AutoAttack off when its n_images is 0, and the shard files
+    under state_dir."""
+    cfg = dict(evaluate_cfg)
+    cfg["eps"] = float(default_eps) if cfg.get("eps") is None else float(cfg["eps"])
+    aa = cfg.get("autoattack")
+    if aa and (aa.get("n_images") is None or int(aa["n_images"]) > 0):
+        aa = dict(aa)
+        if state_dir:
+            aa["state_dir"] = str(state_dir)
+        cfg["autoattack"] = aa
+    else:
+        cfg["autoattack"] = None
+    return cfg
+
+
+def _protocol(cfg: dict, total: int) -> dict[str, Any]:
+    """cfg with every default resolved: what the evaluation will run."""
+    def _n(v):
+        return total if v is None else min(int(v), total)
+
+    eps = float(cfg["eps"])
+    steps = int(cfg.get("pgd_steps", 50))
+    step_size = cfg.get("pgd_step_size")
+    protocol: dict[str, Any] = {
+        "eps": eps, "test_images": total,
+        "clean_n": _n(cfg.get("clean_n")), "pgd_n": _n(cfg.get("pgd_n")),
+        "pgd_steps": steps,
+        "pgd_step_size": default_step_size(eps, steps) if step_size is None else float(step_size),
+        "pgd_seed": int(cfg.get("pgd_seed", 0)),
+        "batch_size": int(cfg.get("batch_size") or 256),
+        "autoattack": None,
+    }
+    aa = cfg.get("autoattack")
+    if aa is not None and _n(aa.get("n_images")) > 0:
+        version = aa.get("version", "standard")
+        attacks, standard = resolve_attacks(version, aa.get("attacks"))
+        protocol["autoattack"] = {
+            "n_images": _n(aa.get("n_images")), "version": version, "attacks": attacks,
+            "standard": standard, "seed": int(aa.get("seed", 0)),
+            "batch_size": int(aa.get("batch_size") or 250), "shard_size": aa.get("shard_size")}
+    return protocol
+
+
+def _clean_pass(model: nn.Module, data: Any, dev: torch.device, batch_size: int, n: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean flags, per-image sums and labels of the first n images, in one pass."""
+    flags, sums, labels = [], [], []
+    with torch.no_grad():
+        for xb, yb in iter_batches(data, n, batch_size):
+            sums.append(image_sums(xb))
+            labels.append(yb)
+            flags.append(model(xb.to(dev)).argmax(dim=1).cpu() == yb)
+    if not flags:
+        return (torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.float64),
+                torch.zeros(0, dtype=torch.long))
+    return torch.cat(flags), torch.cat(sums), torch.cat(labels)
+
+
 def evaluate_model(model: nn.Module, test_set: Any, cfg: dict, device: str | torch.device | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Clean, PGD and AutoAttack on the first N test images; see the module docstring for cfg.
 
     Returns {"metrics": {"clean", "pgd", "autoattack"}, "flags": {...: '0'/'1' string},
-    "timing": {"clean_s", "pgd_s", "autoattack_s"}}. AutoAttack is skipped (metrics and flags
-    None) when cfg["autoattack"] is null or its n_images is 0.
+    "timing": {"clean_s", "pgd_s", "autoattack_s"}, "protocol": cfg with defaults resolved}.
+    AutoAttack is skipped (metrics and flags None) when cfg["autoattack"] is null or its n_images
+    is 0. Progress goes to this module's logger (INFO; DEBUG with progress=False).
     """
-    from benchmark.autoattack_eval import run_autoattack
-
     _check_cfg(cfg)
     assert_eval_ready(model)
     dev = _device_of(model, device)
-    eps = float(cfg["eps"])
-    bs = int(cfg.get("batch_size") or 256)
-    total = _length(test_set)
-
-    def _n(v):
-        return total if v is None else min(int(v), total)
-
-    clean_n, pgd_n = _n(cfg.get("clean_n")), _n(cfg.get("pgd_n"))
-    aa_cfg = cfg.get("autoattack")
-    aa_n = 0 if aa_cfg is None else _n(aa_cfg.get("n_images"))
+    level = logging.INFO if progress else logging.DEBUG
+    protocol = _protocol(cfg, _length(test_set))
+    eps, bs = protocol["eps"], protocol["batch_size"]
+    clean_n, pgd_n = protocol["clean_n"], protocol["pgd_n"]
+    aa_proto = protocol["autoattack"]
+    aa_cfg = cfg.get("autoattack") or {}
 
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    clean_all = clean_flags(model, test_set, dev, bs, max(clean_n, pgd_n))
+    clean_all, sums, labels = _clean_pass(model, test_set, dev, bs, max(clean_n, pgd_n))
     timing["clean_s"] = time.perf_counter() - t0
-
-    steps = int(cfg.get("pgd_steps", 50))
-    step_size = cfg.get("pgd_step_size")
-    step_size = default_step_size(eps, steps) if step_size is None else float(step_size)
-    seed = int(cfg.get("pgd_seed", 0))
-    t0 = time.perf_counter()
-    pgd = pgd_flags(model, test_set, eps, steps, step_size, dev, bs, seed, n=pgd_n,
-                    clean=clean_all[:pgd_n])
-    timing["pgd_s"] = time.perf_counter() - t0
-
     clean = clean_all[:clean_n]
+    log.log(level, "clean: %d/%d correct (%.2f s)", int(clean.sum()), clean_n, timing["clean_s"])
+
+    steps, step_size, seed = protocol["pgd_steps"], protocol["pgd_step_size"], protocol["pgd_seed"]
+    t0 = time.perf_counter()
+    pgd, moved = _pgd(model, test_set, eps, steps, step_size, dev, bs, seed, pgd_n,
+                      clean_all[:pgd_n])
+    timing["pgd_s"] = time.perf_counter() - t0
+    log.log(level, "PGD-%d at eps %g: %d/%d robust (%.2f s)", steps, eps, int(pgd.sum()), pgd_n,
+            timing["pgd_s"])
+
     metrics: dict[str, Any] = {
-        "clean": _metric(clean),
-        "pgd": _metric(pgd, steps=steps, step_size=step_size, eps=eps, seed=seed,
-                       restarts=1, random_start=True),
+        "clean": _metric(clean, images_digest=images_digest(sums[:clean_n], labels[:clean_n])),
+        "pgd": _metric(pgd, images_digest=images_digest(sums[:pgd_n], labels[:pgd_n]),
+                       steps=steps, step_size=step_size, eps=eps, seed=seed, restarts=1,
+                       random_start=True, batch_size=bs, max_perturbation=moved),
     }
     flags = {"clean": flags_to_str(clean), "pgd": flags_to_str(pgd)}
-    if aa_n > 0:
+    if aa_proto is not None:
         t0 = time.perf_counter()
-        x, y = first_n(test_set, aa_n, bs)
-        aa = run_autoattack(model, x, y, eps=eps,
-                            version=aa_cfg.get("version", "standard"),
-                            attacks=aa_cfg.get("attacks"), seed=int(aa_cfg.get("seed", 0)),
-                            batch_size=int(aa_cfg.get("batch_size") or 250),
-                            shard_size=aa_cfg.get("shard_size"), state_dir=aa_cfg.get("state_dir"),
-                            device=dev, progress=progress)
+        x, y = first_n(test_set, aa_proto["n_images"], bs)
+        aa = run_autoattack(model, x, y, eps=eps, version=aa_proto["version"],
+                            attacks=aa_cfg.get("attacks"), seed=aa_proto["seed"],
+                            batch_size=aa_proto["batch_size"], shard_size=aa_proto["shard_size"],
+                            state_dir=aa_cfg.get("state_dir"), device=dev, progress=progress)
         timing["autoattack_s"] = time.perf_counter() - t0
         aa_flags = aa.pop("flags")
+        aa["images_digest"] = images_digest(image_sums(x), y)
         metrics["autoattack"] = aa
         flags["autoattack"] = flags_to_str(aa_flags)
     else:
         metrics["autoattack"] = None
         flags["autoattack"] = None
         timing["autoattack_s"] = 0.0
-    return {"metrics": metrics, "flags": flags, "timing": timing}
+    return {"metrics": metrics, "flags": flags, "timing": timing, "protocol": protocol}

@@ -363,7 +363,8 @@ def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def sparsity_report(masks: dict[str, torch.Tensor]) -> dict:
-    """Measured sparsity from masks: masked-out weights over all Conv2d/Linear weights."""
+    """Mask counts: masked-out weights over all masked weights (what a search chose). The
+    sparsity a result reports is ``measure_sparsity``'s, taken from the weights themselves."""
     layers = {}
     total = kept = 0
     for name, m in masks.items():
@@ -374,9 +375,87 @@ def sparsity_report(masks: dict[str, torch.Tensor]) -> dict:
     return {"global": 1.0 - kept / max(total, 1), "total": total, "kept": kept, "layers": layers}
 
 
-def masks_from_plain(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Dense masks for a plain model (every weight kept): the dense baseline's 'mask'."""
-    return {name: torch.ones_like(layer.weight, dtype=torch.bool).cpu() for name, layer in prunable_layers(model)}
+class SparsityError(ValueError):
+    """A model whose weights contradict its masks, or that holds NaN or infinite values."""
+
+
+def _check_finite(model: nn.Module) -> None:
+    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in items:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise SparsityError(f"{kind} {name} holds {bad} NaN or infinite value(s): the "
+                                    f"model is broken and is not evaluated")
+
+
+def _as_bool_mask(name: str, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if not torch.is_tensor(mask):
+        raise SparsityError(f"mask of layer {name} is a {type(mask).__name__}, not a tensor")
+    if tuple(mask.shape) != tuple(weight.shape):
+        # never broadcast: a channel-shaped or transposed mask would silently count other weights
+        raise SparsityError(f"mask of layer {name} has shape {tuple(mask.shape)}, its weight "
+                            f"{tuple(weight.shape)}")
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise SparsityError(f"mask of layer {name} holds values other than 0 and 1")
+        mask = mask != 0
+    return mask.to(weight.device)
+
+
+@torch.no_grad()
+def measure_sparsity(model: nn.Module, masks: dict[str, torch.Tensor] | None = None,
+                     granularity: str | None = None) -> dict:
+    """Sparsity of the model as it will be attacked: zero Conv2d/Linear weights over all of them,
+    globally and per layer, with the mask count beside it when masks are given.
+
+    Refused (SparsityError): NaN or infinite parameters or buffers; masks that do not name exactly
+    the model's Conv2d/Linear layers; a mask whose shape differs from its layer's weight; a
+    non-zero weight outside its mask (a dense model with a mask attached would otherwise be
+    published as sparse with the dense model's accuracy); with ``granularity='channel'``, a mask
+    that prunes part of an output channel. ``kept_zero`` counts weights the mask keeps that are
+    zero (so zeros = pruned + kept_zero).
+
+    Returns {"measured", "zeros", "total", "mask": {"kept", "sparsity"} | None, "kept_zero",
+    "layers": {name: {"total", "zeros", "sparsity", "mask_kept"}}}.
+    """
+    _check_finite(model)
+    layers = dict(prunable_layers(model))
+    if not layers:
+        raise SparsityError("the model has no Conv2d or Linear layer to measure")
+    if masks is not None:
+        missing, extra = sorted(set(layers) - set(masks)), sorted(set(masks) - set(layers))
+        if missing or extra:
+            raise SparsityError(f"masks do not match the model's Conv2d/Linear layers: missing "
+                                f"{missing}, unknown {extra}")
+    out_layers = {}
+    zeros = total = kept = kept_zero = 0
+    for name, layer in layers.items():
+        w = layer.weight.detach()
+        is_zero = w == 0
+        n, z = w.numel(), int(is_zero.sum())
+        entry = {"total": n, "zeros": z, "sparsity": z / n, "mask_kept": None}
+        if masks is not None:
+            m = _as_bool_mask(name, masks[name], w)
+            outside = int((~is_zero & ~m).sum())
+            if outside:
+                raise SparsityError(
+                    f"layer {name}: {outside} weight(s) outside its mask are non-zero; the model "
+                    f"is not the pruned model its masks describe (a dense model with a mask "
+                    f"attached?). Export it with benchmark.masking.export_state_dict")
+            if granularity == "channel":
+                rows = m.flatten(1)
+                if not bool((rows.all(dim=1) | ~rows.any(dim=1)).all()):
+                    raise SparsityError(f"layer {name}: the model is declared channel-pruned but "
+                                        f"its mask prunes part of an output channel")
+            entry["mask_kept"] = int(m.sum())
+            kept += entry["mask_kept"]
+            kept_zero += int((is_zero & m).sum())
+        out_layers[name] = entry
+        zeros += z
+        total += n
+    return {"measured": zeros / total, "zeros": zeros, "total": total,
+            "mask": None if masks is None else {"kept": kept, "sparsity": 1.0 - kept / total},
+            "kept_zero": None if masks is None else kept_zero, "layers": out_layers}
 
 
 # ---------------------------------------------------------------- count-allocating methods (LAMP, global top-k)

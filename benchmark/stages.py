@@ -299,7 +299,7 @@ def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, spar
         history = run.trainer(model, params, hooks).fit()
     masks = masking.get_masks(model)
     meta = _meta(cfg, "finetune", smeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
-                 sparsity=sparsity, seed=seed, width=float(cfg.get("model", {}).get("width", 1.0)),
+                 sparsity=sparsity, seed=seed, granularity=m.granularity, width=float(cfg.get("model", {}).get("width", 1.0)),
                  history=history, search=dict(mask_val=smeta.get("mask_val"), history=smeta.get("history")),
                  diagnostics=smeta.get("diagnostics") or {},
                  timing={**smeta.get("timing", {}), "finetune_s": time.perf_counter() - t0})
@@ -309,11 +309,19 @@ def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, spar
 
 
 def load_exported(path: str | Path, arch: str, info, model_cfg: dict) -> tuple[nn.Module, dict | None, dict]:
-    """The exported model in its plain architecture (strict load), its masks and meta."""
+    """The exported model in its plain architecture (strict load), its masks and meta.
+
+    A pruned model's meta must name its mask granularity (the finetune stage records it): the
+    result's "structured" label comes from it, never from a guess.
+    """
     ckpt, meta = _read_artifact(path)
     model = build_plain_model(arch, info, model_cfg)
     model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model, ckpt.get("masks"), meta
+    masks = ckpt.get("masks")
+    if masks is not None and meta.get("granularity") is None:
+        raise ValueError(f"{path} holds masks but its meta names no mask granularity: it was "
+                         f"written by an older finetune stage; rerun that stage")
+    return model, masks, meta
 
 
 def seed_stability(search_a: str | Path, search_b: str | Path, out: str | Path) -> dict:
@@ -332,49 +340,34 @@ def seed_stability(search_a: str | Path, search_b: str | Path, out: str | Path) 
 
 def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
              state_dir: str | Path | None = None, extra_diagnostics=()) -> dict:
-    from .evaluation import evaluate_model, prepare_for_eval
-    from .provenance import config_hash, provenance
+    """Clean / PGD / AutoAttack of an exported model -> a result JSON (benchmark.results), with
+    the sparsity measured on the weights that are attacked."""
+    from . import results
+    from .evaluation import evaluate_model, prepare_for_eval, stage_config
+    from .provenance import provenance
 
     t0 = time.perf_counter()
     device = apply_runtime(cfg.get("runtime"))
     dataset, arch = cell["dataset"], cell["arch"]
     info = dataset_info(dataset)
     model, masks, meta = load_exported(model_path, arch, info, cfg.get("model"))
+    granularity = meta.get("granularity") if masks is not None else None
+    sparsity = masking.measure_sparsity(model, masks, granularity)
     model = prepare_for_eval(model.to(device))
     _, _, test_set = load_splits(dataset, cfg.get("data", {}), augment=False)
-    ecfg = dict(cfg["evaluate"])
-    ecfg["eps"] = info.eps if ecfg.get("eps") is None else float(ecfg["eps"])
-    if ecfg.get("autoattack") and int(ecfg["autoattack"].get("n_images", 1)) > 0:
-        aa = dict(ecfg["autoattack"])
-        if state_dir:
-            aa["state_dir"] = str(Path(state_dir) / "autoattack")
-        ecfg["autoattack"] = aa
-    else:
-        ecfg["autoattack"] = None
-    result = evaluate_model(model, test_set, ecfg, device)
-    if masks is None:
-        masks = masking.masks_from_plain(model)
-    report = masking.sparsity_report(masks)
-    nominal = float(cell.get("sparsity") or 0.0) / 100.0
-    stage_cfgs = {**meta.get("configs", {}), "evaluate": cfg}
-    record = {
-        "schema_version": 1,
-        "cell": cell,
-        "config": stage_cfgs,
-        "config_hash": cell.get("config_hash") or config_hash(stage_cfgs),
-        "eps": ecfg["eps"],
-        "sparsity": {"nominal": nominal, "measured": report["global"], "kept": report["kept"],
-                     "total": report["total"],
-                     "layers": {k: v["sparsity"] for k, v in report["layers"].items()}},
-        "metrics": result["metrics"],
-        "flags": result["flags"],
-        "timing": {**meta.get("timing", {}), **result.get("timing", {}),
-                   "evaluate_s": time.perf_counter() - t0},
-        "diagnostics": _diagnostics(meta, extra_diagnostics),
-        "history": {"train": meta.get("history"), "search": (meta.get("search") or {}).get("history")},
-        "provenance": provenance(),
-    }
-    atomic_write_json(out, record)
+    ecfg = stage_config(cfg["evaluate"], info.eps,
+                        Path(state_dir) / "autoattack" if state_dir else None)
+    evaluation = evaluate_model(model, test_set, ecfg, device)
+    record = results.build_record(
+        cell=cell, structure=results.structure_of(granularity),
+        configs={**meta.get("configs", {}), "evaluate": cfg}, evaluation=evaluation,
+        sparsity=sparsity,
+        timing={**meta.get("timing", {}), **evaluation["timing"],
+                "evaluate_s": time.perf_counter() - t0},
+        diagnostics=_diagnostics(meta, extra_diagnostics),
+        history={"train": meta.get("history"), "search": (meta.get("search") or {}).get("history")},
+        provenance=provenance())
+    results.write_result(out, record)
     return record
 
 

@@ -1,16 +1,29 @@
+"""The leaderboard: pooling, intervals, the S2AP table, and what it refuses to believe.
+
+Every fixture is a result file written by the suite's own writer (benchmark.results): a real
+evaluate_model run (on a model that gets every image wrong, so that no attack runs and it takes
+milliseconds) whose counts and flags are then set to the values a test needs, a sparsity measured
+by benchmark.masking.measure_sparsity, and real provenance. The files therefore have exactly the
+format the evaluation stage writes.
+"""
+import copy
+import functools
 import json
 import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
+import torch
+import torch.nn as nn
 
+from benchmark import masking, results
 from benchmark.aggregate import AggregationError, aggregate, read_leaderboard
+from benchmark.evaluation import evaluate_model, prepare_for_eval
 from benchmark.plots import plot_diagnostics, plot_leaderboard
-from benchmark.provenance import config_hash
+from benchmark.provenance import provenance
 from benchmark.stats import mcnemar, wilson_interval
 
-REFERENCE = Path("/work/shared/reference/ap_benchmark_leaderboard.csv")
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
 def flags(n, correct, offset=0):
@@ -20,40 +33,100 @@ def flags(n, correct, offset=0):
     return "".join(s)
 
 
+class AlwaysWrong(nn.Module):
+    """Predicts class 0 for labels that are all 1: nothing to attack, so evaluation is instant."""
+
+    def forward(self, x):
+        # logits, not probabilities: AutoAttack's output check would warn
+        return 5.0 * torch.nn.functional.one_hot(torch.zeros(x.shape[0], dtype=torch.long), 10) - 2.0
+
+
+@functools.lru_cache(maxsize=None)
+def _evaluation(n, eps, attacks, version):
+    """(the evaluate config, evaluate_model's output) for n images."""
+    x = torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.ones(n, dtype=torch.long)
+    ecfg = {"eps": eps, "pgd_steps": 50, "pgd_step_size": None, "pgd_seed": 0, "clean_n": None,
+            "pgd_n": None, "batch_size": 256,
+            "autoattack": {"n_images": None, "version": version, "attacks": list(attacks),
+                           "batch_size": 250, "shard_size": None, "seed": 0}}
+    return ecfg, evaluate_model(prepare_for_eval(AlwaysWrong()), (x, y), ecfg, progress=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _sparsity(percent):
+    """measure_sparsity of a layer pruned by magnitude to ``percent`` (no mask for 0)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(100, 10))
+    if not percent:
+        return masking.measure_sparsity(net)
+    mask = masking.topk_mask(net[0].weight, 1 - percent / 100).bool()
+    net[0].weight.data *= mask
+    return masking.measure_sparsity(net, {"0": mask}, "weight")
+
+
+def _set(ev, name, f):
+    m = ev["metrics"][name]
+    m["correct"], m["acc"] = f.count("1"), f.count("1") / len(f)
+    ev["flags"][name] = f
+
+
+def _union_filled(base, count):
+    """base's ones, plus the first zeros turned to ones until there are count ones."""
+    out, need = list(base), count - base.count("1")
+    assert need >= 0, "the test asks for fewer ones than its attacks keep"
+    for i, c in enumerate(out):
+        if need and c == "0":
+            out[i], need = "1", need - 1
+    return "".join(out)
+
+
 def write_result(root, dataset="cifar10", arch="resnet18", method="hydra", s2ap="off",
                  sparsity=90, seed=0, clean=80, pgd=50, aa=40, n=100, eps=0.031,
-                 version="standard", attacks=("apgd-ce", "apgd-t", "fab-t", "square"),
-                 standard=True, warnings=(), lowered_by=(), aa_flags=None, diagnostics=None,
-                 extra_config=None):
-    config = {"method": {"name": method}, "s2ap": s2ap, "sparsity": sparsity, "eps": eps,
-              "seed": seed, **(extra_config or {})}
-    res = {
-        "cell": {"dataset": dataset, "arch": arch, "method": method, "s2ap": s2ap,
-                 "sparsity": sparsity, "seed": seed},
-        "config": config,
-        "config_hash": config_hash(config),
-        "eps": eps,
-        "sparsity": {"nominal": sparsity, "measured": sparsity / 100 - 0.001, "layers": {}},
-        "metrics": {
-            "clean": {"correct": clean, "n": n, "acc": clean / n},
-            "pgd": {"correct": pgd, "n": n, "acc": pgd / n, "steps": 50, "eps": eps},
-            "autoattack": {"correct": aa, "n": n, "acc": aa / n, "version": version,
-                           "attacks": list(attacks), "standard": standard,
-                           "warnings": list(warnings), "lowered_after_apgd": bool(lowered_by),
-                           "lowered_by": list(lowered_by), "robust_after": {}},
-        },
-        "flags": {"clean": flags(n, clean), "pgd": flags(n, pgd),
-                  "autoattack": aa_flags if aa_flags is not None else flags(n, aa)},
-        "timing": {}, "diagnostics": diagnostics or {}, "provenance": {},
-    }
-    path = Path(root) / dataset / arch / method / s2ap / f"sp{sparsity}" / f"seed{seed}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res))
+                 version="standard", attacks=STANDARD, warnings=(), lowered_by=(), aa_flags=None,
+                 pgd_flags=None, diagnostics=None, extra_config=None, structure="unstructured",
+                 config_hash=None, prov=None):
+    ecfg, ev = copy.deepcopy(_evaluation(n, eps, tuple(attacks), version))
+    aa_f = aa_flags if aa_flags is not None else flags(n, aa)
+    pgd_f = pgd_flags if pgd_flags is not None else _union_filled(aa_f, pgd)
+    clean_f = _union_filled("".join("1" if "1" in (a, p) else "0" for a, p in zip(aa_f, pgd_f)),
+                            clean)
+    for name, f in (("clean", clean_f), ("pgd", pgd_f), ("autoattack", aa_f)):
+        _set(ev, name, f)
+    ev["metrics"]["autoattack"].update(warnings=list(warnings), lowered_by=list(lowered_by),
+                                       lowered_after_apgd=bool(lowered_by))
+    configs = {"evaluate": {"evaluate": ecfg, "data": {}, "model": {}, "runtime": {}},
+               "finetune": {"method": {"name": method, "options": {}}}, **(extra_config or {})}
+    cell = {"dataset": dataset, "arch": arch, "method": method, "s2ap": s2ap,
+            "sparsity": float(sparsity), "seed": seed, "preset": None}
+    record = results.build_record(
+        cell=cell, structure=structure, configs=configs, evaluation=ev,
+        sparsity=_sparsity(sparsity), timing={}, diagnostics=diagnostics or {}, history={},
+        provenance=prov or provenance(), config_hash=config_hash)
+    s2ap_dir = s2ap.replace("/", "-")
+    path = Path(root) / dataset / arch / method / s2ap_dir / f"sp{sparsity}" / f"seed{seed}.json"
+    results.write_result(path, record)
     return path
 
 
 def dense(root, **kw):
     return write_result(root, method="dense", s2ap="n/a", sparsity=0, **kw)
+
+
+def edit(path, change):
+    record = json.loads(Path(path).read_text())
+    change(record)
+    Path(path).write_text(json.dumps(record))
+
+
+def test_a_fixture_built_by_the_writer_validates_against_the_schema(tmp_path):
+    import jsonschema
+
+    path = write_result(tmp_path)
+    record = json.loads(path.read_text())
+    jsonschema.Draft202012Validator(results.load_schema()).validate(record)
+    assert results.check_record(record) == []
+    assert record["structure"] == "unstructured" and record["schema_version"] == 2
 
 
 def test_leaderboard_rows_pooling_and_files(tmp_path):
@@ -72,8 +145,10 @@ def test_leaderboard_rows_pooling_and_files(tmp_path):
     lo, hi = wilson_interval(84, 200)
     assert (hydra["autoattack_lo"], hydra["autoattack_hi"]) == pytest.approx((100 * lo, 100 * hi))
     assert hydra["autoattack_n"] == 100
-    assert hydra["sparsity_measured"] == pytest.approx(89.9)
-    assert hydra["flag"] == ""
+    assert hydra["sparsity_measured"] == pytest.approx(90.0)
+    assert hydra["sparsity_mask"] == pytest.approx(90.0)
+    assert hydra["structure"] == "unstructured"
+    assert "dirty" in df.columns and "stale" in df.columns and not hydra["stale"]
     lwm = df[df["method"] == "lwm"].iloc[0]
     assert math.isnan(lwm["autoattack_std"])
     assert "warnings" in lwm["flag"] and "lowered-after-apgd:square" in lwm["flag"]
@@ -87,34 +162,38 @@ def test_leaderboard_rows_pooling_and_files(tmp_path):
     lwm_line = next(line for line in md.splitlines() if "| lwm" in line)
     assert "—" in lwm_line  # single seed: no std
     assert "S2AP: original vs S2AP" not in md  # no cell with both off and on
+    assert "Excluded" not in md and not (out / "excluded.csv").exists()
     assert not list(out.glob(".*"))
 
 
-def test_refuses_to_pool_mixed_eps_version_or_images(tmp_path):
+def test_one_table_shares_eps_and_images_and_seeds_share_the_attack_set(tmp_path):
     write_result(tmp_path / "a", seed=0, eps=0.031)
-    # same config hash forced by writing the second seed's eps only at top level
-    p = write_result(tmp_path / "a", seed=1, eps=0.031)
-    res = json.loads(p.read_text())
-    res["eps"] = 0.1
-    p.write_text(json.dumps(res))
-    with pytest.raises(AggregationError, match="eps"):
-        aggregate(tmp_path / "a", tmp_path / "o")
-    res["eps"] = 0.031
-    res["metrics"]["autoattack"]["n"] = 50
-    p.write_text(json.dumps(res))
-    with pytest.raises(ValueError, match="number of images"):
-        aggregate(tmp_path / "a", tmp_path / "o")
-    res["metrics"]["autoattack"]["n"] = 100
-    res["metrics"]["autoattack"]["attacks"] = ["apgd-ce"]
-    p.write_text(json.dumps(res))
-    with pytest.raises(ValueError, match="attack set"):
+    write_result(tmp_path / "a", seed=1, eps=0.031)
+    odd = write_result(tmp_path / "a", method="lwm", s2ap="n/a", eps=0.1)
+    with pytest.raises(AggregationError, match=rf"{odd}: rule 'table': eps 0.1 differs"):
         aggregate(tmp_path / "a", tmp_path / "o")
     assert not (tmp_path / "o" / "leaderboard.csv").exists()
+    df = aggregate(tmp_path / "a", tmp_path / "o", exclude_invalid=True)
+    assert list(df["method"]) == ["hydra"]
+    assert df.attrs["excluded"][0]["file"] == str(odd)
+
+    write_result(tmp_path / "b", seed=0, n=100)
+    write_result(tmp_path / "b", seed=1, n=100)
+    write_result(tmp_path / "b", method="lwm", s2ap="n/a", n=50, clean=40, pgd=30, aa=20)
+    with pytest.raises(AggregationError, match="clean image count 50 differs from 100"):
+        aggregate(tmp_path / "b", tmp_path / "o")
+
+    # two seeds of one configuration (hash) that ran different attack sets are not pooled
+    write_result(tmp_path / "c", seed=0, config_hash="samehash")
+    write_result(tmp_path / "c", seed=1, attacks=["apgd-ce"], config_hash="samehash")
+    with pytest.raises(AggregationError, match="attack set"):
+        aggregate(tmp_path / "c", tmp_path / "o2")
+    assert not (tmp_path / "o2" / "leaderboard.csv").exists()
 
 
 def test_different_configs_are_separate_rows(tmp_path):
-    write_result(tmp_path, seed=0, extra_config={"lr": 0.1})
-    write_result(tmp_path / "other", seed=0, extra_config={"lr": 0.01})
+    write_result(tmp_path, seed=0, extra_config={"prune": {"lr": 0.1}})
+    write_result(tmp_path / "other", seed=0, extra_config={"prune": {"lr": 0.01}})
     df = aggregate(tmp_path, tmp_path / "o")
     assert len(df) == 2 and df["config_hash"].nunique() == 2
 
@@ -127,10 +206,10 @@ def test_s2ap_paired_table_with_mcnemar(tmp_path):
     for seed in (0, 1):
         off[seed] = flags(n, 80)
         on[seed] = flags(n, 95, offset=10)
-        write_result(runs, s2ap="off", seed=seed, n=n, aa=80, aa_flags=off[seed])
-        write_result(runs, s2ap="on", seed=seed, n=n, aa=95, aa_flags=on[seed])
-    write_result(runs, s2ap="on", seed=2, n=n, aa=97)  # unpaired seed: excluded from McNemar
-    write_result(runs, method="lwm", s2ap="n/a", n=n, aa=70)
+        write_result(runs, s2ap="off", seed=seed, n=n, clean=120, pgd=100, aa=80, aa_flags=off[seed])
+        write_result(runs, s2ap="on", seed=seed, n=n, clean=120, pgd=100, aa=95, aa_flags=on[seed])
+    write_result(runs, s2ap="on", seed=2, n=n, clean=120, pgd=100, aa=97)  # unpaired seed
+    write_result(runs, method="lwm", s2ap="n/a", n=n, clean=120, pgd=100, aa=70)
     df = aggregate(runs, tmp_path / "out")
     assert list(df["s2ap"][df["method"] == "hydra"]) == ["off", "on"]
     pairs = read_leaderboard(tmp_path / "out" / "s2ap_paired.csv")
@@ -148,20 +227,155 @@ def test_s2ap_paired_table_with_mcnemar(tmp_path):
     assert "n/a" in lwm_line
 
 
-def test_s2ap_pair_refuses_different_eps(tmp_path):
-    write_result(tmp_path, s2ap="off", eps=0.031)
-    write_result(tmp_path, s2ap="on", eps=0.1)
+def test_s2ap_pair_refuses_different_attack_sets(tmp_path):
+    write_result(tmp_path, s2ap="off")
+    write_result(tmp_path, s2ap="on", attacks=["apgd-ce"])
     with pytest.raises(AggregationError, match="compare"):
         aggregate(tmp_path, tmp_path / "o")
 
 
-def test_reference_columns(tmp_path):
+def _reference(tmp_path):
+    path = tmp_path / "ref.csv"
+    path.write_text("# Source: Piras et al., adversarial pruning benchmark\n"
+                    "dataset,structure,method,arch,sparsity,clean,autoattack\n"
+                    "cifar10,unstructured,HYDRA,resnet18,90,76.74,43.34\n"
+                    "cifar10,structured,HYDRA,resnet18,90,70.00,30.00\n")
+    return path
+
+
+def test_reference_columns_follow_the_structure_label(tmp_path):
     write_result(tmp_path / "runs", method="HYDRA", arch="resnet18", sparsity=90)
-    df = aggregate(tmp_path / "runs", tmp_path / "o", reference_csv=REFERENCE)
-    assert df.iloc[0]["ref_autoattack"] == pytest.approx(43.34)
-    assert df.iloc[0]["ref_clean"] == pytest.approx(76.74)
+    write_result(tmp_path / "runs" / "s", method="HYDRA", arch="resnet18", sparsity=90,
+                 structure="structured", extra_config={"prune": {"structured": True}})
+    df = aggregate(tmp_path / "runs", tmp_path / "o", reference_csv=_reference(tmp_path))
+    by = {row["structure"]: row for _, row in df.iterrows()}
+    assert by["unstructured"]["ref_autoattack"] == pytest.approx(43.34)
+    assert by["unstructured"]["ref_clean"] == pytest.approx(76.74)
+    assert by["structured"]["ref_autoattack"] == pytest.approx(30.0)
     md = (tmp_path / "o" / "leaderboard.md").read_text()
     assert "Ref. AA" in md and "Piras" in md
+
+
+def test_pgd_breaking_an_autoattack_robust_image_is_counted_not_refused(tmp_path):
+    # AutoAttack keeps images 0-39, PGD breaks images 0 and 1 of them
+    write_result(tmp_path, aa=40, pgd_flags="00" + "1" * 48 + "0" * 50)
+    df = aggregate(tmp_path, tmp_path / "o")
+    assert df.iloc[0]["aa_robust_pgd_broken"] == 2
+    assert "pgd-broke-aa-robust:2" in df.iloc[0]["flag"]
+
+
+def test_dirty_and_stale_results_are_flagged(tmp_path):
+    prov = provenance()
+    write_result(tmp_path, seed=0, prov={**prov, "git": {**prov["git"], "dirty": True,
+                                                          "dirty_files": ["methods/hydra.py"]}})
+    write_result(tmp_path, method="lwm", s2ap="n/a", prov={**prov, "stage_code": "0" * 16,
+                                                           "git": {**prov["git"], "dirty": False}})
+    df = aggregate(tmp_path, tmp_path / "o").set_index("method")
+    assert df.loc["hydra", "dirty"] and not df.loc["hydra", "stale"]
+    assert "dirty-tree" in df.loc["hydra", "flag"]
+    assert df.loc["lwm", "stale"] and not df.loc["lwm", "dirty"]
+    assert "stale-code" in df.loc["lwm", "flag"]
+
+
+def _tamper_correct_200_of_64(r):
+    r["metrics"]["clean"]["correct"] = 200
+
+
+def _tamper_aa_flags_above_clean(r):
+    clean = r["flags"]["clean"]
+    wrong = clean.index("0")  # an image the model gets wrong...
+    aa = list(r["flags"]["autoattack"])
+    aa[wrong] = "1"           # ...made robust to AutoAttack, counts kept consistent
+    r["flags"]["autoattack"] = "".join(aa)
+    m = r["metrics"]["autoattack"]
+    m["correct"] += 1
+    m["acc"] = m["correct"] / m["n"]
+
+
+def _tamper_no_cell(r):
+    del r["cell"]
+
+
+def _tamper_flags_wrong_length(r):
+    r["flags"]["pgd"] = r["flags"]["pgd"] + "0"
+
+
+def _tamper_half_eps_attack(r):
+    r["metrics"]["autoattack"]["attack_params"]["apgd-ce"]["eps"] /= 2
+
+
+def _tamper_fewer_images(r):
+    m, f = r["metrics"]["autoattack"], r["flags"]["autoattack"][:32]
+    r["flags"]["autoattack"] = f
+    m.update(n=32, correct=f.count("1"), acc=f.count("1") / 32)
+
+
+def _tamper_nonzero_outside_mask(r):
+    r["sparsity"]["zeros"] -= 5
+    r["sparsity"]["measured"] = r["sparsity"]["zeros"] / r["sparsity"]["total"]
+    layer = next(iter(r["sparsity"]["layers"].values()))
+    layer["zeros"] -= 5
+    layer["sparsity"] = layer["zeros"] / layer["total"]
+
+
+def _tamper_old_format(r):
+    r["schema_version"] = 1
+
+
+@pytest.mark.parametrize("tamper,rule", [
+    (_tamper_correct_200_of_64, "counts"),
+    (_tamper_aa_flags_above_clean, "robust-implies-clean"),
+    (_tamper_no_cell, "schema"),
+    (_tamper_flags_wrong_length, "flags"),
+    (_tamper_half_eps_attack, "eps"),
+    (_tamper_fewer_images, "protocol"),
+    (_tamper_nonzero_outside_mask, "sparsity"),
+    (_tamper_old_format, "schema_version"),
+])
+def test_a_tampered_result_stops_the_aggregation_or_is_listed_as_excluded(tmp_path, tamper, rule):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    dense(runs, n=64, clean=50, pgd=30, aa=20)
+    bad = write_result(runs, n=64, clean=40, pgd=20, aa=10)
+    aggregate(runs, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    edit(bad, tamper)
+    with pytest.raises(AggregationError) as err:
+        aggregate(runs, out)
+    assert str(bad) in str(err.value) and f"rule '{rule}'" in str(err.value)
+    # the failed aggregation left the previous leaderboard in place
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    df = aggregate(runs, out, exclude_invalid=True)
+    assert list(df["method"]) == ["dense"]
+    assert [(e["file"], e["rule"]) for e in df.attrs["excluded"]] == [(str(bad), rule)]
+    md = (out / "leaderboard.md").read_text()
+    assert "## Excluded result files" in md and str(bad) in md
+    excluded = read_leaderboard(out / "excluded.csv")
+    assert list(excluded["file"]) == [str(bad)] and list(excluded["rule"]) == [rule]
+
+
+def test_a_file_that_is_not_json_or_not_a_result_is_never_skipped(tmp_path):
+    dense(tmp_path)
+    (tmp_path / "notes.json").write_text('{"comment": "not a result"}')
+    with pytest.raises(AggregationError, match=r"notes.json: rule 'schema'"):
+        aggregate(tmp_path, tmp_path / "o")
+    (tmp_path / "notes.json").write_text("{not json")
+    with pytest.raises(AggregationError, match=r"notes.json: rule 'json'"):
+        aggregate(tmp_path, tmp_path / "o")
+
+
+def test_cli_aggregate_exclude_invalid(tmp_path, capsys):
+    from benchmark.cli import main
+
+    dense(tmp_path / "runs")
+    bad = write_result(tmp_path / "runs")
+    edit(bad, _tamper_no_cell)
+    with pytest.raises(AggregationError):
+        main(["aggregate", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o"),
+              "--no-plots"])
+    assert main(["aggregate", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o"),
+                 "--no-plots", "--exclude-invalid"]) == 0
+    assert "excluded: 1 result file(s)" in capsys.readouterr().out
 
 
 def test_plots_written_and_diagnostics_optional(tmp_path):

@@ -157,3 +157,54 @@ def test_parse_log_counts():
     assert p["perturbed"] == {"apgd-ce": 5, "square": 1}
     assert p["robust_after_logged"] == {"apgd-ce": 62.5, "square": 50.0}
     assert p["initial_logged"] == 75.0
+
+
+def test_records_what_each_attack_object_held_and_how_far_images_moved():
+    m = prepare_for_eval(Linear())
+    x, y = data(m, 8)
+    r = run_autoattack(m, x, y, eps=0.2, attacks=["apgd-ce", "apgd-t"], seed=0, progress=False)
+    assert set(r["attack_params"]) == {"apgd-ce", "apgd-t"}
+    assert r["attack_params"]["apgd-ce"] == {"eps": 0.2, "norm": "Linf", "n_iter": 100,
+                                             "n_restarts": 1}
+    assert r["attack_params"]["apgd-t"]["n_target_classes"] == 9
+    assert r["correct"] < 8 and 0 < r["max_perturbation"] <= 0.2 + 1e-6  # broke, inside the ball
+
+
+def test_a_shard_run_at_another_eps_is_refused(monkeypatch):
+    m = prepare_for_eval(Linear())
+    x, y = data(m, 4)
+    real = AutoAttack.__init__
+
+    def halved(self, model, *a, eps=None, **kw):  # a wrapper that halves eps on the way
+        real(self, model, *a, eps=eps / 2, **kw)
+
+    monkeypatch.setattr(AutoAttack, "__init__", halved)
+    with pytest.raises(RuntimeError, match="at eps 0.025, not the requested"):
+        run_autoattack(m, x, y, eps=0.05, attacks=["apgd-ce"], seed=0, progress=False)
+
+
+def test_progress_is_logged_per_shard_and_per_attack(caplog):
+    m = prepare_for_eval(Linear())
+    x, y = data(m, 8)
+    with caplog.at_level(logging.INFO, logger="benchmark.autoattack_eval"):
+        run_autoattack(m, x, y, eps=0.05, attacks=["apgd-ce"], seed=0, shard_size=4)
+    text = caplog.text
+    for shard in ("1/2 (images 0-4)", "2/2 (images 4-8)"):
+        assert f"AutoAttack shard {shard}: started" in text
+        assert f"AutoAttack shard {shard}: robust accuracy after APGD-CE" in text
+        assert f"AutoAttack shard {shard}: apgd-ce - 1/1 - " in text
+    assert "2/2 shards done" in text and "ETA" in text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="benchmark.autoattack_eval"):
+        run_autoattack(m, x, y, eps=0.05, attacks=["apgd-ce"], seed=0, progress=False)
+    assert "robust accuracy" not in caplog.text  # progress=False keeps it at DEBUG
+
+
+def test_autoattack_module_does_not_import_the_evaluation_module():
+    # evaluation builds on autoattack_eval; the reverse import made the two depend on each other
+    import ast
+
+    tree = ast.parse(open(aae.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "benchmark.evaluation" not in imported and "evaluation" not in imported

@@ -114,9 +114,63 @@ def test_export_loads_into_plain_architecture_with_matching_sparsity():
     torch.testing.assert_close(net(x), plain(x))
 
 
-def test_measured_sparsity_does_not_count_kept_zero_weights():
-    masks = {"a": torch.tensor([True, True, False, False])}
-    assert masking.sparsity_report(masks)["global"] == 0.5
+def _pruned(keep=0.1):
+    """A plain toy net pruned by magnitude through the real export, and its masks."""
+    net = masking.to_masked(toy_net())
+    masking.scaled_score_init(net)
+    masking.set_keep(net, keep)
+    masking.refresh_masks(net)
+    masking.set_mode(net, "finetune")
+    plain = toy_net()
+    plain.load_state_dict(masking.export_state_dict(net))
+    return plain, masking.get_masks(net)
+
+
+def test_measured_sparsity_counts_zero_weights_and_records_the_mask_beside_it():
+    plain, masks = _pruned()
+    # a weight the mask keeps that happens to be zero: counted as sparse, and as kept by the mask
+    plain[0].weight.data.view(-1)[masks["0"].view(-1).nonzero()[0]] = 0.0
+    m = masking.measure_sparsity(plain, masks)
+    report = masking.sparsity_report(masks)
+    assert m["mask"]["kept"] == report["kept"] and m["kept_zero"] == 1
+    assert m["zeros"] == m["total"] - report["kept"] + 1
+    assert m["measured"] == m["zeros"] / m["total"] > report["global"]
+    assert m["layers"]["0"]["mask_kept"] == int(masks["0"].sum())
+
+
+def test_masks_none_measures_the_weights_instead_of_reporting_dense():
+    plain, masks = _pruned()
+    with_masks, without = masking.measure_sparsity(plain, masks), masking.measure_sparsity(plain)
+    assert without["measured"] == with_masks["measured"] > 0.85
+    assert without["mask"] is None and without["kept_zero"] is None
+
+
+def test_dense_weights_with_a_mask_attached_are_refused():
+    _, masks = _pruned()
+    with pytest.raises(masking.SparsityError, match="outside its mask are non-zero"):
+        masking.measure_sparsity(toy_net(), masks)
+
+
+def test_nan_or_infinite_values_are_refused():
+    plain, masks = _pruned()
+    plain[3].weight.data[0, 0, 0, 0] = float("nan")
+    with pytest.raises(masking.SparsityError, match=r"parameter 3.weight holds 1 NaN"):
+        masking.measure_sparsity(plain, masks)
+    plain, _ = _pruned()
+    plain[1].running_var[0] = float("inf")
+    with pytest.raises(masking.SparsityError, match=r"buffer 1.running_var"):
+        masking.measure_sparsity(plain)
+
+
+def test_a_mask_of_another_shape_is_refused_never_broadcast():
+    plain, masks = _pruned()
+    masks["7"] = masks["7"][:1]  # (1, 8) would broadcast against the (5, 8) weight
+    with pytest.raises(masking.SparsityError, match=r"mask of layer 7 has shape \(1, 8\)"):
+        masking.measure_sparsity(plain, masks)
+    _, masks = _pruned()
+    del masks["3"]
+    with pytest.raises(masking.SparsityError, match=r"missing \['3'\]"):
+        masking.measure_sparsity(plain, masks)
 
 
 def test_set_mode_search_trains_only_scores_and_bn():
