@@ -66,6 +66,11 @@ def topk_mask_count(scores: torch.Tensor, count: int) -> torch.Tensor:
     return (above | keep_tied).to(torch.float32).view_as(scores)
 
 
+def topk_mask(scores: torch.Tensor, keep: float) -> torch.Tensor:
+    """Mask keeping HYDRA's count (``kept_count``) of largest |score| at keep fraction ``keep``."""
+    return topk_mask_count(scores, kept_count(scores.numel(), keep))
+
+
 def global_counts(scores: list[torch.Tensor], total_kept: int) -> list[int]:
     """Per-tensor counts of ONE top-``total_kept`` over the |values| of all tensors.
 
