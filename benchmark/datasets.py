@@ -38,7 +38,7 @@ from benchmark.registry import DATASETS
 DEFAULT_FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 
 __all__ = ["DatasetInfo", "DatasetNotFoundError", "DatasetCorruptError", "get_info", "dataset_names",
-           "build_splits", "split_indices", "FASHION_MNIST_FILES"]
+           "build_splits", "split_indices", "missing_files", "FASHION_MNIST_FILES"]
 
 
 @dataclass(frozen=True)
@@ -401,6 +401,37 @@ _LOADERS: dict[str, Callable] = {
     "fashion_mnist": _load_fashion_mnist,
     "imagenet": _load_imagenet,
 }
+
+
+def missing_files(name: str, root: str | Path, *, download: bool = False,
+                  imagenet_root: str | Path | None = None,
+                  fashion_mnist_system_dir: str | Path = DEFAULT_FASHION_MNIST_SYSTEM_DIR) -> list[str]:
+    """What would stop ``build_splits`` from finding the dataset on this machine, as messages with
+    the remedy (empty: nothing). Existence only, no hashing and no torch: cheap enough to run for
+    every dataset of a preset before the first job. A missing file that ``download`` would fetch
+    is not reported."""
+    info = get_info(name)
+    root = Path(root)
+    if info.name == "fashion-mnist":
+        raw, system = root / "FashionMNIST" / "raw", Path(fashion_mnist_system_dir)
+        if download or all((raw / f).is_file() for f in _FASHION_FILES) \
+                or all((system / f"{f}.gz").is_file() for f in _FASHION_FILES):
+            return []
+        return [f"fashion-mnist: neither {raw} nor {system} holds the four files; "
+                "`apt-get install dataset-fashion-mnist`, or set `data.download: true`"]
+    if info.name in ("cifar10", "svhn"):
+        folder, files = ((root / _CIFAR_FOLDER, [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                                                 "batches.meta"])
+                         if info.name == "cifar10" else (root / "svhn", ["train_32x32.mat", "test_32x32.mat"]))
+        absent = [f for f in files if not (folder / f).is_file()]
+        if download or not absent:
+            return []
+        return [f"{info.name}: {', '.join(absent)} missing in {folder}; set `data.download: true` "
+                "(needs internet access) or place the torchvision files there"]
+    if imagenet_root is None:
+        return ["imagenet: data.imagenet_root is not set; point it at a folder with train/ and val/"]
+    absent = [str(Path(imagenet_root) / s) for s in ("train", "val") if not (Path(imagenet_root) / s).is_dir()]
+    return [f"imagenet: {', '.join(absent)} not found (data.imagenet_root)"] if absent else []
 
 
 # ------------------------------------------------------------------------------- splits

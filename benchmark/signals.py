@@ -31,7 +31,8 @@ def _in_main_thread() -> bool:
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(f"stopped by {signal_name(signum)}", signum)
+    raise Interrupted(f"stopped by {signal_name(signum)} before the command finished; its output was "
+                      "not written (finished shards and epoch checkpoints are kept): rerun it", signum)
 
 
 def raise_on_stop_signals() -> None:

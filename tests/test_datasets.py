@@ -438,3 +438,33 @@ def test_cifar10_file_differing_from_torchvision_md5_is_named(tmp_path, monkeypa
     msg = str(exc.value)
     assert str(folder / "data_batch_3") in msg and "data_batch_1" not in msg
     assert "data.download: true" in msg
+
+
+def test_missing_files_reports_what_build_splits_would_not_find(tmp_path):
+    nope = tmp_path / "no-system-dir"
+    for name in ("cifar10", "svhn", "fashion-mnist"):
+        problems = D.missing_files(name, tmp_path, fashion_mnist_system_dir=nope)
+        assert len(problems) == 1 and problems[0].startswith(f"{name}:"), problems
+        assert D.missing_files(name, tmp_path, download=True, fashion_mnist_system_dir=nope) == []
+        with pytest.raises(D.DatasetNotFoundError):
+            D.build_splits(name, tmp_path, val_size=1, fashion_mnist_system_dir=nope)
+    assert "data.imagenet_root" in D.missing_files("imagenet", tmp_path)[0]
+    assert str(tmp_path / "val") in D.missing_files("imagenet", tmp_path, imagenet_root=tmp_path)[0]
+    _write_cifar(tmp_path)
+    assert D.missing_files("cifar10", tmp_path) == []
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    assert "test_batch" in D.missing_files("cifar10", tmp_path)[0]
+
+
+@needs_debian_fashion
+def test_missing_files_accepts_the_debian_package(tmp_path):
+    assert D.missing_files("fashion-mnist", tmp_path) == []
+
+
+def test_datasets_module_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, benchmark.datasets, benchmark.errors; sys.exit('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0
