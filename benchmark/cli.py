@@ -166,19 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except EXPECTED_ERRORS as exc:
-        return _report(args, exc, str(exc), exc.exit_code if isinstance(exc, UserError) else 2, debug)
+        code = exc.exit_code if isinstance(exc, UserError) else 2
+        return _report(args, exc, f"error: {exc}", code, debug, hint=True)
     except Interrupted as exc:
         return _report(args, exc, str(exc), exc.exit_code, debug)
     except KeyboardInterrupt as exc:  # a second Ctrl-C, or one before our handler was in place
         return _report(args, exc, "interrupted", 130, debug)
 
 
-def _report(args: argparse.Namespace, exc: BaseException, message: str, code: int, debug: bool) -> int:
+def _report(args: argparse.Namespace, exc: BaseException, message: str, code: int, debug: bool,
+            hint: bool = False) -> int:
     sys.stdout.flush()
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    hint = "" if debug else f"\n(the traceback: rerun with --debug or {DEBUG_ENV}=1)"
-    print(f"python -m benchmark {args.command}: error: {message}{hint}", file=sys.stderr, flush=True)
+    elif hint:
+        message += f"\n(rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
+    print(f"python -m benchmark {args.command}: {message}", file=sys.stderr, flush=True)
     return code
 
 
