@@ -60,7 +60,8 @@ class StopRequest:
         if _in_main_thread():
             for signum in STOP_SIGNALS:
                 previous = signal.getsignal(signum)
-                if previous is not signal.SIG_IGN:
+                # None: a handler set outside Python, which signal.signal could not restore
+                if previous is not signal.SIG_IGN and previous is not None:
                     self._previous[signum] = previous
                     signal.signal(signum, self._handle)
         return self
