@@ -9,18 +9,39 @@
   python -m benchmark site / export robustbench|models|verify   (publishing: benchmark/cli_publish.py)
 
 ``--config`` takes the stage's sub-config as a JSON string or ``@file.json``.
+
+Expected failures (bad config, missing or corrupt files, a checkpoint that does not fit, an unknown
+name) end with one message on stderr and exit status 2; ``--debug`` (or APBENCH_DEBUG=1 in the
+environment, which Snakemake jobs inherit) adds the traceback. Anything else is a bug and keeps its
+traceback. SIGTERM/SIGINT stop a training job at the next safe point, keeping its checkpoint (exit
+status 143/130). Progress and diagnostics go to stderr through ``logging``; a command's result goes
+to stdout.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import logging
+import os
 import sys
+import traceback
 from pathlib import Path
+
+from .errors import DEBUG_ENV, Interrupted, MissingFileError, UserError
+from .registry import UnknownNameError
+from .signals import raise_on_stop_signals
+
+# the registry's UnknownNameError predates UserError; both are the user's to fix
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (UserError, UnknownNameError)
 
 
 def _json_arg(text: str) -> dict:
     if text.startswith("@"):
-        text = Path(text[1:]).read_text()
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {exc.strerror or exc}") from exc
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -40,31 +61,44 @@ def _cell_args(p: argparse.ArgumentParser, *, method: bool) -> None:
         p.add_argument("--method", required=True)
         p.add_argument("--s2ap", default="off")
         p.add_argument("--sparsity", type=float, required=True, help="nominal sparsity in percent")
-        p.add_argument("--plugin", action="append", default=[], help="extra method file")
+        _method_file_arg(p)
+
+
+def _method_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method-file", dest="method_files", action="append", default=[],
+                   metavar="FILE", help="a method file outside methods/ (repeatable)")
+    # the flag's old name, until every workflow passes --method-file
+    p.add_argument("--plugin", dest="method_files", action="append", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__,
+    # --debug is accepted before and after the command; SUPPRESS keeps the subcommand's default
+    # from overwriting a --debug given before it
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=f"print the traceback of expected errors too (or set {DEBUG_ENV}=1)")
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__, parents=[debug],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    command = functools.partial(sub.add_parser, parents=[debug])
 
-    p = sub.add_parser("pretrain", help="dense robust pretraining")
+    p = command("pretrain", help="dense robust pretraining")
     _cell_args(p, method=False)
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("prune", help="mask search")
+    p = command("prune", help="mask search")
     _cell_args(p, method=True)
     p.add_argument("--dense", default="none", help="dense.pt from pretrain, or 'none'")
     p.add_argument("--search-seed", type=int, default=None,
                    help="seed of the mask search when it differs from the dense model's (seed stability)")
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("finetune", help="finetune the kept weights and export the plain model")
+    p = command("finetune", help="finetune the kept weights and export the plain model")
     _cell_args(p, method=True)
     p.add_argument("--search", required=True)
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("evaluate", help="clean, PGD and AutoAttack accuracy of an exported model")
+    p = command("evaluate", help="clean, PGD and AutoAttack accuracy of an exported model")
     p.add_argument("--config", type=_json_arg, required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--cell", type=_json_arg, required=True)
@@ -73,16 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-diagnostics", action="append", default=[],
                    help="JSON file of diagnostics to record with the result (seed stability)")
 
-    p = sub.add_parser("stability", help="seed stability: compare the masks of two mask searches")
+    p = command("stability", help="seed stability: compare the masks of two mask searches")
     p.add_argument("--a", required=True, help="search.pt of the first search seed")
     p.add_argument("--b", required=True, help="search.pt of the second search seed")
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("sweep-report", help="select S2AP's gamma on validation numbers")
+    p = command("sweep-report", help="select S2AP's gamma on validation numbers")
     p.add_argument("--models", required=True, nargs="+", help="model.pt files of the sweep")
     p.add_argument("--out", required=True, help="CSV; a markdown table is written beside it")
 
-    p = sub.add_parser("aggregate", help="leaderboard tables and plots from result JSONs")
+    p = command("aggregate", help="leaderboard tables and plots from result JSONs")
     p.add_argument("--runs", required=True, nargs="+",
                    help="a folder of result JSONs, or the result files themselves")
     p.add_argument("--out", required=True)
@@ -91,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-invalid", action="store_true",
                    help="list result files that break a rule as excluded instead of stopping")
 
-    p = sub.add_parser("methods", help="list registered methods")
-    p.add_argument("--plugin", action="append", default=[])
+    p = command("methods", help="list registered methods")
+    _method_file_arg(p)
 
     # publishing: site, export robustbench|models|verify (benchmark/cli_publish.py)
     from .cli_publish import add_commands as add_publish_commands
@@ -101,8 +135,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def debug_requested(args: argparse.Namespace | None = None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+class _Formatter(logging.Formatter):
+    """``12:03:04 message`` for progress, with the level named when it is not INFO."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno != logging.INFO:
+            stamp, _, rest = text.partition(" ")
+            text = f"{stamp} {record.levelname}: {rest}"
+        return text
+
+
+def configure_logging(debug: bool = False) -> None:
+    """Library code logs; the command line shows INFO and above on stderr (a job's log file)."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_apbench", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Formatter())
+        handler._apbench = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for name in ("benchmark", "methods"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.NOTSET)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = debug_requested(args)
+    configure_logging(debug)
+    raise_on_stop_signals()
+    try:
+        return run(args)
+    except EXPECTED_ERRORS as exc:
+        code = exc.exit_code if isinstance(exc, UserError) else 2
+        return _report(args, exc, f"error: {exc}", code, debug, hint=True)
+    except Interrupted as exc:
+        return _report(args, exc, str(exc), exc.exit_code, debug)
+    except KeyboardInterrupt as exc:  # a second Ctrl-C, or one before our handler was in place
+        return _report(args, exc, "interrupted", 130, debug)
+
+
+def _report(args: argparse.Namespace, exc: BaseException, message: str, code: int, debug: bool,
+            hint: bool = False) -> int:
+    sys.stdout.flush()
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    elif hint:
+        message += f"\n(rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
+    print(f"python -m benchmark {args.command}: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command's work; expected failures propagate as UserError."""
     from .cli_publish import COMMANDS as PUBLISH_COMMANDS, run as run_publish
 
     if args.command in PUBLISH_COMMANDS:
@@ -110,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "methods":
         from .registry import method_registry
 
-        reg = method_registry(args.plugin)
+        reg = method_registry(args.method_files)
         for name in reg.names():
             cls = reg.get(name)
             print(f"{name:10s} learns_scores={cls.learns_scores} needs_pretrain={cls.needs_pretrain} "
@@ -130,11 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         print(table.to_string(index=False))
         return 0
     if args.command == "aggregate":
-        from .aggregate import aggregate, runs_frame
+        from .aggregate import AggregationError, aggregate, runs_frame
 
         runs = args.runs[0] if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else args.runs
-        table = aggregate(runs, args.out, reference_csv=args.reference,
-                          exclude_invalid=args.exclude_invalid)
+        try:
+            table = aggregate(runs, args.out, reference_csv=args.reference,
+                              exclude_invalid=args.exclude_invalid)
+        except AggregationError as exc:  # predates UserError: a result file breaks a rule
+            raise UserError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise MissingFileError(str(exc)) from exc
         print(f"leaderboard: {len(table)} rows -> {Path(args.out) / 'leaderboard.md'}")
         if table.attrs.get("excluded"):
             print(f"excluded: {len(table.attrs['excluded'])} result file(s) that break a rule "
@@ -156,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "prune":
         stages.prune(args.config, dataset=args.dataset, arch=args.arch, method=args.method,
                      s2ap=args.s2ap, sparsity=args.sparsity, seed=args.seed, dense=args.dense,
-                     out=args.out, state_dir=args.state_dir, method_files=args.plugin,
+                     out=args.out, state_dir=args.state_dir, method_files=args.method_files,
                      search_seed=args.search_seed)
     elif args.command == "finetune":
         stages.finetune(args.config, dataset=args.dataset, arch=args.arch, method=args.method,
                         s2ap=args.s2ap, sparsity=args.sparsity, seed=args.seed, search=args.search,
-                        out=args.out, state_dir=args.state_dir, method_files=args.plugin)
+                        out=args.out, state_dir=args.state_dir, method_files=args.method_files)
     elif args.command == "evaluate":
         record = stages.evaluate(args.config, model_path=args.model, cell=args.cell, out=args.out,
                                  state_dir=args.state_dir, extra_diagnostics=args.extra_diagnostics)

@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 
 from . import masking
 from .attacks import AttackConfig
-from .io import atomic_torch_save, atomic_write_json, load_checkpoint
+from .errors import CheckpointError, ConfigError, MachineError
+from .io import atomic_torch_save, atomic_write_json, load_checkpoint, load_state_dict_checked
 from .losses import RobustLoss
 from .registry import method_registry
 from .score_init import ScoreInitContext, TrainBatches
@@ -60,7 +61,7 @@ def resolve_device(runtime: dict) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"runtime.device is {name!r} but CUDA is not available on this machine")
+        raise MachineError(f"runtime.device is {name!r} but CUDA is not available on this machine")
     return torch.device(name)
 
 
@@ -192,7 +193,7 @@ def pretrain(cfg: dict, *, dataset: str, arch: str, seed: int, out: str | Path,
 def _read_artifact(path: str | Path) -> tuple[dict, dict]:
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "meta" not in ckpt:
-        raise ValueError(f"{path} is not a model file of this suite (no state_dict/meta)")
+        raise CheckpointError(f"{path} is not a model file of this suite (no state_dict/meta)")
     return ckpt, json.loads(ckpt["meta"])
 
 
@@ -226,9 +227,9 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
     model = build_plain_model(arch, info, cfg.get("model"))
     if m.needs_pretrain:
         if not dense or str(dense) == "none":
-            raise ValueError(f"method {method!r} prunes a pretrained model: pass --dense PATH")
+            raise ConfigError(f"method {method!r} prunes a pretrained model: pass --dense PATH")
         ckpt, dmeta = _read_artifact(dense)
-        model.load_state_dict(ckpt["state_dict"])
+        load_state_dict_checked(model, ckpt["state_dict"], dense, f"{arch} model of {dataset}")
         upstream_timing = dmeta.get("timing", {})
     m.prepare_search_model(model, run.score_init_context(gen),
                            weights_generator=torch.Generator().manual_seed(dense_seed))
@@ -264,9 +265,9 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
 
 def _check_s2ap(m, s2ap: str) -> None:
     if s2ap not in S2AP_VALUES:
-        raise ValueError(f"s2ap must be one of {S2AP_VALUES}, got {s2ap!r}")
+        raise ConfigError(f"s2ap must be one of {S2AP_VALUES}, got {s2ap!r}")
     if not m.learns_scores and s2ap not in ("n/a", "off", "awp"):
-        raise ValueError(f"method {m.name!r} learns no scores: S2AP's score step does not apply "
+        raise ConfigError(f"method {m.name!r} learns no scores: S2AP's score step does not apply "
                          f"(use s2ap 'n/a')")
 
 
@@ -281,7 +282,7 @@ def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, spar
     _check_s2ap(m, s2ap)
     ckpt, smeta = _read_artifact(search)
     model = _masked_model(arch, info, cfg, m, device)
-    model.load_state_dict(ckpt["state_dict"])
+    load_state_dict_checked(model, ckpt["state_dict"], search, f"masked {arch} model of {info.name}")
     masking.load_masks(model, ckpt["masks"])
     masking.set_mode(model, "finetune")
     masking.apply_masks_to_weights(model)
@@ -316,11 +317,11 @@ def load_exported(path: str | Path, arch: str, info, model_cfg: dict) -> tuple[n
     """
     ckpt, meta = _read_artifact(path)
     model = build_plain_model(arch, info, model_cfg)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    load_state_dict_checked(model, ckpt["state_dict"], path, f"{arch} model of {info.name}")
     masks = ckpt.get("masks")
     if masks is not None and meta.get("granularity") is None:
-        raise ValueError(f"{path} holds masks but its meta names no mask granularity: it was "
-                         f"written by an older finetune stage; rerun that stage")
+        raise CheckpointError(f"{path} holds masks but its meta names no mask granularity: it was "
+                              f"written by an older finetune stage; rerun that stage")
     return model, masks, meta
 
 

@@ -6,15 +6,21 @@ every hook's state), so a killed job resumes to the same weights as an uninterru
 Methods change the loop only through hooks (``TrainHook``): an extra loss term (HARP's rate
 hinge), a replacement for the gradient computation (S2AP's two passes, AWP), work after each
 optimiser step (refreshing masks) and at epoch ends.
+
+Progress goes to the ``benchmark.training`` logger: one line per epoch with an ETA (what a job log
+shows), a tqdm bar on terminals only. SIGTERM or SIGINT stop the loop between two optimiser steps
+(never inside a checkpoint write) with ``Interrupted``; the checkpoint of the last completed epoch
+stays, and rerunning the command resumes from it.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import sys
+import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,12 +30,19 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .attacks import AttackConfig, pgd_linf
+from .errors import ConfigError, Interrupted
 from .io import atomic_torch_save, load_checkpoint
 from .losses import AdvBatch, RobustLoss
 from .masking import scores_frozen
+from .progress import Eta, duration, in_epoch_interval, show_bars
+from .signals import StopRequest, signal_name
 
-# A test hook: exit abruptly (as a kill would) right after the checkpoint of this epoch is saved.
+logger = logging.getLogger(__name__)
+
+# Test hooks, both "<desc>:<n>": exit abruptly (as a kill would) right after the checkpoint of epoch
+# n is saved; send this process SIGTERM right after optimiser step n (counted over the whole fit).
 CRASH_ENV = "APBENCH_CRASH_AFTER_EPOCH"
+SIGTERM_ENV = "APBENCH_SIGTERM_AFTER_STEP"
 
 
 @dataclass
@@ -60,7 +73,13 @@ class TrainConfig:
         known = {f for f in cls.__dataclass_fields__} - {"attack"}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}; valid: {sorted(known)}")
+            raise ConfigError(f"unknown training option(s) {', '.join('train.' + k for k in sorted(unknown))}; "
+                              f"valid: {', '.join(sorted(known | {'attack'}))}")
+        missing = {f for f, spec in cls.__dataclass_fields__.items()
+                   if spec.default is spec.default_factory is MISSING} - set(d) - {"attack"}
+        if missing:
+            raise ConfigError(f"training option(s) {', '.join('train.' + k for k in sorted(missing))} "
+                              "must be set")
         return cls(attack=attack, **d)
 
 
@@ -111,7 +130,7 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=_one)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; valid choices: cosine, constant")
+    raise ConfigError(f"unknown schedule {cfg.schedule!r}; valid choices: cosine, constant")
 
 
 def _one(_epoch: int) -> float:
@@ -175,7 +194,7 @@ class Trainer:
         self.state_path = Path(state_path) if state_path else None
         self.desc = desc
         self.fingerprint = fingerprint
-        self.log = log or (lambda msg: print(msg, flush=True))
+        self.log = log or logger.info
         self.generator = torch.Generator().manual_seed(seed)
         self.train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, generator=self.generator,
                                         num_workers=num_workers, drop_last=len(train_set) > cfg.batch_size)
@@ -260,7 +279,8 @@ class Trainer:
     def try_resume(self) -> bool:
         if self.state_path is None or not self.state_path.is_file():
             return False
-        state = load_checkpoint(self.state_path, map_location=str(self.device))
+        state = load_checkpoint(self.state_path, map_location=str(self.device),
+                                remedy=f"to start this stage over, delete it: rm {self.state_path}")
         if state.get("fingerprint") != self.fingerprint:
             self.log(f"[{self.desc}] ignoring checkpoint {self.state_path}: it was made by another config")
             return False
@@ -275,37 +295,87 @@ class Trainer:
             hook.on_fit_start(self)
         val_attack = AttackConfig(self.cfg.attack.eps, self.cfg.val_attack_steps, self.cfg.attack.step_size) \
             if self.cfg.val_attack_steps > 0 else None
-        show_bar = sys.stderr.isatty() or os.environ.get("APBENCH_PROGRESS") == "1"
-        while self.epoch < self.cfg.epochs:
-            epoch = self.epoch
-            self.model.train()
-            for hook in self.hooks:
-                hook.on_epoch_start(self, epoch)
-            t0 = time.perf_counter()
-            total, batches = 0.0, 0
-            bar = tqdm(self.train_loader, desc=f"{self.desc} epoch {epoch + 1}/{self.cfg.epochs}",
-                       leave=False, disable=not show_bar, mininterval=2.0)
-            for x, y in bar:
-                loss = self.train_step(x, y)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"[{self.desc}] loss is {loss} at epoch {epoch + 1}")
-                total += loss
-                batches += 1
-                bar.set_postfix(loss=f"{total / batches:.3f}")
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.scheduler.step()
-            record = {"epoch": epoch + 1, "loss": total / max(batches, 1), "lr": lr,
-                      "time_s": time.perf_counter() - t0}
-            if self.val_loader is not None:
-                record.update(validate(self.model, self.val_loader, val_attack, self.device))
-            for hook in self.hooks:
-                hook.on_epoch_end(self, epoch, record)
-            self.history.append(record)
-            self.epoch = epoch + 1
-            self.log(f"[{self.desc}] " + " ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            if self.state_path is not None:
-                atomic_torch_save(self.state_dict(), self.state_path)
-                if os.environ.get(CRASH_ENV) == f"{self.desc}:{self.epoch}":
-                    os._exit(9)
+        epochs, steps = self.cfg.epochs, len(self.train_loader)
+        if self.epoch >= epochs:
+            self.log(f"[{self.desc}] all {epochs} epochs done already ({self.state_path})")
+            return self.history
+        self.log(f"[{self.desc}] training epochs {self.epoch + 1}..{epochs} of {epochs}, {steps} steps "
+                 f"of {self.cfg.batch_size} images each")
+        eta = Eta(epochs, done=self.epoch)
+        with StopRequest() as stop:
+            while self.epoch < epochs:
+                try:
+                    record = self._run_epoch(stop, val_attack)
+                except Exception as exc:
+                    if stop.requested:  # e.g. a DataLoader worker that got the same SIGTERM
+                        raise self._interrupted(stop, mid_epoch=True) from exc
+                    raise
+                if record is None:  # stopped between two steps: the previous checkpoint stays
+                    raise self._interrupted(stop, mid_epoch=True)
+                self.history.append(record)
+                self.epoch += 1
+                self.log(f"[{self.desc}] epoch {self.epoch}/{epochs} " + " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in record.items() if k not in ("epoch", "time_s")) + f" | {eta.line(self.epoch)}")
+                if self.state_path is not None:
+                    # a signal arriving now only sets the flag: the write completes
+                    atomic_torch_save(self.state_dict(), self.state_path)
+                    if os.environ.get(CRASH_ENV) == f"{self.desc}:{self.epoch}":
+                        os._exit(9)
+                if stop.requested:  # arrived during validation or the checkpoint write
+                    raise self._interrupted(stop, mid_epoch=False)
+        self.log(f"[{self.desc}] {epochs} epochs done in {duration(eta.elapsed())}")
         return self.history
+
+    def _run_epoch(self, stop: StopRequest, val_attack: AttackConfig | None) -> dict | None:
+        """One pass over the training data, then validation: the epoch's record, or None when a
+        stop was requested before the last step."""
+        epoch, epochs = self.epoch, self.cfg.epochs
+        self.model.train()
+        for hook in self.hooks:
+            hook.on_epoch_start(self, epoch)
+        t0 = time.perf_counter()
+        total, batches = 0.0, 0
+        steps = len(self.train_loader)
+        bar = tqdm(self.train_loader, desc=f"{self.desc} epoch {epoch + 1}/{epochs}",
+                   leave=False, disable=not show_bars(), mininterval=2.0)
+        interval, last_line = in_epoch_interval(), t0
+        signal_at = os.environ.get(SIGTERM_ENV, "")
+        for x, y in bar:
+            loss = self.train_step(x, y)
+            if signal_at == f"{self.desc}:{self.global_step}":
+                os.kill(os.getpid(), signal.SIGTERM)
+            if stop.requested:  # between two optimiser steps: the safe point
+                bar.close()
+                return None
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"[{self.desc}] loss is {loss} at epoch {epoch + 1}")
+            total += loss
+            batches += 1
+            bar.set_postfix(loss=f"{total / batches:.3f}")
+            if interval and time.perf_counter() - last_line >= interval and batches < steps:
+                last_line = time.perf_counter()
+                self.log(f"[{self.desc}] epoch {epoch + 1}/{epochs} step {batches}/{steps} "
+                         f"loss={total / batches:.4g} | {Eta(steps, unit='step', start=t0).line(batches)}")
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        record = {"epoch": epoch + 1, "loss": total / max(batches, 1), "lr": lr,
+                  "time_s": time.perf_counter() - t0}
+        if self.val_loader is not None:
+            record.update(validate(self.model, self.val_loader, val_attack, self.device))
+        for hook in self.hooks:
+            hook.on_epoch_end(self, epoch, record)
+        return record
+
+    def _interrupted(self, stop: StopRequest, mid_epoch: bool) -> Interrupted:
+        name = signal_name(stop.signum or signal.SIGTERM)
+        where = (f"during epoch {self.epoch + 1}/{self.cfg.epochs} (after step {self.global_step})"
+                 if mid_epoch else f"after epoch {self.epoch}/{self.cfg.epochs}")
+        if self.state_path is None:
+            kept = "no resume checkpoint is kept (no --state-dir): a rerun starts over"
+        elif self.epoch == 0:
+            kept = "no epoch was complete: a rerun starts from the first"
+        else:
+            kept = (f"the checkpoint after epoch {self.epoch} is kept in {self.state_path}: rerun the "
+                    "same command to resume from it")
+        return Interrupted(f"[{self.desc}] stopped by {name} {where}; {kept}", stop.signum or signal.SIGTERM)

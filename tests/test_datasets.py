@@ -278,3 +278,193 @@ def test_offline_download_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(D.DatasetNotFoundError) as exc:
         D.build_splits("cifar10", tmp_path, val_size=1, download=True)
     assert "download failed" in str(exc.value) and "Name or service" in str(exc.value)
+    # download is on already: the remedy must not send the user in a circle
+    assert "set `data.download: true`" not in str(exc.value)
+    assert "internet access" in str(exc.value)
+
+
+# --------------------------------------------------------------------------- input checks
+needs_debian_fashion = pytest.mark.skipif(
+    not all((FASHION_SYSTEM_DIR / f"{f}.gz").is_file() for f in D.FASHION_MNIST_FILES),
+    reason="apt-get install dataset-fashion-mnist")
+
+
+@needs_debian_fashion
+def test_fashion_mnist_hashes_are_those_of_the_decompressed_debian_files():
+    import hashlib
+
+    for name, (size, sha256) in D.FASHION_MNIST_FILES.items():
+        data = gzip.open(FASHION_SYSTEM_DIR / f"{name}.gz").read()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha256), name
+
+
+@pytest.fixture(scope="module")
+def fashion_raw(tmp_path_factory):
+    """The four decompressed files, extracted once for the tests that damage copies of them."""
+    root = tmp_path_factory.mktemp("fashion")
+    D.build_splits("fashion-mnist", root, val_size=10, test_subset=1)
+    return root / "FashionMNIST" / "raw"
+
+
+def _fashion_copy(fashion_raw: Path, root: Path) -> Path:
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in D.FASHION_MNIST_FILES:
+        (raw / f).write_bytes((fashion_raw / f).read_bytes())
+    return raw
+
+
+@needs_debian_fashion
+def test_fashion_mnist_with_a_flipped_byte_is_refused(fashion_raw, tmp_path):
+    raw = _fashion_copy(fashion_raw, tmp_path)
+    labels = raw / "train-labels-idx1-ubyte"
+    data = bytearray(labels.read_bytes())
+    data[1000] ^= 0x01  # a label changes class: the size stays, only the hash can tell
+    labels.write_bytes(bytes(data))
+    with pytest.raises(D.DatasetCorruptError) as exc:
+        D.build_splits("fashion-mnist", tmp_path, val_size=10)
+    msg = str(exc.value)
+    assert str(labels) in msg and "sha256" in msg
+    assert f"rm {labels}" in msg and str(FASHION_SYSTEM_DIR) in msg  # the command that restores it
+    assert isinstance(exc.value, ValueError)
+
+
+@needs_debian_fashion
+def test_truncated_fashion_mnist_is_refused(fashion_raw, tmp_path):
+    raw = _fashion_copy(fashion_raw, tmp_path)
+    images = raw / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-784])  # one image short
+    with pytest.raises(D.DatasetCorruptError) as exc:
+        D.build_splits("fashion-mnist", tmp_path, val_size=10)
+    assert str(images) in str(exc.value) and "7840016" in str(exc.value)
+
+
+@needs_debian_fashion
+def test_a_restored_copy_is_accepted_again(fashion_raw, tmp_path):
+    raw = _fashion_copy(fashion_raw, tmp_path)
+    labels = raw / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(b"\0" * labels.stat().st_size)
+    with pytest.raises(D.DatasetCorruptError):
+        D.build_splits("fashion-mnist", tmp_path, val_size=10)
+    labels.unlink()  # the remedy the message gives: the next run extracts it again
+    train, _, test = D.build_splits("fashion-mnist", tmp_path, val_size=10, test_subset=5)
+    assert len(test) == 5
+
+
+def _system_dir_with(tmp_path: Path, name: str, content: bytes) -> Path:
+    system = tmp_path / "system"
+    system.mkdir(parents=True)
+    for f in D.FASHION_MNIST_FILES:
+        (system / f"{f}.gz").symlink_to(FASHION_SYSTEM_DIR / f"{f}.gz")
+    (system / f"{name}.gz").unlink()
+    (system / f"{name}.gz").write_bytes(content)
+    return system
+
+
+@needs_debian_fashion
+def test_damaged_debian_package_is_not_extracted(tmp_path):
+    name = "train-labels-idx1-ubyte"
+    good = (FASHION_SYSTEM_DIR / f"{name}.gz").read_bytes()
+    edited = bytearray(gzip.decompress(good))
+    edited[100] = (edited[100] + 1) % 10  # another class for one image: valid gzip, valid labels
+    for label, content in (("truncated", good[: len(good) // 2]), ("edited", gzip.compress(bytes(edited)))):
+        case = tmp_path / label
+        system = _system_dir_with(case, name, content)
+        with pytest.raises(D.DatasetCorruptError) as exc:
+            D.build_splits("fashion-mnist", case / "data", val_size=10, fashion_mnist_system_dir=system)
+        msg = str(exc.value)
+        assert str(system / f"{name}.gz") in msg, label
+        assert "apt-get install --reinstall dataset-fashion-mnist" in msg, label
+        raw = case / "data" / "FashionMNIST" / "raw"
+        assert not (raw / name).exists(), label  # nothing a later run would trust
+        assert not [p for p in raw.iterdir() if p.name.startswith(".")], label  # no temp files
+
+
+@needs_debian_fashion
+def test_fashion_mnist_is_hashed_once_per_process(fashion_raw, tmp_path, monkeypatch):
+    import hashlib
+
+    raw = _fashion_copy(fashion_raw, tmp_path)
+    calls = []
+    real = hashlib.file_digest
+
+    def counting(fh, digest):
+        calls.append(Path(fh.name).name)
+        return real(fh, digest)
+
+    monkeypatch.setattr(hashlib, "file_digest", counting)
+    D.build_splits("fashion-mnist", tmp_path, val_size=10)
+    assert sorted(calls) == sorted(D.FASHION_MNIST_FILES)
+    calls.clear()
+    D.build_splits("fashion-mnist", tmp_path, val_size=10)
+    assert calls == []
+    st = (raw / "t10k-labels-idx1-ubyte").stat()
+    os.utime(raw / "t10k-labels-idx1-ubyte", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    D.build_splits("fashion-mnist", tmp_path, val_size=10)
+    assert calls == ["t10k-labels-idx1-ubyte"]  # a file changed since is checked again
+
+
+def test_labels_outside_the_class_range_are_refused(tmp_path, no_md5):
+    _write_cifar(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    with open(batch, "rb") as f:
+        entry = pickle.load(f)
+    entry["labels"][1] = 10
+    with open(batch, "wb") as f:
+        pickle.dump(entry, f)
+    with pytest.raises(D.DatasetCorruptError) as exc:
+        D.build_splits("cifar10", tmp_path, val_size=1)
+    assert "outside [0, 9]" in str(exc.value) and "[10]" in str(exc.value) and "train" in str(exc.value)
+
+
+def test_cifar10_file_differing_from_torchvision_md5_is_named(tmp_path, monkeypatch):
+    import hashlib
+
+    import torchvision.datasets as tvd
+
+    _write_cifar(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    md5 = lambda name: hashlib.md5((folder / name).read_bytes()).hexdigest()  # noqa: E731
+    # the fake files stand in for the published ones: their MD5s become the expected ones
+    monkeypatch.setattr(tvd.CIFAR10, "train_list", [[f"data_batch_{i}", md5(f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", md5("test_batch")]])
+    monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5("batches.meta")})
+    D.build_splits("cifar10", tmp_path, val_size=1)
+    data = bytearray((folder / "data_batch_3").read_bytes())
+    data[-5] ^= 0xFF
+    (folder / "data_batch_3").write_bytes(bytes(data))
+    with pytest.raises(D.DatasetCorruptError) as exc:
+        D.build_splits("cifar10", tmp_path, val_size=1)
+    msg = str(exc.value)
+    assert str(folder / "data_batch_3") in msg and "data_batch_1" not in msg
+    assert "data.download: true" in msg
+
+
+def test_missing_files_reports_what_build_splits_would_not_find(tmp_path):
+    nope = tmp_path / "no-system-dir"
+    for name in ("cifar10", "svhn", "fashion-mnist"):
+        problems = D.missing_files(name, tmp_path, fashion_mnist_system_dir=nope)
+        assert len(problems) == 1 and problems[0].startswith(f"{name}:"), problems
+        assert D.missing_files(name, tmp_path, download=True, fashion_mnist_system_dir=nope) == []
+        with pytest.raises(D.DatasetNotFoundError):
+            D.build_splits(name, tmp_path, val_size=1, fashion_mnist_system_dir=nope)
+    assert "data.imagenet_root" in D.missing_files("imagenet", tmp_path)[0]
+    assert str(tmp_path / "val") in D.missing_files("imagenet", tmp_path, imagenet_root=tmp_path)[0]
+    _write_cifar(tmp_path)
+    assert D.missing_files("cifar10", tmp_path) == []
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    assert "test_batch" in D.missing_files("cifar10", tmp_path)[0]
+
+
+@needs_debian_fashion
+def test_missing_files_accepts_the_debian_package(tmp_path):
+    assert D.missing_files("fashion-mnist", tmp_path) == []
+
+
+def test_datasets_module_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, benchmark.datasets, benchmark.errors; sys.exit('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0
