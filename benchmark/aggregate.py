@@ -45,6 +45,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from benchmark.errors import CorruptFileError
 from benchmark.io import atomic_write_text
 from benchmark.provenance import stage_code_digest
 from benchmark.results import ResultError, pgd_broken_aa_robust, read_result
@@ -60,8 +61,8 @@ TABLE_FIELDS = (("eps", "eps"), ("clean_n", "clean image count"), ("pgd_n", "PGD
                 ("pgd_images", "PGD images"), ("autoattack_images", "AutoAttack images"))
 
 
-class AggregationError(ValueError):
-    """Results that must not be pooled or compared; the message names the files."""
+class AggregationError(CorruptFileError):
+    """Results that must not be pooled or compared; the message names the files and the rule."""
 
 
 # ---------------------------------------------------------------- reading

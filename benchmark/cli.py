@@ -222,14 +222,12 @@ def run(args: argparse.Namespace) -> int:
         print(table.to_string(index=False))
         return 0
     if args.command == "aggregate":
-        from .aggregate import AggregationError, aggregate, runs_frame
+        from .aggregate import aggregate, runs_frame
 
         runs = args.runs[0] if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else args.runs
         try:
             table = aggregate(runs, args.out, reference_csv=args.reference,
                               exclude_invalid=args.exclude_invalid)
-        except AggregationError as exc:  # predates UserError: a result file breaks a rule
-            raise UserError(str(exc)) from exc
         except FileNotFoundError as exc:
             raise MissingFileError(str(exc)) from exc
         print(f"leaderboard: {len(table)} rows -> {Path(args.out) / 'leaderboard.md'}")

@@ -119,7 +119,7 @@ def _tiny_trainer(tmp_path, epochs=3, hooks=(), fingerprint="a"):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     return Trainer(net, list(net.parameters()), cfg, train_set=ds, val_set=None, device=torch.device("cpu"),
-                   seed=0, state_path=tmp_path / "s.pt", plugins=list(hooks), fingerprint=fingerprint,
+                   seed=0, state_path=tmp_path / "s.pt", hooks=list(hooks), fingerprint=fingerprint,
                    log=lambda m: None)
 
 
