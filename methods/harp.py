@@ -205,11 +205,8 @@ class ZeroPrunedChannels(TrainPlugin):
 
 
 # ---------------------------------------------------------------- the method
-@register_method("harp")
+@register_method("harp", learns_scores=True, needs_pretrain=True, needs_finetune=True)
 class Harp(PruningMethod):
-    learns_scores = True
-    needs_pretrain = True
-    needs_finetune = True
     default_options: dict[str, Any] = {
         "gamma": 0.01,
         "alpha": 0.1,

@@ -9,8 +9,6 @@ from benchmark.registry import register_method
 from .base import PruningMethod
 
 
-@register_method("hydra")
+@register_method("hydra", learns_scores=True, needs_pretrain=True, needs_finetune=True)
 class Hydra(PruningMethod):
-    learns_scores = True
-    needs_pretrain = True
-    needs_finetune = True
+    """The contract's defaults are HYDRA: nothing to override."""

@@ -50,12 +50,8 @@ def lamp_allocation(model: nn.Module, keep: float) -> dict[str, int]:
     return {name: c for (name, _), c in zip(layers, counts)}
 
 
-@register_method("lamp")
+@register_method("lamp", learns_scores=False, needs_pretrain=True, needs_finetune=True)
 class Lamp(PruningMethod):
-    learns_scores = False
-    needs_pretrain = True
-    needs_finetune = True
-
     @torch.no_grad()
     def init_scores(self, model: nn.Module, generator: torch.Generator) -> None:
         for _, layer in masking.masked_layers(model):

@@ -7,7 +7,6 @@ finalize_search; then the export and a search.pt round trip.
 """
 from __future__ import annotations
 
-import ast
 import inspect
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from torch.utils.data import TensorDataset
 from benchmark import masking
 from benchmark.attacks import AttackConfig
 from benchmark.config import method_traits
-from benchmark.registry import method_registry
+from benchmark.registry import method_registry, read_method_file
 from benchmark.training import Trainer, TrainConfig
 
 torch.set_num_threads(2)
@@ -75,21 +74,14 @@ def test_the_example_plugin_and_the_built_in_methods_are_registered():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_traits_are_bool_literals_in_the_class_body(name):
+def test_traits_are_bool_literals_of_the_decorator(name):
     cls = REGISTRY.get(name)
-    tree = ast.parse(Path(inspect.getsourcefile(cls)).read_text())
-    node = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
-    literal = {}
-    for stmt in node.body:
-        if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant):
-            for target in stmt.targets:
-                if isinstance(target, ast.Name) and target.id in TRAITS:
-                    literal[target.id] = stmt.value.value
-    assert set(literal) == set(TRAITS), f"{name}: declare {TRAITS} as literals in the class body"
+    decls = [d for d in read_method_file(inspect.getsourcefile(cls)) if d.class_name == cls.__name__]
+    assert len(decls) == 1 and decls[0].name == name
     for trait in TRAITS:
-        assert isinstance(literal[trait], bool) and getattr(cls, trait) is literal[trait], (name, trait)
+        assert isinstance(decls[0].traits[trait], bool), (name, trait)
     # what the workflow reads without importing torch agrees with the class
-    assert method_traits(name, REGISTRY) == {t: getattr(cls, t) for t in TRAITS}
+    assert method_traits(name, REGISTRY) == {t: getattr(cls, t) for t in TRAITS} == decls[0].traits
 
 
 @pytest.mark.parametrize("name", NAMES)
