@@ -354,9 +354,11 @@ def test_method_without_pretrain_or_finetune(quick, tmp_path):
 
 
 def test_config_module_imports_no_torch():
-    code = ("import sys; from benchmark import config as C; "
+    # what the Snakefile runs while it is parsed: validation, the DAG's cells, the cheap machine check
+    code = ("import sys; from benchmark import config as C, preflight; "
             "cfg = C.validate(C.load_preset('presets/paper_cifar10_hydra.yaml')); "
             "cells = C.grid_cells(cfg); [C.cell_json(cfg, c) for c in cells]; "
+            "preflight.machine_problems(cfg, deep=False); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
