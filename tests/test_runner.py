@@ -45,6 +45,12 @@ def sleeper():
     def start(*argv: str, cwd: Path | None = None) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *argv], cwd=cwd)
         procs.append(proc)
+        # a live run has long been running; wait until this one shows its command line
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 30
+        while cmdline.exists() and b"time.sleep" not in cmdline.read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         return proc
 
     yield start
