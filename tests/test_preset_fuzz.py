@@ -230,8 +230,9 @@ def test_the_fuzz_set_has_the_13_and_at_least_40_variants():
 
 # ------------------------------------------------------------------ through Snakemake itself
 def _snakemake(workdir: Path, preset: Path, *args: str) -> subprocess.CompletedProcess:
+    # --configfile last: it takes every word after it
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "1", "--configfile", str(preset), *args]
+           "--cores", "1", *args, "--configfile", str(preset)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir)
 
 
@@ -280,3 +281,21 @@ def test_config_problem_stops_a_real_run_at_parse_time(workdir, changes, field):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and f"{field}:" in out, out[-3000:]
     _assert_no_job_started(workdir)
+
+
+@pytest.mark.e2e
+def test_a_cluster_submission_reports_machine_problems_as_warnings(workdir):
+    """The submitting machine (a login node) need not have the GPU the jobs will get."""
+    import importlib.util
+
+    if importlib.util.find_spec("snakemake_executor_plugin_cluster_generic") is None:
+        pytest.skip("snakemake-executor-plugin-cluster-generic not installed")
+    preset = _write(workdir, {"runtime.device": "cuda:9"})
+    target = "results/tiny/runs/fashion-mnist/small_cnn/dense/n-a/sp0/seed0.json"
+    proc = _snakemake(workdir, preset, target, "--profile",
+                      str(REPO / "workflows" / "profiles" / "cluster-generic-local"))
+    out = proc.stdout + proc.stderr
+    assert "warning: runtime.device: 'cuda:9'" in out and "jobs run on the cluster" in out, out[-3000:]
+    assert "no job was started" not in out
+    # the job was submitted (and, on this machine without that GPU, failed in the job itself)
+    assert (workdir / "work" / "tiny" / "logs" / "pretrain").is_dir(), out[-3000:]
