@@ -1,15 +1,18 @@
 # The two commands of the README:
 #   make quick   install, then run presets/quick.yaml -> results/quick/leaderboard.md
 #   make test    install, then run the test suite
+# A killed `make quick` / `make run` resumes by running the same command again: the runner clears
+# the lock a dead Snakemake left (never a live run's) and Snakemake redoes the unfinished jobs.
 PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= all
 PRESET ?= quick
-EXTRAS ?= test,cluster
+EXTRAS ?= test,lint,cluster
 
 SNAKEMAKE = $(VENV)/bin/snakemake
+RUN       = $(VENV)/bin/python -m benchmark.runner --profile workflows/profiles/local
 
-.PHONY: install quick run dry-run test clean-work
+.PHONY: install quick run dry-run test test-fast lint clean-work
 .DELETE_ON_ERROR:
 
 install: $(VENV)/.installed
@@ -20,18 +23,28 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 	touch $@
 
 quick: install
-	$(SNAKEMAKE) --profile workflows/profiles/local --cores $(CORES) --configfile presets/quick.yaml
+	$(RUN) --cores $(CORES) --configfile presets/quick.yaml
 	@echo "leaderboard: results/quick/leaderboard.md"
 
 # any preset: make run PRESET=tiny
 run: install
-	$(SNAKEMAKE) --profile workflows/profiles/local --cores $(CORES) --configfile presets/$(PRESET).yaml
+	$(RUN) --cores $(CORES) --configfile presets/$(PRESET).yaml
 
 dry-run: install
 	$(SNAKEMAKE) -n --profile workflows/profiles/local --configfile presets/$(PRESET).yaml
 
 test: install
 	$(VENV)/bin/python -m pytest -q
+
+# everything but the end-to-end runs (pytest marker e2e)
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -m "not e2e"
+
+# One linter per line; CI runs them before the tests.
+lint: install
+# the workflow: snakefmt --check, then snakemake --lint
+	$(VENV)/bin/python scripts/lint_workflow.py
+# the Python code: ruff goes here
 
 # checkpoints and logs of one preset (results/ stay)
 clean-work:

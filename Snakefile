@@ -2,9 +2,11 @@
 #
 #   snakemake --profile workflows/profiles/local                      # presets/quick.yaml
 #   snakemake --profile workflows/profiles/local --configfile presets/tiny.yaml
+#   (make quick / make run PRESET=tiny do the same and resume a killed run without --unlock)
 #
-# The preset is validated (schema + registries of names) while this file is parsed, i.e. before
-# any job runs. Nothing here imports torch, so parsing stays fast.
+# The preset is validated (schema, names, rules across fields) while this file is parsed, i.e.
+# before any job runs; what depends on the machine is a warning here and an error in `onstart`,
+# before the first job (benchmark/preflight.py). Nothing here imports torch or a method file.
 import sys
 from pathlib import Path
 
@@ -12,19 +14,23 @@ REPO = Path(workflow.basedir).resolve()
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from benchmark import config as apcfg
-
+from benchmark import preflight
 
 # Not a `configfile:` directive: that one would also be loaded under --configfile, and its keys
 # (per-method overrides, say) would leak into the other preset.
 if not workflow.overwrite_configfiles:
     workflow.configfile(str(REPO / "presets" / "quick.yaml"))
 
-PRESET_FILE = (Path(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles
-               else REPO / "presets" / "quick.yaml")
-# Plugin files named in a preset are looked up in the working directory, then in the repository.
+PRESET_FILE = (
+    Path(workflow.overwrite_configfiles[-1])
+    if workflow.overwrite_configfiles
+    else REPO / "presets" / "quick.yaml"
+)
+# Method files named in a preset are looked up in the working directory, then in the repository.
 SEARCH_DIRS = [Path.cwd(), REPO]
 
 CFG = apcfg.with_defaults(config)
@@ -33,19 +39,34 @@ if not CFG.get("name"):
 CFG = apcfg.validate(CFG, search_dirs=SEARCH_DIRS)
 validate(CFG, "workflows/schema/config.schema.yaml")
 
+for _problem in preflight.machine_problems(CFG, SEARCH_DIRS, deep=False):
+    logger.warning(f"warning: {_problem} (an error before the first job that runs on this machine)")
+
+
+onstart:
+    # jobs run here with the local executor; a cluster executor runs them elsewhere
+    for _problem in preflight.before_first_job(
+        CFG, SEARCH_DIRS, enforce=workflow.local_exec, pythonpath=REPO
+    ):
+        logger.warning(f"warning: {_problem} (on this machine; jobs run on the cluster)")
+
 
 include: "workflows/rules/common.smk"
 include: "workflows/rules/pretrain.smk"
 include: "workflows/rules/prune.smk"
 include: "workflows/rules/finetune.smk"
-include: "workflows/rules/stability.smk"
+include: "workflows/rules/seed_stability.smk"
 include: "workflows/rules/evaluate.smk"
 include: "workflows/rules/aggregate.smk"
 include: "workflows/rules/sweep.smk"
 include: "workflows/rules/site.smk"
 
+
 # Cheap bookkeeping runs on the submitting machine, not as a cluster job.
-localrules: all, aggregate, seed_stability
+localrules:
+    all,
+    aggregate,
+    seed_stability,
 
 
 # Every result file is a target too, not only the leaderboard: Snakemake (>= 7.7) does not remake

@@ -1,19 +1,20 @@
 """Presets: loading, validation, per-stage sub-configs and hashes.
 
-This module is imported by the Snakefile on every parse, so it must never import torch (directly
-or through the method files): the method traits it needs are read from source with ``ast``.
+This module is imported by the Snakefile on every parse, so it must never import torch, nor any
+method's code: method traits come from the literal arguments of ``@register_method`` in source
+(``benchmark.registry``), and the lists of valid words from ``benchmark.choices``.
 
 A preset is YAML data. ``load_preset`` fills every field the preset leaves out from ``DEFAULTS``
-(deep merge), ``validate`` checks it against ``workflows/schema/config.schema.yaml`` and against the
-registries of names, and ``stage_config`` cuts out the part of it that shapes one stage, which is
-what a Snakemake rule passes to the CLI (so editing the evaluation section reruns evaluation only).
+(deep merge), ``validate`` checks it against the schema (``benchmark/schemas/config.schema.yaml``,
+enums filled from the code's lists) and against the rules that span fields, and ``stage_config``
+cuts out the part of it that shapes one stage, which is what a Snakemake rule passes to the CLI (so
+editing the evaluation section reruns evaluation only). What depends on the machine (data on disk,
+CUDA, method files that import) is checked by ``benchmark.preflight``.
 """
 from __future__ import annotations
 
-import ast
 import copy
 import hashlib
-import importlib.util
 import json
 import math
 from decimal import Decimal, InvalidOperation
@@ -22,18 +23,18 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from benchmark import choices
 from benchmark import registry as _registry
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO_ROOT / "workflows" / "schema" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 STAGES = ("pretrain", "prune", "finetune", "evaluate")
 TRAIN_STAGES = ("pretrain", "prune", "finetune")
 
 # Values a preset may list under grid.s2ap. "n/a" is never written by hand: a method that learns no
-# scores gets it automatically (decisions.md: such a method shows n/a, not off).
-S2AP_CHOICES = ("off", "on", "score", "awp")
-S2AP_NA = "n/a"
+# scores gets it automatically (such a method shows n/a in the leaderboard, not off).
+S2AP_CHOICES = choices.S2AP_GRID_VALUES
+S2AP_NA = choices.S2AP_NA
 # "n/a" cannot be a path component; this is its spelling in paths and wildcards.
 S2AP_NA_PATH = "n-a"
 
@@ -67,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "s2ap": ["off"],
         "seeds": [0],
     },
-    "method_plugins": [],
+    "method_files": [],
     "data": {
         "root": "data",
         "download": False,
@@ -115,11 +116,15 @@ DEFAULTS: dict[str, Any] = {
     "reference_csv": None,
 }
 
-# Fields that change how fast a job runs but not what it computes: left out of every hash, so
-# moving a preset from a laptop to a GPU node, or changing thread counts, reuses the dense models.
-_NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last"), "data": ("num_workers",)}
+# Fields that change how fast a job runs, or where its inputs live, but not what it computes: left
+# out of every hash (and of Snakemake's rerun check), so moving a preset from a laptop to a GPU
+# node, to another data folder or another thread count reuses the dense models.
+_NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last"),
+                "data": ("num_workers", "root", "download", "imagenet_root")}
 
-_TRAIT_DEFAULTS = {"learns_scores": True, "needs_pretrain": True, "needs_finetune": True}
+
+class ConfigError(ValueError):
+    """A preset that cannot run; the message names each offending field."""
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -188,155 +193,82 @@ def _check_sparsity(value: Any) -> str:
     return text
 
 
+# ---------------------------------------------------------------------------------- files
+def resolve_file(entry: str | Path, search_dirs: Iterable[str | Path] = (), *, field: str) -> str:
+    """Absolute path of a file named in a preset: as given, else relative to each search dir."""
+    path = Path(entry)
+    candidates = [path] if path.is_absolute() else [path, *(Path(d) / path for d in search_dirs)]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        where = ", ".join(str(c.resolve()) for c in candidates)
+        raise ConfigError(f"{field}: file {str(entry)!r} not found (looked at {where})")
+    return str(found.resolve())
+
+
+def resolve_method_files(files: Iterable[str | Path],
+                         search_dirs: Iterable[str | Path] = ()) -> list[str]:
+    """Absolute paths of the method files a preset names (``method_files``)."""
+    dirs = list(search_dirs)
+    return [resolve_file(f, dirs, field=f"method_files[{i}]") for i, f in enumerate(files or ())]
+
+
 # ---------------------------------------------------------------------------------- methods
-def resolve_plugins(files: Iterable[str | Path], search_dirs: Iterable[str | Path] = ()) -> list[str]:
-    """Absolute paths of method plugin files: as given, else relative to each of ``search_dirs``."""
-    resolved = []
-    dirs = [Path(d) for d in search_dirs]
-    for entry in files or ():
-        path = Path(entry)
-        candidates = [path] if path.is_absolute() else [path, *(d / path for d in dirs)]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            where = ", ".join(str(c.resolve()) for c in candidates)
-            raise FileNotFoundError(f"method plugin file {entry!r} not found (looked at {where})")
-        resolved.append(str(found.resolve()))
-    return resolved
+def methods_of(cfg: Mapping[str, Any],
+               search_dirs: Iterable[str | Path] = ()) -> _registry.MethodRegistry:
+    return _registry.method_registry(resolve_method_files(cfg.get("method_files") or [], search_dirs))
 
 
-def methods_of(cfg: Mapping[str, Any], search_dirs: Iterable[str | Path] = ()) -> _registry.Registry:
-    return _registry.method_registry(resolve_plugins(cfg.get("method_plugins") or [], search_dirs))
-
-
-def _module_file(module: str, relative_to: Path | None = None, level: int = 0) -> Path | None:
-    """The source file of a module, found without importing it (its parent packages may be)."""
-    if level:
-        base = relative_to.parent if relative_to else None
-        for _ in range(level - 1):
-            base = base.parent if base else None
-        if base is None:
-            return None
-        parts = module.split(".") if module else []
-        cand = base.joinpath(*parts)
-        for path in (cand.with_suffix(".py"), cand / "__init__.py"):
-            if path.is_file():
-                return path
-        return None
-    parts = module.split(".")
-    local = REPO_ROOT.joinpath(*parts)
-    for path in (local.with_suffix(".py"), local / "__init__.py"):
-        if path.is_file():
-            return path
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
-
-
-def _literal_traits(path: Path, class_name: str, seen: set) -> dict[str, Any]:
-    """Trait literals of ``class_name`` in ``path``, bases first so the subclass wins."""
-    key = (str(path), class_name)
-    if key in seen:
-        return {}
-    seen.add(key)
-    try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except (OSError, SyntaxError):
-        return {}
-    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-    imports: dict[str, tuple[str, str, int]] = {}
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom):
-            for alias in node.names:
-                imports[alias.asname or alias.name] = (node.module or "", alias.name, node.level)
-    node = classes.get(class_name)
-    if node is None:
-        return {}
-    traits: dict[str, Any] = {}
-    # MRO approximation: later bases first, so the first base wins as in Python's MRO
-    for base in reversed(node.bases):
-        name = base.id if isinstance(base, ast.Name) else None
-        if name in classes:
-            traits.update(_literal_traits(path, name, seen))
-        elif name in imports:
-            module, attr, level = imports[name]
-            src = _module_file(module, path, level)
-            if src is not None:
-                traits.update(_literal_traits(src, attr, seen))
-    for stmt in node.body:
-        if isinstance(stmt, ast.Assign):
-            targets = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
-            value = stmt.value
-        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value:
-            targets, value = [stmt.target.id], stmt.value
-        else:
-            continue
-        for target in targets:
-            if target in _TRAIT_DEFAULTS and isinstance(value, ast.Constant) and isinstance(value.value, bool):
-                traits[target] = value.value
-    return traits
-
-
-def method_traits(name: str, registry: _registry.Registry) -> dict[str, bool]:
-    """learns_scores / needs_pretrain / needs_finetune of a method, read from its source.
-
-    The class attributes are read as literals (following base classes through ``from x import
-    Base``) so the Snakefile can shape the DAG without importing torch. Only when a trait is not a
-    literal anywhere in the source is the class imported.
-    """
-    registry.check(name)
-    target = registry._targets[name]
-    module, _, attr = target.partition(":")
-    path = Path(module) if module.endswith(".py") else _module_file(module)
-    traits = _literal_traits(path, attr, set()) if path is not None else {}
-    missing = [k for k in _TRAIT_DEFAULTS if k not in traits]
-    if missing:
-        try:
-            cls = registry.get(name)
-        except Exception:  # an unimportable plugin: the contract's defaults are the best guess
-            cls = None
-        for key in missing:
-            traits[key] = bool(getattr(cls, key, _TRAIT_DEFAULTS[key]))
-    return {k: bool(traits[k]) for k in _TRAIT_DEFAULTS}
+def method_traits(name: str, registry: _registry.MethodRegistry) -> dict[str, bool]:
+    """learns_scores / needs_pretrain / needs_finetune of a method, as its decorator declares them."""
+    return registry.traits(name)
 
 
 # ---------------------------------------------------------------------------------- validation
 def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
-    """The schema file, with the lists of valid names filled in from the registries."""
+    """The schema file, with every list of valid words filled in from the code's own lists."""
     with open(SCHEMA_PATH) as fh:
         schema = yaml.safe_load(fh)
-    defs = schema.setdefault("$defs", {})
-    defs["dataset"] = {"enum": _registry.DATASETS.names()}
-    defs["arch"] = {"enum": _registry.ARCHITECTURES.names()}
+    defs = schema["$defs"]
+    enums = {
+        "dataset": _registry.DATASETS.names(),
+        "arch": _registry.ARCHITECTURES.names(),
+        "s2ap_value": list(choices.S2AP_GRID_VALUES),
+        "s2ap_norm": list(choices.S2AP_NORMS),
+        "loss": list(choices.LOSSES),
+        "schedule": list(choices.SCHEDULES),
+        "autoattack_version": list(choices.AUTOATTACK_VERSIONS),
+        "autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
+    }
     if registry is not None:
-        defs["method"] = {"enum": registry.names()}
+        enums["method"] = registry.names()
+    for key, values in enums.items():
+        defs[key] = {"enum": values}
     return schema
 
 
-def _choices_error(kind: str, bad: Iterable[str], valid: Iterable[str], where: str) -> ValueError:
+def _choices_error(kind: str, bad: Iterable[str], valid: Iterable[str], where: str) -> ConfigError:
     bad = ", ".join(repr(b) for b in bad)
-    return ValueError(f"{where}: unknown {kind} {bad}; valid choices: {', '.join(valid)}")
+    return ConfigError(f"{where}: unknown {kind} {bad}; valid choices: {', '.join(valid)}")
 
 
 def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else []
 
 
-def validate(cfg: Mapping[str, Any], method_plugins: Iterable[str | Path] | None = None,
+def validate(cfg: Mapping[str, Any], method_files: Iterable[str | Path] | None = None,
              search_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
-    """Raise ValueError on a preset that cannot run; return the preset with canonical sparsities.
+    """Raise ConfigError on a preset that cannot run; return the preset with canonical sparsities.
 
-    The name checks come first, because their messages (which list the valid choices) are what a
-    user needs; the schema then catches typos and wrong types anywhere else.
+    Three passes, each naming the fields it refuses: the names (their messages list the valid
+    choices), the schema (typos, types, ranges, enums), then the rules that span fields. Nothing
+    here depends on the machine; ``benchmark.preflight`` checks that.
     """
     import jsonschema
 
-    if method_plugins is None:
-        method_plugins = cfg.get("method_plugins") or []
-    registry = _registry.method_registry(resolve_plugins(method_plugins, search_dirs))
+    search_dirs = list(search_dirs)
+    if method_files is None:
+        method_files = cfg.get("method_files") or []
+    registry = _registry.method_registry(resolve_method_files(method_files, search_dirs))
     grid = cfg.get("grid") if isinstance(cfg.get("grid"), Mapping) else {}
 
     for key, kind, reg in (("datasets", "dataset", _registry.DATASETS),
@@ -354,20 +286,92 @@ def validate(cfg: Mapping[str, Any], method_plugins: Iterable[str | Path] | None
     if bad:
         raise _choices_error("s2ap value", bad, S2AP_CHOICES, "grid.s2ap")
 
-    schema = load_schema(registry)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    validator = jsonschema.Draft202012Validator(load_schema(registry))
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [f"  {'.'.join(str(p) for p in e.absolute_path) or '<preset>'}: {e.message}"
                  for e in errors[:10]]
-        raise ValueError("preset does not match workflows/schema/config.schema.yaml:\n" + "\n".join(lines))
+        raise ConfigError(f"preset does not match the schema ({SCHEMA_PATH.name}):\n" + "\n".join(lines))
 
-    if "imagenet" in grid.get("datasets", []) and not cfg["data"].get("imagenet_root"):
-        raise ValueError("grid.datasets has imagenet but data.imagenet_root is not set; point it at "
-                         "a folder with ImageFolder-style train/ and val/")
     out = copy.deepcopy(dict(cfg))
     out["grid"] = dict(out["grid"], sparsities=list(dict.fromkeys(sparsities)))
+    problems = cross_field_problems(out, registry, search_dirs)
+    if problems:
+        raise ConfigError("preset cannot run:\n" + "\n".join(f"  {p}" for p in problems))
     return out
+
+
+def _epochs_field(cfg: Mapping[str, Any], method: str | None, stage: str) -> tuple[int, str]:
+    over = _method_overrides(cfg, method).get(stage) or {}
+    if "epochs" in over:
+        return over["epochs"], f"methods.{method}.{stage}.epochs"
+    return cfg[stage]["epochs"], f"{stage}.epochs"
+
+
+_STAGE_RUNS_BECAUSE = {
+    "pretrain": ("needs_pretrain", "trains the dense model it starts from"),
+    "prune": ("learns_scores", "learns its scores in the mask search"),
+    "finetune": ("needs_finetune", "finetunes its pruned model"),
+}
+
+
+def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegistry,
+                         search_dirs: Iterable[str | Path] = ()) -> list[str]:
+    """Rules that span fields of a schema-valid preset, as "field: problem" lines."""
+    problems = []
+    grid = cfg["grid"]
+    sweep = cfg.get("gamma_sweep") or {}
+    traits = {m: registry.traits(m) for m in [*grid["methods"], *(sweep.get("methods") or [])]}
+
+    # every stage that runs trains for at least one epoch: a score-learning search with 0 epochs
+    # would silently publish its initialisation
+    for method, trait in traits.items():
+        for stage, (needed, why) in _STAGE_RUNS_BECAUSE.items():
+            epochs, field = _epochs_field(cfg, method, stage)
+            if trait[needed] and epochs < 1:
+                problems.append(f"{field}: {epochs}, but {method} {why}; set at least 1 epoch")
+    if not any(t["needs_pretrain"] for t in traits.values()):  # the dense row still pretrains
+        epochs, field = _epochs_field(cfg, None, "pretrain")
+        if epochs < 1:
+            problems.append(f"{field}: {epochs}, but the dense reference model is trained with "
+                            "this recipe; set at least 1 epoch")
+
+    # the validation slice is cut from the training set
+    val_size = cfg["data"]["val_size"]
+    for dataset in grid["datasets"]:
+        n = _registry.DATASETS.get(dataset).train_size
+        if val_size >= n:
+            problems.append(f"data.val_size: {val_size}, but {dataset} has {n} training images; the "
+                            "validation slice is cut from them and must leave some to train on")
+
+    aa = cfg["evaluate"]["autoattack"]
+    if aa["attacks"] is not None:
+        full = choices.AUTOATTACK_VERSIONS[aa["version"]]
+        extra = [a for a in aa["attacks"] if a not in full]
+        if extra:
+            problems.append(f"evaluate.autoattack.attacks: {extra} are not attacks of version "
+                            f"{aa['version']!r}; choose a subset of {list(full)} or null for all")
+
+    if "imagenet" in grid["datasets"] and not cfg["data"].get("imagenet_root"):
+        problems.append("data.imagenet_root: not set, but grid.datasets has imagenet; point it at a "
+                        "folder with ImageFolder-style train/ and val/")
+
+    if cfg.get("reference_csv"):
+        try:
+            resolve_file(cfg["reference_csv"], search_dirs, field="reference_csv")
+        except ConfigError as exc:
+            problems.append(str(exc))
+
+    for i, method in enumerate(sweep.get("methods") or []):
+        if not traits[method]["learns_scores"]:
+            problems.append(f"gamma_sweep.methods[{i}]: {method!r} learns no scores; the sweep varies "
+                            "the score-space step of S2AP, which only score-learning methods have")
+    for i, value in enumerate(sweep.get("sparsities") or []):
+        try:
+            _check_sparsity(value)
+        except ValueError as exc:
+            problems.append(str(exc).replace("grid.sparsities", f"gamma_sweep.sparsities[{i}]"))
+    return problems
 
 
 # ---------------------------------------------------------------------------------- stage configs
@@ -395,7 +399,7 @@ def s2ap_search_value(s2ap: str) -> str:
         return "on"
     if s2ap in ("off", "awp"):
         return "off"
-    raise ValueError(f"unknown s2ap value {s2ap!r}; valid choices: {', '.join(S2AP_CHOICES + (S2AP_NA,))}")
+    raise ValueError(f"unknown s2ap value {s2ap!r}; valid choices: {', '.join((*S2AP_CHOICES, S2AP_NA))}")
 
 
 def s2ap_uses_awp(s2ap: str) -> bool:
@@ -462,6 +466,12 @@ def short_hash(obj: Any, length: int = 10) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def stage_key(stage_cfg: Mapping[str, Any]) -> str:
+    """Hash of what in a stage config shapes its numbers: a job reruns exactly when it changes
+    (not when only a location or a speed setting does)."""
+    return short_hash(_hash_view(stage_cfg))
+
+
 def pretrain_recipe_hash(cfg: Mapping[str, Any], dataset: str, arch: str, method: str | None) -> str:
     """Key of the dense model a method starts from. It covers the pretrain stage config only, so
     methods with the same pretrain recipe, and S2AP on and off, share one dense model."""
@@ -479,7 +489,7 @@ def cell_config_hash(cfg: Mapping[str, Any], cell: Mapping[str, Any],
         parts["pretrain"] = stage_config(cfg, "pretrain", dataset=dataset, arch=arch,
                                          method=cell.get("recipe_method"))
     else:
-        traits = traits or _TRAIT_DEFAULTS
+        traits = traits or _registry.TRAIT_DEFAULTS
         if traits.get("needs_pretrain", True):
             parts["pretrain"] = stage_config(cfg, "pretrain", dataset=dataset, arch=arch, method=method)
         for stage in ("prune", "finetune"):
@@ -503,7 +513,7 @@ def grid_cells(cfg: Mapping[str, Any], registry: _registry.Registry | None = Non
         registry = methods_of(cfg, search_dirs)
     grid = cfg["grid"]
     sparsities = list(dict.fromkeys(canonical_sparsity(s) for s in grid["sparsities"]))
-    traits_of = {m: method_traits(m, registry) for m in grid["methods"]}
+    traits_of = {m: registry.traits(m) for m in grid["methods"]}
     cells, seen = [], set()
     for dataset in grid["datasets"]:
         for arch in grid["archs"]:

@@ -7,8 +7,8 @@ workflow runs it with and without S2AP and the leaderboard shows its Orig. / S2A
 
 How to add a method
 1. Write one class that subclasses ``methods.base.PruningMethod`` and decorate it with
-   ``@register_method("your_name")``. Put the file either in ``methods/`` (built in) or anywhere
-   else and list it in a preset:
+   ``@register_method("your_name", ...)``. Put the file either in ``methods/`` (built in) or
+   anywhere else and list it in a preset:
 
        method_files: [examples/my_method.py]
        grid:
@@ -18,9 +18,10 @@ How to add a method
    shows up in the schema's list of valid methods, in the Snakemake DAG and in the leaderboard
    with no other edit. (A pip-installed package can instead declare an entry point in the group
    ``adversarial_pruning.methods``.)
-2. Declare three traits as literal booleans in the class body (the workflow reads them without
-   importing torch): ``learns_scores`` (True: the mask search trains scores, S2AP applies),
-   ``needs_pretrain`` (False: prune random weights, as RST), ``needs_finetune``.
+2. Declare three traits as literal keywords of the decorator (the workflow reads them from the
+   source, without running the file): ``learns_scores`` (True: the mask search trains scores,
+   S2AP applies), ``needs_pretrain`` (False: prune random weights, as RST), ``needs_finetune``.
+   Each defaults to True; the decorator sets them as class attributes.
 3. Override only what differs from HYDRA's defaults (see methods/base.py):
    ``prepare_weights`` (weights when there is no dense model), ``setup_layers`` (extra parameters
    on the masked layers, before a checkpoint loads), ``init_scores(model, ctx)`` (the starting
@@ -45,12 +46,8 @@ from benchmark.registry import register_method
 from methods.base import PruningMethod, keep_global_counts
 
 
-@register_method("hydra_global")
+@register_method("hydra_global", learns_scores=True, needs_pretrain=True, needs_finetune=True)
 class HydraGlobal(PruningMethod):
-    learns_scores = True
-    needs_pretrain = True
-    needs_finetune = True
-
     def init_rates(self, model: nn.Module) -> None:
         # one top-k over |w| of all layers decides how many weights each layer keeps, and each
         # layer then keeps exactly that many by its learned scores

@@ -1,19 +1,21 @@
 """The contract every pruning method meets.
 
-A method is one class, decorated with ``@register_method("name")``, that subclasses
-``PruningMethod`` and says, as class attributes written as literals (the workflow reads them
-without importing torch):
+A method is one class that subclasses ``PruningMethod``, decorated with its name and traits as
+literals (the workflow reads them from the source, without importing torch or the file)::
+
+  @register_method("name", learns_scores=True, needs_pretrain=True, needs_finetune=True)
 
   learns_scores    True when the mask search trains importance scores (S2AP then applies)
   needs_pretrain   False when the method prunes random weights (RST)
   needs_finetune   False when the searched mask is the final model (RST)
 
-and overrides what differs from HYDRA's defaults: how scores and layer rates start
-(``init_scores(model, ctx)`` gets a ``ScoreInitContext``: the search's generator, the device, a
-batch source over the training split and the robust loss; the weights to prune are already in
-place), which parameters the search trains, what the search and the finetune add to the training
-loop (``search_hooks`` / ``finetune_hooks``, lists of ``TrainHook``), and how the search ends
-(``finalize_search``).
+Each keyword defaults to True (``benchmark.registry.TRAIT_DEFAULTS``); the decorator sets the class
+attributes, so a class body never writes them. The class overrides what differs from HYDRA's
+defaults: how scores and layer rates start (``init_scores(model, ctx)`` gets a
+``ScoreInitContext``: the search's generator, the device, a batch source over the training split
+and the robust loss; the weights to prune are already in place), which parameters the search
+trains, what the search and the finetune add to the training loop (``search_hooks`` /
+``finetune_hooks``, lists of ``TrainHook``), and how the search ends (``finalize_search``).
 
 S2AP is a plug-in of every score-learning method: the stages append its hooks
 (``s2ap_search_hook``, ``s2ap_finetune_hook``) after the method's own, so a method's hooks never
@@ -28,6 +30,7 @@ import torch.nn as nn
 
 from benchmark.masking import (apply_masks_to_weights, global_counts, keep_for_count, kept_count,
                                masked_layers, refresh_masks, scaled_score_init, set_keep, to_masked)
+from benchmark.registry import TRAIT_DEFAULTS
 from benchmark.score_init import ScoreInitContext, TrainBatches
 from benchmark.training import TrainConfig, TrainHook
 
@@ -69,9 +72,10 @@ def keep_global_counts(model: nn.Module, layer_values, keep: float) -> None:
 
 class PruningMethod:
     name = ""
-    learns_scores = True
-    needs_pretrain = True
-    needs_finetune = True
+    # set by @register_method on every method class; these are its defaults
+    learns_scores: bool = TRAIT_DEFAULTS["learns_scores"]
+    needs_pretrain: bool = TRAIT_DEFAULTS["needs_pretrain"]
+    needs_finetune: bool = TRAIT_DEFAULTS["needs_finetune"]
     granularity = "weight"
     #: method-specific options and their defaults; presets set them under methods.<name>.options
     default_options: dict[str, Any] = {}

@@ -209,11 +209,8 @@ class ZeroPrunedChannels(TrainHook):
 
 
 # ---------------------------------------------------------------- the method
-@register_method("harp")
+@register_method("harp", learns_scores=True, needs_pretrain=True, needs_finetune=True)
 class Harp(PruningMethod):
-    learns_scores = True
-    needs_pretrain = True
-    needs_finetune = True
     # the paper this class implements (RobustBench export; read from source by benchmark.papers)
     paper = {"key": "Zhao2023Holistic", "name": "Holistic Adversarially Robust Pruning",
              "authors": "Qi Zhao, Christian Wressnegger",

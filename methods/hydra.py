@@ -9,11 +9,9 @@ from benchmark.registry import register_method
 from .base import PruningMethod
 
 
-@register_method("hydra")
+@register_method("hydra", learns_scores=True, needs_pretrain=True, needs_finetune=True)
 class Hydra(PruningMethod):
-    learns_scores = True
-    needs_pretrain = True
-    needs_finetune = True
+    """The contract's defaults are HYDRA: nothing to override."""
     # the paper this class implements (RobustBench export; read from source by benchmark.papers)
     paper = {"key": "Sehwag2020Hydra", "name": "HYDRA: Pruning Adversarially Robust Neural Networks",
              "authors": "Vikash Sehwag, Shiqi Wang, Prateek Mittal, Suman Jana",

@@ -8,11 +8,9 @@ from benchmark.registry import register_method
 from .base import PruningMethod
 
 
-@register_method("lwm")
+@register_method("lwm", learns_scores=False, needs_pretrain=True, needs_finetune=True)
 class LayerwiseMagnitude(PruningMethod):
-    learns_scores = False
-    needs_pretrain = True
-    needs_finetune = True
+    """HYDRA's scaled init, never trained (learns_scores=False): the magnitude top-k per layer."""
     # the paper this class implements (RobustBench export; read from source by benchmark.papers)
     paper = {"key": "Han2015Learning",
              "name": "Learning both Weights and Connections for Efficient Neural Networks",

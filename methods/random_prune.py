@@ -16,12 +16,8 @@ from benchmark.registry import register_method
 from .base import PruningMethod, ScoreInitContext
 
 
-@register_method("random")
+@register_method("random", learns_scores=False, needs_pretrain=True, needs_finetune=True)
 class RandomPrune(PruningMethod):
-    learns_scores = False
-    needs_pretrain = True
-    needs_finetune = True
-
     @torch.no_grad()
     def init_scores(self, model: nn.Module, ctx: ScoreInitContext) -> None:
         for _, layer in masking.masked_layers(model):

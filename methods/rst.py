@@ -42,11 +42,8 @@ WEIGHT_INITS = ("signed_constant", "kaiming_normal")
 SCORE_INITS = ("kaiming_uniform", "scaled")
 
 
-@register_method("rst")
+@register_method("rst", learns_scores=True, needs_pretrain=False, needs_finetune=False)
 class RobustScratchTicket(PruningMethod):
-    learns_scores = True
-    needs_pretrain = False
-    needs_finetune = False
     # the paper this class implements (RobustBench export; read from source by benchmark.papers)
     paper = {"key": "Fu2021Drawing",
              "name": "Drawing Robust Scratch Tickets: Subnetworks with Inborn Robustness Are Found "

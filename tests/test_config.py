@@ -2,7 +2,9 @@
 and the paper presets against the published recipe (methods.md)."""
 from __future__ import annotations
 
+import ast
 import copy
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,7 +14,8 @@ import pytest
 import yaml
 
 from benchmark import config as C
-from benchmark.registry import ARCHITECTURES, DATASETS, method_registry
+from benchmark.registry import (ARCHITECTURES, DATASETS, TRAIT_DEFAULTS, MethodContractError,
+                                MethodFileError, method_registry, read_method_file)
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = REPO / "presets"
@@ -24,15 +27,16 @@ def quick():
     return C.load_preset(PRESETS / "quick.yaml")
 
 
-def _plugin(tmp_path: Path, name: str, cls: str, body: str, base: str = "PruningMethod",
-            imports: str = "from methods.base import PruningMethod") -> Path:
-    path = tmp_path / f"{name}_plugin.py"
+def _method_file(tmp_path: Path, name: str, cls: str, traits: str = "", body: str = "pass\n",
+                 base: str = "PruningMethod",
+                 imports: str = "from methods.base import PruningMethod") -> Path:
+    path = tmp_path / f"{name}_method.py"
     path.write_text(textwrap.dedent(f"""\
         {imports}
         from benchmark.registry import register_method
 
 
-        @register_method("{name}")
+        @register_method("{name}"{", " + traits if traits else ""})
         class {cls}({base}):
         """) + textwrap.indent(textwrap.dedent(body), "    ") + "\n")
     return path
@@ -95,14 +99,14 @@ def test_schema_lists_registry_names(quick):
     assert "resnet18" in schema["$defs"]["arch"]["enum"]
 
 
-def test_plugin_method_becomes_a_valid_choice(quick, tmp_path):
-    plugin = _plugin(tmp_path, "myprune", "MyPrune", "learns_scores = True\n")
+def test_method_file_method_becomes_a_valid_choice(quick, tmp_path):
+    method_file = _method_file(tmp_path, "myprune", "MyPrune", "learns_scores=True")
     cfg = copy.deepcopy(quick)
     cfg["grid"]["methods"] = ["hydra", "nope"]
     with pytest.raises(ValueError, match="myprune"):
-        C.validate(cfg, [plugin])
+        C.validate(cfg, [method_file])
     cfg["grid"]["methods"] = ["hydra", "myprune"]
-    cfg["method_plugins"] = [str(plugin)]
+    cfg["method_files"] = [str(method_file)]
     C.validate(cfg)
 
 
@@ -258,6 +262,24 @@ def test_pretrain_hash_shared_across_methods_and_s2ap(quick):
     assert h(fast, "fashion-mnist", "small_cnn", "hydra") == h(quick, "fashion-mnist", "small_cnn", "hydra")
 
 
+def test_moving_the_data_keeps_every_hash(quick):
+    """A preset moved to another machine, with its data elsewhere, retrains nothing."""
+    moved = copy.deepcopy(quick)
+    moved["data"].update(root="/mnt/other/datasets", download=True, imagenet_root="/mnt/imagenet",
+                         num_workers=8)
+    for method in ("hydra", "lwm"):
+        assert C.pretrain_recipe_hash(moved, "fashion-mnist", "small_cnn", method) == \
+            C.pretrain_recipe_hash(quick, "fashion-mnist", "small_cnn", method)
+    for a, b in zip(C.grid_cells(C.validate(quick)), C.grid_cells(C.validate(moved))):
+        assert C.cell_json(quick, a)["config_hash"] == C.cell_json(moved, b)["config_hash"]
+    for stage, cfgs in _cfgs(quick).items():
+        assert C.stage_key(cfgs) == C.stage_key(_cfgs(moved)[stage]), stage
+    # ... while what shapes the numbers does change the keys
+    other = copy.deepcopy(quick)
+    other["data"]["val_size"] += 1
+    assert C.stage_key(_cfgs(other)["pretrain"]) != C.stage_key(_cfgs(quick)["pretrain"])
+
+
 def test_pretrain_hash_differs_when_recipes_differ(quick):
     h = C.pretrain_recipe_hash
     cfg = copy.deepcopy(quick)
@@ -295,15 +317,18 @@ def test_grid_gives_n_a_to_methods_without_scores():
     assert len({(c["method"], c["s2ap"], c["sparsity"], c["seed"]) for c in cells}) == len(cells)
 
 
-def test_method_traits_read_from_source(tmp_path):
+def test_method_traits_read_from_the_decorator(tmp_path):
     reg = method_registry()
     assert C.method_traits("hydra", reg) == {"learns_scores": True, "needs_pretrain": True,
                                              "needs_finetune": True}
     assert C.method_traits("lwm", reg)["learns_scores"] is False
-    # a plugin that inherits from a built-in method and overrides one trait
-    plugin = _plugin(tmp_path, "scratch", "Scratch", "needs_pretrain: bool = False\nneeds_finetune = False\n",
-                     base="Hydra", imports="from methods.hydra import Hydra")
-    reg = method_registry([plugin])
+    assert C.method_traits("rst", reg) == {"learns_scores": True, "needs_pretrain": False,
+                                           "needs_finetune": False}
+    # a subclass of a built-in method declares its own traits; left-out keywords are True
+    method_file = _method_file(tmp_path, "scratch", "Scratch",
+                               "needs_pretrain=False, needs_finetune=False",
+                               base="Hydra", imports="from methods.hydra import Hydra")
+    reg = method_registry([method_file])
     assert C.method_traits("scratch", reg) == {"learns_scores": True, "needs_pretrain": False,
                                                "needs_finetune": False}
     with pytest.raises(ValueError, match="valid choices"):
@@ -311,10 +336,11 @@ def test_method_traits_read_from_source(tmp_path):
 
 
 def test_method_without_pretrain_or_finetune(quick, tmp_path):
-    plugin = _plugin(tmp_path, "scratch", "Scratch", "needs_pretrain = False\nneeds_finetune = False\n")
+    method_file = _method_file(tmp_path, "scratch", "Scratch",
+                               "needs_pretrain=False, needs_finetune=False")
     cfg = copy.deepcopy(quick)
     cfg["grid"]["methods"] = ["scratch"]
-    cfg["method_plugins"] = [str(plugin)]
+    cfg["method_files"] = [str(method_file)]
     cfg = C.validate(cfg)
     cells = C.grid_cells(cfg)
     assert all(c["recipe"] is None for c in cells)
@@ -328,9 +354,11 @@ def test_method_without_pretrain_or_finetune(quick, tmp_path):
 
 
 def test_config_module_imports_no_torch():
-    code = ("import sys; from benchmark import config as C; "
+    # what the Snakefile runs while it is parsed: validation, the DAG's cells, the cheap machine check
+    code = ("import sys; from benchmark import config as C, preflight; "
             "cfg = C.validate(C.load_preset('presets/paper_cifar10_hydra.yaml')); "
             "cells = C.grid_cells(cfg); [C.cell_json(cfg, c) for c in cells]; "
+            "preflight.machine_problems(cfg, deep=False); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
@@ -416,3 +444,154 @@ def test_methods_md_still_states_the_recipe():
                    "batch 128", "Pretrain 100 epochs lr 0.1; prune 20 epochs lr 0.1; finetune 100 epochs lr 0.01",
                    "Linf eps 0.031, 10 steps, step 0.0078"]:
         assert phrase in text, phrase
+
+
+# ------------------------------------------------------------------ method declarations
+def _marking_file(tmp_path: Path, name: str, decorator: str, class_line: str) -> tuple[Path, Path]:
+    """A method file that leaves a marker file when it is imported (run)."""
+    marker = tmp_path / f"{name}.imported"
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(f"""\
+        open({str(marker)!r}, "w").write("this file ran")
+        from benchmark.registry import register_method
+        from methods.base import PruningMethod
+        FLAG = False
+
+
+        {decorator}
+        {class_line}
+            pass
+        """))
+    return path, marker
+
+
+@pytest.mark.parametrize("kind", ["syntax_error", "non_literal_trait", "non_literal_name"])
+def test_unreadable_declaration_is_refused_without_running_the_file(quick, tmp_path, kind):
+    decorator, class_line, expected = {
+        "syntax_error": ('@register_method("broken")', "class Broken(PruningMethod)",
+                         r"broken\.py:8: method file does not parse"),
+        "non_literal_trait": ('@register_method("sneaky", learns_scores=FLAG)',
+                              "class Sneaky(PruningMethod):",
+                              r"sneaky\.py:7: learns_scores= must be the literal True or False.*FLAG"),
+        "non_literal_name": ('@register_method("sn" + "eaky")', "class Sneaky(PruningMethod):",
+                             r"sneaky\.py:7: @register_method needs the method's name as one string"),
+    }[kind]
+    name = "broken" if kind == "syntax_error" else "sneaky"
+    path, marker = _marking_file(tmp_path, name, decorator, class_line)
+    cfg = copy.deepcopy(quick)
+    cfg["method_files"] = [str(path)]
+    with pytest.raises(ValueError, match=expected):
+        C.validate(cfg)
+    assert not marker.exists(), "validation ran the method file"
+    # the dry run of a preset naming it stops the same way, and runs nothing of it either
+    raw = yaml.safe_load((PRESETS / "tiny.yaml").read_text())
+    raw["method_files"] = [str(path)]
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(
+        SNAKEMAKE + ["-n", "--cores", "1", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                     "--configfile", str(preset)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert re.search(expected, proc.stdout + proc.stderr), proc.stdout + proc.stderr
+    assert not marker.exists(), "the dry run ran the method file"
+
+
+def test_declaration_reader_gives_name_class_traits_and_line(tmp_path):
+    path = _method_file(tmp_path, "mine", "Mine", "needs_finetune=False")
+    (decl,) = read_method_file(path)
+    assert (decl.name, decl.class_name, decl.line) == ("mine", "Mine", 5)
+    assert decl.traits == {**TRAIT_DEFAULTS, "needs_finetune": False}
+    with pytest.raises(MethodFileError, match=r"mine2_method\.py:5: unknown @register_method keyword 'learn_scores'"):
+        read_method_file(_method_file(tmp_path, "mine2", "Mine2", "learn_scores=False"))
+
+
+def test_a_file_without_a_declaration_is_refused(tmp_path):
+    path = tmp_path / "empty.py"
+    path.write_text("x = 1\n")
+    with pytest.raises(MethodFileError, match="empty.py declares no method"):
+        method_registry([path])
+
+
+def test_traits_live_in_the_decorator_only(tmp_path):
+    path = _method_file(tmp_path, "twice", "Twice", "learns_scores=True", body="learns_scores = False\n")
+    reg = method_registry([path])
+    assert reg.traits("twice")["learns_scores"] is True  # planning reads the declaration ...
+    with pytest.raises(MethodContractError, match="Twice sets learns_scores in its class body"):
+        reg.get("twice")  # ... and loading the class refuses the second, contradicting one
+
+
+def test_loading_a_method_checks_the_contract_in_the_job_process(tmp_path):
+    path = tmp_path / "loose.py"
+    path.write_text(textwrap.dedent("""\
+        from benchmark.registry import register_method
+
+
+        @register_method("loose")
+        class Loose:
+            pass
+        """))
+    reg = method_registry([path])
+    assert reg.traits("loose") == TRAIT_DEFAULTS  # planning needs no import
+    with pytest.raises(MethodContractError, match=r"loose\.py:4: method 'loose' \(Loose\) must subclass methods.base.PruningMethod"):
+        reg.get("loose")
+    # a class whose traits were changed after its declaration does not run under that name
+    path = _method_file(tmp_path, "drifted", "Drifted", "learns_scores=False",
+                        body="pass\n")
+    path.write_text(path.read_text() + "Drifted.learns_scores = True\n")
+    with pytest.raises(MethodContractError, match="learns_scores is True when loaded but its "
+                                                  "@register_method declaration says False"):
+        method_registry([path]).get("drifted")
+
+
+def test_every_shipped_method_declares_its_traits_once():
+    reg = method_registry([REPO / "examples" / "my_method.py"])
+    for name in reg.names():
+        cls = reg.get(name)  # the contract check runs here
+        assert {k: getattr(cls, k) for k in TRAIT_DEFAULTS} == reg.traits(name)
+    # no class body repeats a trait; the contract's defaults are TRAIT_DEFAULTS themselves
+    for path in [*sorted((REPO / "methods").glob("*.py")), REPO / "examples" / "my_method.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name != "PruningMethod":
+                assigned = {t.id for s in node.body if isinstance(s, (ast.Assign, ast.AnnAssign))
+                            for t in (s.targets if isinstance(s, ast.Assign) else [s.target])
+                            if isinstance(t, ast.Name)}
+                assert not assigned & set(TRAIT_DEFAULTS), (path.name, node.name)
+    from methods.base import PruningMethod
+
+    assert {k: getattr(PruningMethod, k) for k in TRAIT_DEFAULTS} == TRAIT_DEFAULTS
+
+
+# ------------------------------------------------------------------ documented values are valid
+@pytest.mark.parametrize("section,key,value", [
+    ("s2ap", "norm", "adaptive"), ("s2ap", "norm", "linf"), ("diagnostics", "norm", "adaptive"),
+    ("pretrain", "loss", "clean"), ("finetune", "schedule", "constant"),
+])
+def test_values_the_code_accepts_pass_the_schema(quick, section, key, value):
+    cfg = copy.deepcopy(quick)
+    cfg[section][key] = value
+    C.validate(cfg)
+
+
+def test_values_the_code_refuses_fail_the_schema(quick):
+    cfg = copy.deepcopy(quick)
+    cfg["s2ap"]["norm"] = "elementwise"  # accepted by the old schema, refused by the code
+    with pytest.raises(ValueError, match="s2ap.norm: 'elementwise' is not one of"):
+        C.validate(cfg)
+
+
+def test_a_stage_may_have_zero_epochs_where_it_does_not_run(quick):
+    cfg = copy.deepcopy(quick)
+    cfg["grid"]["methods"] = ["rst", "lwm"]  # rst: no dense model, no finetune; lwm: no search
+    cfg["methods"] = {"rst": {"finetune": {"epochs": 0}}, "lwm": {"prune": {"epochs": 0}}}
+    C.validate(cfg)
+    cfg["methods"]["lwm"]["finetune"] = {"epochs": 0}
+    with pytest.raises(ValueError, match=r"methods\.lwm\.finetune\.epochs: 0, but lwm finetunes"):
+        C.validate(cfg)
+
+
+def test_schema_file_ships_with_the_package():
+    assert C.SCHEMA_PATH.is_relative_to(Path(C.__file__).parent)
+    linked = REPO / "workflows" / "schema" / "config.schema.yaml"
+    assert linked.resolve() == C.SCHEMA_PATH.resolve()  # Snakemake's convention, same file
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"schemas/*.yaml"' in pyproject

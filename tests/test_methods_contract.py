@@ -13,6 +13,7 @@ export and a search.pt round trip.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from benchmark import masking
 from benchmark.attacks import AttackConfig
 from benchmark.config import method_traits
 from benchmark.losses import RobustLoss
-from benchmark.registry import Registry, method_registry
+from benchmark.registry import Registry, method_registry, read_method_file
 from benchmark.score_init import ScoreInitContext, TrainBatches
 from benchmark.training import Trainer, TrainConfig
 
@@ -148,12 +149,14 @@ def test_user_method_files_come_from_the_environment_and_the_options(tmp_path, m
         user_method_files(pytestconfig)
 
 
-def test_traits_are_bools_that_the_workflow_reads_without_importing(registry, name):
+def test_traits_are_bool_literals_of_the_decorator(registry, name):
     cls = registry.get(name)
+    decls = [d for d in read_method_file(inspect.getsourcefile(cls)) if d.class_name == cls.__name__]
+    assert len(decls) == 1 and decls[0].name == name
     for trait in TRAITS:
-        assert isinstance(getattr(cls, trait), bool), (name, trait)
-    # what the workflow reads from the source (no torch) agrees with the class
-    assert method_traits(name, registry) == {t: getattr(cls, t) for t in TRAITS}
+        assert isinstance(decls[0].traits[trait], bool), (name, trait)
+    # what the workflow reads without importing torch agrees with the class
+    assert method_traits(name, registry) == {t: getattr(cls, t) for t in TRAITS} == decls[0].traits
 
 
 def test_construction_validates_sparsity_and_options(registry, name):

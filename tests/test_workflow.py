@@ -130,20 +130,20 @@ def test_plugin_method_without_pretrain_gets_no_dense_model(tmp_path):
         from benchmark.registry import register_method
 
 
-        @register_method("scratch")
+        @register_method("scratch", learns_scores=True, needs_pretrain=False, needs_finetune=False)
         class Scratch(PruningMethod):
-            learns_scores = True
-            needs_pretrain = False
-            needs_finetune = False
+            pass
         """))
     preset = write_preset(tmp_path / "p.yaml", "offline.yaml", grid__methods=["scratch", "lwm"],
-                          grid__s2ap=["off", "on"], method_plugins=["scratch.py"])
+                          grid__s2ap=["off", "on"], method_files=["scratch.py"])
     jobs = dry_run_jobs("--configfile", preset, cwd=tmp_path)
     prune = [j for j in jobs if j["rule"] == "prune"]
     scratch = [j for j in prune if j["wildcards"]["method"] == "scratch"]
     assert len(scratch) == 3 * 2 and all("--dense none" in j["shell"] for j in scratch)
-    assert all(f"--plugin {plugin}" in j["shell"] for j in prune)
+    # the method file goes to its own method's jobs only
+    assert all(f"--method-file {plugin}" in j["shell"] for j in scratch)
     lwm = [j for j in prune if j["wildcards"]["method"] == "lwm"]
+    assert not any("--method-file" in j["shell"] for j in lwm)
     assert {j["wildcards"]["s2ap"] for j in lwm} == {"n-a"} and len(lwm) == 3
     finetune = [j for j in jobs if j["rule"] == "finetune" and j["wildcards"]["method"] == "scratch"]
     assert finetune and all('"epochs":0' in j["shell"] for j in finetune)

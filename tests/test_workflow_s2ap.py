@@ -22,7 +22,7 @@ def snakemake(*args, cwd: Path, timeout: int = 600) -> subprocess.CompletedProce
 
 def tiny_variant(tmp_path: Path, **grid) -> Path:
     raw = yaml.safe_load((PRESETS / "tiny.yaml").read_text())
-    raw["method_plugins"] = [str(REPO / "examples" / "my_method.py")]
+    raw["method_files"] = [str(REPO / "examples" / "my_method.py")]
     raw["grid"].update(grid)
     raw["diagnostics"]["seed_stability"] = True
     raw["gamma_sweep"] = {"gammas": [0.0, 0.05], "methods": ["hydra_global"]}

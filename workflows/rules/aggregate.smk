@@ -9,10 +9,10 @@ rule aggregate:
         md=LEADERBOARD_MD,
     log:
         f"{WORK}/logs/aggregate/leaderboard.log",
-    params:
-        runs=lambda wc, input: " ".join(shlex.quote(str(f)) for f in input),
-        out=RESULTS,
-        reference=(f"--reference {shlex.quote(CFG['reference_csv'])}" if CFG.get("reference_csv") else ""),
     threads: 1
+    params:
+        runs=quoted_inputs,
+        out=lambda wc, output: os.path.dirname(output.csv),
+        reference=f"--reference {shlex.quote(REFERENCE_CSV)}" if REFERENCE_CSV else "",
     shell:
-        BENCH + " aggregate --runs {params.runs} --out {params.out:q} {params.reference} > {log:q} 2>&1"
+        AGGREGATE_CMD

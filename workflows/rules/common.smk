@@ -1,23 +1,31 @@
-# Shared state of the DAG, computed once per parse from the validated preset CFG.
+# Shared state of the DAG, computed once per parse from the validated preset CFG; the stage
+# commands (each written once, here); and every function the rules call. The other .smk files
+# hold rules only.
+import copy
+import os
+import hashlib
 import re
 import shlex
 import sys
 
 PRESET = CFG["name"]
-PLUGINS = apcfg.resolve_plugins(CFG["method_plugins"], SEARCH_DIRS)
+METHOD_FILES = apcfg.resolve_method_files(CFG["method_files"], SEARCH_DIRS)
 METHODS = apcfg.methods_of(CFG, SEARCH_DIRS)
 CELLS = apcfg.grid_cells(CFG, METHODS)
 DENSE = apcfg.dense_cells(CFG, CELLS)
 RECIPES = apcfg.pretrain_recipes(CFG, CELLS, DENSE)
-TRAITS = {m: apcfg.method_traits(m, METHODS) for m in CFG["grid"]["methods"]}
+SWEEP = CFG.get("gamma_sweep") or {}
+# the grid's methods, and those only the gamma sweep uses
+TRAITS = {m: METHODS.traits(m) for m in [*CFG["grid"]["methods"], *(SWEEP.get("methods") or [])]}
 THREADS = int(CFG["runtime"]["threads"])
-
-# The interpreter running Snakemake is the one with the suite installed (the venv), and the
-# repository goes first on the path so a run from another --directory uses this checkout's code.
-PYTHON = shlex.quote(sys.executable)
-BENCH = (f"PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
-         f"OMP_NUM_THREADS={{threads}} APBENCH_THREADS={{threads}} {PYTHON} -m benchmark")
-PLUGIN_ARGS = " ".join(f"--plugin {shlex.quote(p)}" for p in PLUGINS)
+REFERENCE_CSV = (
+    apcfg.resolve_file(CFG["reference_csv"], SEARCH_DIRS, field="reference_csv")
+    if CFG.get("reference_csv")
+    else None
+)
+SEED_STABILITY = bool(CFG["diagnostics"].get("seed_stability"))
+# an offset far from any grid seed, so the second search never coincides with another cell's
+SEARCH_SEED_OFFSET = 1000
 
 WORK = f"work/{PRESET}"
 RESULTS = f"results/{PRESET}"
@@ -25,6 +33,84 @@ LEADERBOARD_CSV = f"{RESULTS}/leaderboard.csv"
 LEADERBOARD_MD = f"{RESULTS}/leaderboard.md"
 
 
+# ---------------------------------------------------------------- what makes a job rerun
+class Untracked:
+    """A shell argument Snakemake's params trigger does not see: it records only params it can
+    repr, and this is not one. A stage config travels this way beside its `config_key` param (the
+    hash of what in it shapes the numbers), so moving data.root or changing runtime.threads reruns
+    nothing while any change to the recipe reruns the stage."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+def untracked_json(stage_cfg):
+    return Untracked(apcfg.dumps(stage_cfg))
+
+
+def _content_hash(path):
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()[:16]
+
+
+# Each method's source is a param of that method's jobs only: editing a method file reruns its
+# searches and finetunes (and so its evaluations), and a method file the grid does not use
+# changes no job.
+METHOD_CODE = {m: _content_hash(METHODS.source(m)) for m in TRAITS}
+
+
+def method_file_args(wc):
+    """--method-file for a method defined in one of the preset's method files, else nothing."""
+    source = str(METHODS.source(wc.method))
+    return f"--method-file {shlex.quote(source)}" if source in METHOD_FILES else ""
+
+
+# ---------------------------------------------------------------- the commands
+# The interpreter running Snakemake is the one with the suite installed (the venv), and the
+# repository goes first on the path so a run from another --directory uses this checkout's code.
+_PYTHON = shlex.quote(sys.executable)
+_BENCH = (
+    f"PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
+    f"OMP_NUM_THREADS={{threads}} APBENCH_THREADS={{threads}} {_PYTHON} -m benchmark"
+)
+
+
+def bench(command):
+    """`python -m benchmark <command>` for a rule's shell, its output into the job's log."""
+    return f"{_BENCH} {command} > {{log:q}} 2>&1"
+
+
+PRETRAIN_CMD = bench(
+    "pretrain --config {params.cfg:q} --dataset {wildcards.dataset:q} --arch {wildcards.arch:q}"
+    " --seed {wildcards.seed} --out {output:q} --state-dir {params.state:q}"
+)
+# A rule using PRUNE_CMD or FINETUNE_CMD defines the params they name. A plain search passes its
+# own seed as the search seed (the default); the second search of seed stability another one.
+PRUNE_CMD = bench(
+    "prune --config {params.cfg:q} --dataset {wildcards.dataset:q} --arch {wildcards.arch:q}"
+    " --method {wildcards.method:q} --s2ap {params.s2ap:q} --sparsity {wildcards.sparsity}"
+    " --seed {wildcards.seed} --search-seed {params.search_seed} --dense {params.dense:q}"
+    " --out {output:q} --state-dir {params.state:q} {params.method_file}"
+)
+FINETUNE_CMD = bench(
+    "finetune --config {params.cfg:q} --dataset {wildcards.dataset:q} --arch {wildcards.arch:q}"
+    " --method {wildcards.method:q} --s2ap {params.s2ap:q} --sparsity {wildcards.sparsity}"
+    " --seed {wildcards.seed} --search {input.search:q} --out {output:q}"
+    " --state-dir {params.state:q} {params.method_file}"
+)
+EVALUATE_CMD = bench(
+    "evaluate --config {params.cfg:q} --model {input.model:q} --cell {params.cell:q}"
+    " --out {output:q} --state-dir {params.state:q} {params.extra}"
+)
+SEED_STABILITY_CMD = bench("stability --a {input.a:q} --b {input.b:q} --out {output:q}")
+AGGREGATE_CMD = bench("aggregate --runs {params.runs} --out {params.out:q} {params.reference}")
+SWEEP_REPORT_CMD = bench("sweep-report --models {params.models} --out {output.csv:q}")
+
+
+# ---------------------------------------------------------------- wildcards and paths
 def _alternation(names):
     return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
 
@@ -58,12 +144,132 @@ def model_path(dataset, arch, method, s2ap, sparsity, seed):
 
 def run_path(cell):
     s = apcfg.s2ap_to_path(cell["s2ap"])
-    return (f"{RESULTS}/runs/{cell['dataset']}/{cell['arch']}/{cell['method']}/{s}/"
-            f"sp{cell['sparsity']}/seed{cell['seed']}.json")
+    return (
+        f"{RESULTS}/runs/{cell['dataset']}/{cell['arch']}/{cell['method']}/{s}/"
+        f"sp{cell['sparsity']}/seed{cell['seed']}.json"
+    )
 
 
-def recipe_of(wc):
-    return apcfg.pretrain_recipe_hash(CFG, wc.dataset, wc.arch, wc.method)
+def seed_stability_path(dataset, arch, method, s2ap, sparsity, seed):
+    s = apcfg.s2ap_to_path(apcfg.s2ap_search_value(s2ap))
+    return f"{WORK}/seed_stability/{dataset}/{arch}/{method}/{s}/sp{sparsity}/seed{seed}.json"
 
 
 RUNS = [run_path(c) for c in DENSE] + [run_path(c) for c in CELLS]
+DENSE_BY_KEY = {(c["dataset"], c["arch"], str(c["seed"])): c for c in DENSE}
+CELL_BY_KEY = {
+    (
+        c["dataset"],
+        c["arch"],
+        c["method"],
+        apcfg.s2ap_to_path(c["s2ap"]),
+        c["sparsity"],
+        str(c["seed"]),
+    ): c
+    for c in CELLS
+}
+
+
+# ---------------------------------------------------------------- the rules' inputs and configs
+def recipe_config(wc):
+    """The pretrain stage config a recipe hash stands for."""
+    recipe = RECIPES.get(wc.recipe)
+    if recipe is None or (recipe["dataset"], recipe["arch"]) != (wc.dataset, wc.arch):
+        raise ValueError(
+            f"no pretrain recipe {wc.recipe} for {wc.dataset}/{wc.arch} in preset {PRESET}"
+        )
+    return recipe["config"]
+
+
+def prune_dense(wc):
+    """The dense model a search starts from; none for a method that prunes random weights (RST)."""
+    if not TRAITS[wc.method]["needs_pretrain"]:
+        return []
+    recipe = apcfg.pretrain_recipe_hash(CFG, wc.dataset, wc.arch, wc.method)
+    return dense_path(wc.dataset, wc.arch, recipe, wc.seed)
+
+
+def dense_arg(wc, input):
+    return input.dense if input.dense else "none"
+
+
+def cell_stage_config(stage, wc, s2ap=None, cfg=None):
+    """The stage config of a grid cell's prune or finetune job (s2ap from the path if not given)."""
+    return apcfg.stage_config(
+        CFG if cfg is None else cfg,
+        stage,
+        dataset=wc.dataset,
+        arch=wc.arch,
+        method=wc.method,
+        s2ap=apcfg.s2ap_from_path(wc.s2ap) if s2ap is None else s2ap,
+        traits=TRAITS[wc.method],
+    )
+
+
+def finetune_search(wc):
+    s2ap = apcfg.s2ap_from_path(wc.s2ap)
+    return search_path(wc.dataset, wc.arch, wc.method, s2ap, wc.sparsity, wc.seed)
+
+
+def evaluate_config(wc):
+    return apcfg.stage_config(CFG, "evaluate", dataset=wc.dataset, arch=wc.arch)
+
+
+def evaluated_model(wc):
+    s2ap = apcfg.s2ap_from_path(wc.s2ap)
+    return model_path(wc.dataset, wc.arch, wc.method, s2ap, wc.sparsity, wc.seed)
+
+
+def pruned_cell(wc):
+    key = (wc.dataset, wc.arch, wc.method, wc.s2ap, wc.sparsity, wc.seed)
+    if key not in CELL_BY_KEY:
+        raise ValueError(f"{'/'.join(key)} is not a cell of preset {PRESET}")
+    return CELL_BY_KEY[key]
+
+
+def dense_cell(wc):
+    return DENSE_BY_KEY[(wc.dataset, wc.arch, wc.seed)]
+
+
+def seed_stability_inputs(wc):
+    """The seed-stability file of an evaluated cell, when the preset asks for it and the method
+    learns scores (a fixed rule such as lwm gives the same mask for every seed)."""
+    if not SEED_STABILITY or not TRAITS[wc.method]["learns_scores"]:
+        return []
+    s2ap = apcfg.s2ap_from_path(wc.s2ap)
+    return [seed_stability_path(wc.dataset, wc.arch, wc.method, s2ap, wc.sparsity, wc.seed)]
+
+
+def extra_diagnostics(wc, input):
+    return " ".join(f"--extra-diagnostics {shlex.quote(str(f))}" for f in input.seed_stability)
+
+
+def quoted_inputs(wc, input):
+    return " ".join(shlex.quote(str(f)) for f in input)
+
+
+def sweep_config(stage, wc):
+    """The sweep's prune or finetune config: the grid value "score" at the path's gamma."""
+    sub = copy.deepcopy(CFG)
+    sub["s2ap"]["gamma"] = float(wc.gamma)
+    sub["s2ap"].update(SWEEP.get("s2ap") or {})
+    return cell_stage_config(stage, wc, s2ap="score", cfg=sub)
+
+
+if SWEEP:
+    SWEEP_METHODS = SWEEP.get("methods") or [
+        m for m in CFG["grid"]["methods"] if TRAITS[m]["learns_scores"]
+    ]
+    SWEEP_SPARSITIES = [
+        apcfg.canonical_sparsity(s) for s in (SWEEP.get("sparsities") or CFG["grid"]["sparsities"])
+    ]
+    SWEEP_GAMMAS = [str(float(g)) for g in SWEEP["gammas"]]
+    SWEEP_MODELS = [
+        f"{WORK}/sweep/gamma{g}/finetune/{d}/{a}/{m}/sp{sp}/seed{seed}/model.pt"
+        for g in SWEEP_GAMMAS
+        for d in CFG["grid"]["datasets"]
+        for a in CFG["grid"]["archs"]
+        for m in SWEEP_METHODS
+        for sp in SWEEP_SPARSITIES
+        for seed in CFG["grid"]["seeds"]
+    ]

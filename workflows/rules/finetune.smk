@@ -4,22 +4,18 @@
 
 rule finetune:
     input:
-        search=lambda wc: search_path(wc.dataset, wc.arch, wc.method, apcfg.s2ap_from_path(wc.s2ap),
-                                      wc.sparsity, wc.seed),
+        search=finetune_search,
     output:
         "work/{preset}/finetune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}/model.pt",
     log:
         "work/{preset}/logs/finetune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.log",
+    threads: THREADS
     params:
-        cfg=lambda wc: apcfg.dumps(apcfg.stage_config(
-            CFG, "finetune", dataset=wc.dataset, arch=wc.arch, method=wc.method,
-            s2ap=apcfg.s2ap_from_path(wc.s2ap), traits=TRAITS[wc.method])),
+        cfg=lambda wc: untracked_json(cell_stage_config("finetune", wc)),
+        config_key=lambda wc: apcfg.stage_key(cell_stage_config("finetune", wc)),
+        method_code=lambda wc: METHOD_CODE[wc.method],
         s2ap=lambda wc: apcfg.s2ap_from_path(wc.s2ap),
         state="work/{preset}/state/finetune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}",
-        plugins=PLUGIN_ARGS,
-    threads: THREADS
+        method_file=method_file_args,
     shell:
-        BENCH + " finetune --config {params.cfg:q} --dataset {wildcards.dataset:q}"
-        " --arch {wildcards.arch:q} --method {wildcards.method:q} --s2ap {params.s2ap:q}"
-        " --sparsity {wildcards.sparsity} --seed {wildcards.seed} --search {input.search:q}"
-        " --out {output:q} --state-dir {params.state:q} {params.plugins} > {log:q} 2>&1"
+        FINETUNE_CMD

@@ -2,33 +2,26 @@
 # "score" share one search, as do "off" and "awp".
 
 
-def _prune_dense(wc):
-    if not TRAITS[wc.method]["needs_pretrain"]:
-        return []
-    return dense_path(wc.dataset, wc.arch, recipe_of(wc), wc.seed)
-
-
 rule prune:
     input:
-        dense=_prune_dense,
+        # none for a method that prunes random weights (RST)
+        dense=prune_dense,
     output:
         "work/{preset}/prune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}/search.pt",
     log:
         "work/{preset}/logs/prune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.log",
     wildcard_constraints:
         s2ap="on|off|n-a",
-    params:
-        cfg=lambda wc: apcfg.dumps(apcfg.stage_config(
-            CFG, "prune", dataset=wc.dataset, arch=wc.arch, method=wc.method,
-            s2ap=apcfg.s2ap_from_path(wc.s2ap), traits=TRAITS[wc.method])),
-        s2ap=lambda wc: apcfg.s2ap_from_path(wc.s2ap),
-        # methods that start from random weights (RST) get no dense model
-        dense=lambda wc, input: input.dense if input.dense else "none",
-        state="work/{preset}/state/prune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}",
-        plugins=PLUGIN_ARGS,
     threads: THREADS
+    params:
+        cfg=lambda wc: untracked_json(cell_stage_config("prune", wc)),
+        config_key=lambda wc: apcfg.stage_key(cell_stage_config("prune", wc)),
+        method_code=lambda wc: METHOD_CODE[wc.method],
+        s2ap=lambda wc: apcfg.s2ap_from_path(wc.s2ap),
+        search_seed=lambda wc: wc.seed,
+        dense=dense_arg,
+        # resume state lives outside declared outputs: Snakemake deletes those when a job fails
+        state="work/{preset}/state/prune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}",
+        method_file=method_file_args,
     shell:
-        BENCH + " prune --config {params.cfg:q} --dataset {wildcards.dataset:q}"
-        " --arch {wildcards.arch:q} --method {wildcards.method:q} --s2ap {params.s2ap:q}"
-        " --sparsity {wildcards.sparsity} --seed {wildcards.seed} --dense {params.dense:q}"
-        " --out {output:q} --state-dir {params.state:q} {params.plugins} > {log:q} 2>&1"
+        PRUNE_CMD

@@ -1,0 +1,34 @@
+"""The closed lists of words a preset may use, in one module without torch.
+
+The config schema's enums are filled from here (``benchmark.config.load_schema``), so a value the
+code accepts is a value the schema accepts and the other way round. The code implementing each
+choice imports its list from here; where it keeps its own list (a torch module, a third-party
+package), ``tests/test_config_schema.py`` pins the two equal.
+"""
+from __future__ import annotations
+
+#: grid.s2ap: off; on (score-space step in the search and AWP in the finetune); score (search
+#: step only); awp (finetune AWP only, the ablation)
+S2AP_GRID_VALUES = ("off", "on", "score", "awp")
+#: the s2ap value of a method that learns no scores; never written in a preset
+S2AP_NA = "n/a"
+
+#: s2ap.norm and diagnostics.norm: how the score perturbation z_l is scaled per layer
+#: (formulas beside the code that computes it)
+S2AP_NORMS = ("l2", "linf", "adaptive")
+
+#: train.loss (benchmark/losses.py)
+LOSSES = ("pgd_at", "trades", "clean")
+
+#: train.schedule (benchmark/training.py), stepped once per epoch
+SCHEDULES = ("cosine", "constant")
+
+#: evaluate.autoattack.version -> the attacks pyautoattack 0.2.0 runs for it, in its order
+#: (AutoAttack._set_version); evaluate.autoattack.attacks is a subset of its version's list
+AUTOATTACK_VERSIONS: dict[str, tuple[str, ...]] = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+#: every attack name pyautoattack knows (its ``AttackName`` literal)
+AUTOATTACK_ATTACKS = tuple(dict.fromkeys(a for attacks in AUTOATTACK_VERSIONS.values() for a in attacks))

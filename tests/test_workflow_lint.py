@@ -1,0 +1,71 @@
+"""The workflow's habits: every rule that runs on a cluster has SLURM resources (a GPU when it
+trains or attacks), each stage command is written once, and `make lint` (snakefmt, Snakemake's
+linter) passes."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflows" / "rules").glob("*.smk"))]
+GPU_COMMANDS = ("PRETRAIN_CMD", "PRUNE_CMD", "FINETUNE_CMD", "EVALUATE_CMD")
+
+
+def workflow_rules() -> dict[str, str]:
+    """Every rule of the workflow (those behind `if` too) -> the text of its body."""
+    rules = {}
+    for path in RULE_FILES:
+        text = path.read_text()
+        starts = list(re.finditer(r"^(\s*)rule (\w+):", text, re.M))
+        for i, match in enumerate(starts):
+            end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+            rules[match.group(2)] = text[match.end():end]
+    return rules
+
+
+def local_rules() -> set[str]:
+    text = (REPO / "Snakefile").read_text()
+    block = re.search(r"^localrules:\n((?:\s+\w+,?\n)+)", text, re.M)
+    return {name.strip(" ,\n") for name in block.group(1).split()} if block else set()
+
+
+def test_the_parser_sees_the_rules_snakemake_sees():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--list-rules", "--configfile",
+                           str(REPO / "presets" / "offline.yaml")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listed = {line.strip() for line in proc.stdout.splitlines() if re.fullmatch(r"\s*\w+", line)}
+    assert listed == set(workflow_rules())
+
+
+def test_every_cluster_rule_has_slurm_resources():
+    profile = yaml.safe_load((REPO / "workflows" / "profiles" / "slurm" / "config.yaml").read_text())
+    resources = profile["set-resources"]
+    rules = workflow_rules()
+    assert set(resources) <= set(rules), set(resources) - set(rules)
+    missing = set(rules) - local_rules() - set(resources)
+    assert not missing, f"rules without SLURM resources: {sorted(missing)}"
+    for name, body in rules.items():
+        if any(cmd in body for cmd in GPU_COMMANDS):
+            assert resources[name].get("gpu") == 1, f"{name} trains or attacks without a GPU"
+
+
+def test_each_stage_command_is_written_once():
+    text = "\n".join(p.read_text() for p in RULE_FILES)
+    for command in ("pretrain", "prune", "finetune", "evaluate"):
+        assert len(re.findall(rf'"{command} --config', text)) == 1, command
+    rules = workflow_rules()
+    assert {n for n, body in rules.items() if "PRUNE_CMD" in body} == {
+        "prune", "prune_second_seed", "sweep_prune"}
+    assert {n for n, body in rules.items() if "FINETUNE_CMD" in body} == {"finetune", "sweep_finetune"}
+    assert {n for n, body in rules.items() if "EVALUATE_CMD" in body} == {"evaluate", "evaluate_dense"}
+
+
+def test_workflow_lint_is_clean():
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "lint_workflow.py")],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
