@@ -67,8 +67,6 @@ def _cell_args(p: argparse.ArgumentParser, *, method: bool) -> None:
 def _method_file_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method-file", dest="method_files", action="append", default=[],
                    metavar="FILE", help="a method file outside methods/ (repeatable)")
-    # the flag's old name, until every workflow passes --method-file
-    p.add_argument("--plugin", dest="method_files", action="append", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,11 +69,8 @@ def adversarial_saliency(model: nn.Module, ctx: ScoreInitContext) -> list[torch.
             for layer, g in zip(layers, grads)]
 
 
-@register_method("snip_adv")
+@register_method("snip_adv", learns_scores=True, needs_pretrain=True, needs_finetune=True)
 class SnipAdversarial(PruningMethod):
-    learns_scores = True
-    needs_pretrain = True
-    needs_finetune = True
 
     def init_scores(self, model: nn.Module, ctx: ScoreInitContext) -> None:
         for name, layer in masking.masked_layers(model):

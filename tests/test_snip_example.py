@@ -107,7 +107,7 @@ def snakemake(*args, cwd: Path) -> subprocess.CompletedProcess:
                     reason="needs the Debian package dataset-fashion-mnist (installed by .ci/run)")
 def test_snip_example_runs_the_tiny_preset_with_s2ap_off_and_on(tmp_path):
     raw = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
-    raw["method_plugins"] = [str(SNIP)]
+    raw["method_files"] = [str(SNIP)]
     raw["grid"].update(methods=["snip_adv"], s2ap=["off", "on"])
     preset = tmp_path / "tiny_snip.yaml"
     preset.write_text(yaml.safe_dump(raw))

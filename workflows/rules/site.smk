@@ -6,19 +6,24 @@
 EXPORT = f"{RESULTS}/export"
 SITE = f"{RESULTS}/site"
 MODELS_MANIFEST = f"{EXPORT}/models/manifest.json"
-METHOD_FILE_ARGS = " ".join(f"--method-file {shlex.quote(p)}" for p in PLUGINS)
-REFERENCE_ARG = (f"--reference {shlex.quote(CFG['reference_csv'])}" if CFG.get("reference_csv") else "")
+METHOD_FILE_ARGS = " ".join(f"--method-file {shlex.quote(p)}" for p in METHOD_FILES)
+REFERENCE_ARG = f"--reference {shlex.quote(REFERENCE_CSV)}" if REFERENCE_CSV else ""
 
 
 def _model_file(cell):
     if cell["method"] == "dense":
         return dense_path(cell["dataset"], cell["arch"], cell["recipe"], cell["seed"])
-    return model_path(cell["dataset"], cell["arch"], cell["method"], cell["s2ap"], cell["sparsity"], cell["seed"])
+    return model_path(
+        cell["dataset"], cell["arch"], cell["method"], cell["s2ap"], cell["sparsity"], cell["seed"]
+    )
 
 
 MODEL_FILES = [_model_file(c) for c in DENSE] + [_model_file(c) for c in CELLS]
 
-localrules: export_robustbench, site
+
+localrules:
+    export_robustbench,
+    site,
 
 
 rule export_models:
@@ -29,13 +34,13 @@ rule export_models:
         MODELS_MANIFEST,
     log:
         f"{WORK}/logs/export/models.log",
+    threads: 1
     params:
         runs=lambda wc, input: " ".join(shlex.quote(str(f)) for f in input.runs),
         out=f"{EXPORT}/models",
         work=WORK,
-    threads: 1
     shell:
-        BENCH + " export models --runs {params.runs} --out {params.out:q} --work {params.work:q} > {log:q} 2>&1"
+        bench("export models --runs {params.runs} --out {params.out:q} --work {params.work:q}")
 
 
 rule export_robustbench:
@@ -45,14 +50,16 @@ rule export_robustbench:
         directory(f"{EXPORT}/robustbench"),
     log:
         f"{WORK}/logs/export/robustbench.log",
+    threads: 1
     params:
-        runs=lambda wc, input: " ".join(shlex.quote(str(f)) for f in input),
+        runs=quoted_inputs,
         method_files=METHOD_FILE_ARGS,
         reference=REFERENCE_ARG,
-    threads: 1
     shell:
-        BENCH + " export robustbench --runs {params.runs} --out {output:q} {params.method_files}"
-        " {params.reference} > {log:q} 2>&1"
+        bench(
+            "export robustbench --runs {params.runs} --out {output:q} {params.method_files}"
+            " {params.reference}"
+        )
 
 
 rule site:
@@ -64,13 +71,15 @@ rule site:
         directory(SITE),
     log:
         f"{WORK}/logs/export/site.log",
+    threads: 1
     params:
         runs=lambda wc, input: " ".join(shlex.quote(str(f)) for f in input.runs),
         logs=f"{WORK}/logs",
         method_files=METHOD_FILE_ARGS,
         reference=REFERENCE_ARG,
-    threads: 1
     shell:
-        BENCH + " site --runs {params.runs} --out {output:q} --models {input.models:q}"
-        " --robustbench {input.robustbench:q} --logs {params.logs:q} {params.method_files}"
-        " {params.reference} > {log:q} 2>&1"
+        bench(
+            "site --runs {params.runs} --out {output:q} --models {input.models:q}"
+            " --robustbench {input.robustbench:q} --logs {params.logs:q} {params.method_files}"
+            " {params.reference}"
+        )
