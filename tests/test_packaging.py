@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,3 +39,46 @@ def test_a_non_editable_install_validates_a_preset(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.e2e
+def test_a_non_editable_install_runs_the_tiny_preset(tmp_path):
+    """`pip install .` (not editable) into a fresh venv, then the workflow alone (Snakefile, rules,
+    presets: no benchmark/ or methods/ beside it) runs the tiny preset to a leaderboard with the
+    installed package. The venv borrows the dependencies of the test venv through a .pth file, so
+    only the suite itself is installed."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    (Path(site) / "_test_deps.pth").write_text("\n".join(deps) + "\n")
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "work", "results", "data", "build", "__pycache__", "*.egg-info", ".snakemake"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                           "--no-build-isolation", "--prefix", str(venv), str(src)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    workflow = tmp_path / "workflow"  # the workflow files only: the code must come from the install
+    workflow.mkdir()
+    shutil.copy2(src / "Snakefile", workflow / "Snakefile")
+    for folder in ("workflows", "presets"):
+        shutil.copytree(src / folder, workflow / folder)  # symlinks copied as the files they name
+    shutil.rmtree(src)
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(py), "-m", "snakemake", "--snakefile", str(workflow / "Snakefile"),
+                           "--directory", str(run), "--cores", "2",
+                           "--configfile", str(workflow / "presets" / "tiny.yaml")],
+                          capture_output=True, text=True, env=env, cwd=run, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    board = run / "results" / "tiny" / "leaderboard.md"
+    assert board.is_file() and "hydra" in board.read_text()
+    where = subprocess.run([str(py), "-c", "import benchmark, methods; print(benchmark.__file__, methods.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=run, check=True).stdout
+    assert str(venv) in where and str(REPO) not in where, where
