@@ -71,6 +71,9 @@ What the GPU machine needs beyond what it has (torch, numpy, tqdm are there): py
           42 MB examples/ folder; .whl/ is git-ignored), then carry ".whl"
   there:  export PYTHONPATH=$PWD/.whl/site; python3 speed/gpu_check.py --check-imports
           PYTHONUNBUFFERED=1 python3 speed/gpu_check.py --budget-s 480
+  as one device call: carry [".whl"], timeout_s 570, command
+          export PYTHONPATH=$PWD/.whl/site PYTHONUNBUFFERED=1; python3 speed/gpu_check.py
+          --check-imports && python3 speed/gpu_check.py --budget-s 480
 (or the 42 MB wheel: pip download --no-deps --only-binary=:all: -d .whl pyautoattack==0.2.0, and
 pip install --no-index --no-deps --target /tmp/site .whl/*.whl there). ``--check-imports`` prints
 what is missing in a second or two, before any GPU work.
@@ -722,7 +725,8 @@ class Check:
         passes = m.eval_images * (m.pgd_steps + 2) / m.batch
         t = 3.0 + passes * self.unit / 11 * ARCH_COST.get(arch, 1.5) * 2
         if aa:
-            t += self.est_aa(arch, 1) * m.aa_images_extra / max(m.aa_images, 1)
+            train = m.aa_train_steps * self.unit * 1.2 * ARCH_COST.get(arch, 1.5)
+            t += train + (self.est_aa(arch, 1) - 3.0) * m.aa_images_extra / max(m.aa_images, 1)
         return t
 
     # -- part 1: step times -------------------------------------------------------------------
@@ -867,7 +871,7 @@ class Check:
     def aa_ours(self, model, x, y, n_shard: int | None = None):
         from benchmark.autoattack_eval import run_autoattack
 
-        state = Path(tempfile.mkdtemp(prefix="aa_state_", dir=self.args.out))
+        state = Path(tempfile.mkdtemp(prefix="gpu_check_aa_"))  # not in --out: $OUT brings back 8 files
         try:  # a fresh state folder: an earlier run's shard files would be resumed, not attacked
             return run_autoattack(model, x, y, eps=self.info.eps, version="standard", attacks=None,
                                   seed=0, batch_size=self.m.aa_batch,
