@@ -30,6 +30,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="folder written by 'export robustbench'; '{preset}' as for --logs")
     p.add_argument("--method-file", action="append", default=[], help="extra method file")
     p.add_argument("--title", default=None)
+    p.add_argument("--exclude-invalid", action="store_true",
+                   help="list result files that break a rule as excluded (on the page) instead of stopping")
+    p.add_argument("--published", default=None,
+                   help="published leaderboard.csv to compare with; '{preset}' as for --logs")
 
     p = sub.add_parser("export", help="RobustBench entries, model files with checksums")
     what = p.add_subparsers(dest="export_kind", required=True)
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         index = build_site(args.runs, args.out, reference_csv=args.reference,
                            models_manifest=args.models, logs_dir=args.logs,
                            robustbench_dir=args.robustbench, method_files=args.method_file,
-                           title=args.title)
+                           title=args.title, exclude_invalid=args.exclude_invalid,
+                           published_csv=args.published)
         print(f"site: {index}")
         return 0
     if args.export_kind == "robustbench":
