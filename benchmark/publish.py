@@ -14,8 +14,9 @@ writes nothing. The checks:
   this preset from a clean tree at the current revision (HEAD) by the current stage code;
 - ``leaderboard``: the recorded aggregation, rerun into a scratch folder, gives the same tables
   (every CSV and markdown file byte for byte);
-- ``models``: the run's model export (``snakemake site``/``export models``) lists every result
-  and every file in it matches its size and sha256.
+- ``models``: every result names the model file it evaluated, and that file still has the sha256
+  the result recorded (the published model is the one that was evaluated); the exported copies
+  are verified against their manifest.
 
 What is published: the result JSONs (``runs/``, ``submissions/``), the leaderboard tables and
 plots, the model manifest and, when their total size is at most ``MODEL_BUDGET_BYTES`` (32 MiB),
@@ -73,7 +74,7 @@ class RunCheck:
     cfg: dict[str, Any] | None = None
     preset_file: Path | None = None
     results: list[Path] = field(default_factory=list)
-    manifest: dict[str, Any] | None = None
+    models: dict[Path, Path] = field(default_factory=dict)  # result -> the model file it evaluated
 
     def fail(self, check: str, detail: str) -> None:
         self.problems.append((check, detail))
@@ -259,28 +260,31 @@ def _check_leaderboard(chk: RunCheck, stamp: dict[str, Any]) -> None:
                                         "workflow)")
 
 
-def _check_models(chk: RunCheck) -> None:
-    from benchmark.model_export import ModelFileError, read_manifest, verify_manifest
+def _check_models(chk: RunCheck, stamp: dict[str, Any] | None) -> None:
+    """Every result names the model file it evaluated, and that file is still the one."""
+    from benchmark.results import ResultError, read_result
 
-    path = chk.run_dir / "export" / "models" / "manifest.json"
-    if not path.is_file():
-        chk.fail("models", f"{path} not found: export the models first (`snakemake site "
-                           f"--configfile presets/{chk.preset}.yaml`, which only exports on a "
-                           "finished run)")
-        return
-    try:
-        manifest = read_manifest(path)
-    except ModelFileError as exc:
-        chk.fail("models", str(exc))
-        return
-    for line in verify_manifest(path):
-        chk.fail("models", line)
-    listed = {(path.parent / r["result"]).resolve() for r in manifest.get("models") or []}
-    for res in chk.results:
-        if res not in listed:
-            chk.fail("models", f"{os.path.relpath(res, chk.root)} has no model in {path} "
-                               "(export the models again)")
-    chk.manifest = manifest
+    cwd = _stamp_cwd(stamp or {}, chk.root)
+    for path in chk.results:
+        try:
+            res = read_result(path)
+        except (ResultError, OSError):
+            continue  # reported by the results check
+        where = os.path.relpath(path, chk.root)
+        model = res.get("model")
+        if not model or not model.get("sha256"):
+            chk.fail("models", f"{where} does not name the model file it evaluated (made by an "
+                               "older version of the suite): rerun it")
+            continue
+        src = (cwd / model["path"]).resolve()
+        if not src.is_file():
+            chk.fail("models", f"{where}: its model file {model['path']} is gone (work/ holds the "
+                               "models of a run: rerun the preset)")
+        elif sha256_file(src) != model["sha256"]:
+            chk.fail("models", f"{where}: its model file {model['path']} is not the one it evaluated "
+                               "(the sha256 differs): rerun the preset")
+        else:
+            chk.models[path] = src
 
 
 def check_run(preset: str, *, root: str | Path = ".", repo: str | Path | None = None) -> RunCheck:
@@ -294,7 +298,7 @@ def check_run(preset: str, *, root: str | Path = ".", repo: str | Path | None = 
     _check_results(chk)
     if stamp is not None and not any(c in ("finished", "results") for c, _ in chk.problems):
         _check_leaderboard(chk, stamp)
-    _check_models(chk)
+    _check_models(chk, stamp)
     return chk
 
 
@@ -312,27 +316,31 @@ def _reference(cfg: dict[str, Any], root: Path) -> str | None:
     return apcfg.resolve_file(cfg["reference_csv"], [root, REPO], field="reference_csv")
 
 
-def _publish_models(chk: RunCheck, tmp: Path, budget: int) -> dict[str, Any]:
-    manifest_path = chk.run_dir / "export" / "models" / "manifest.json"
-    records = chk.manifest["models"]
-    files = [(r, fmt, f) for r in records for fmt, f in r["files"].items()
-             if fmt in PUBLISHED_MODEL_FORMATS]
-    total = sum(int(f["size"]) for _, _, f in files)
-    included = total <= budget
+def _publish_models(chk: RunCheck, copied: dict[Path, Path], tmp: Path, budget: int) -> dict[str, Any]:
+    """Exports every result's model beside the published results, keeps the safetensors files
+    when their total fits the budget (the manifest, with every sha256, always), and verifies
+    what it keeps."""
+    from benchmark.model_export import export_models, verify_manifest
+
     out_dir = tmp / "export" / "models"
-    published = []
-    for r in records:
-        rec = dict(r)
-        rec["result"] = os.path.relpath(tmp / os.path.relpath(
-            (manifest_path.parent / r["result"]).resolve(), chk.run_dir.resolve()), out_dir)
-        rec["files"] = {fmt: f for fmt, f in r["files"].items() if fmt in PUBLISHED_MODEL_FORMATS}
-        published.append(rec)
-    if included:
-        for _, _, f in files:
-            _copy(manifest_path.parent / f["path"], out_dir / f["path"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {**chk.manifest, "models": published, "files_included": included}
+    manifest = export_models(sorted(copied.values()), out_dir,
+                             sources={str(dst): chk.models[src] for src, dst in copied.items()})
+    keep = [f for r in manifest["models"] for fmt, f in r["files"].items()
+            if fmt in PUBLISHED_MODEL_FORMATS]
+    total = sum(int(f["size"]) for f in keep)
+    included = total <= budget
+    for record in manifest["models"]:
+        for fmt, f in list(record["files"].items()):
+            if fmt not in PUBLISHED_MODEL_FORMATS or not included:
+                (out_dir / f["path"]).unlink()
+            if fmt not in PUBLISHED_MODEL_FORMATS:
+                del record["files"][fmt]
+    manifest["files_included"] = included
     atomic_write_json(out_dir / "manifest.json", manifest)
+    if included:
+        problems = verify_manifest(out_dir / "manifest.json")
+        if problems:
+            raise PublishError(chk.preset, [("models", line) for line in problems])
     return {"included": included, "bytes": total, "budget_bytes": budget,
             "formats": list(PUBLISHED_MODEL_FORMATS),
             "why": None if included else (f"the model files take {total:,} bytes, more than the "
@@ -365,17 +373,18 @@ def publish(preset: str, *, root: str | Path = ".", repo: str | Path | None = No
     info: dict[str, Any] = {}
 
     def build(tmp: Path) -> None:
-        copied = []
+        copied_map = {}
         for res in chk.results:
             dst = tmp / res.relative_to(run_dir)
             _copy(res, dst)
-            copied.append(dst)
+            copied_map[res] = dst
+        copied = sorted(copied_map.values())
         for table in sorted(run_dir.iterdir()):
             if table.is_file() and table.suffix in (".csv", ".md"):
                 _copy(table, tmp / table.name)
         if (run_dir / "plots").is_dir():
             shutil.copytree(run_dir / "plots", tmp / "plots")
-        info["models"] = _publish_models(chk, tmp, model_budget)
+        info["models"] = _publish_models(chk, copied_map, tmp, model_budget)
         export_robustbench(copied, tmp / "export" / "robustbench", method_files=method_files,
                            reference_csv=reference)
         build_site(copied, tmp / "site", reference_csv=reference, method_files=method_files,

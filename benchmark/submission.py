@@ -45,7 +45,7 @@ import time
 import zipfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -100,11 +100,14 @@ def read_submission(folder: str | Path) -> dict[str, Any]:
     return spec
 
 
-def submissions_for(preset: str, root: str | Path = SUBMISSIONS_DIR) -> list[dict[str, str]]:
+def submissions_for(preset: str, root: str | Path = SUBMISSIONS_DIR,
+                    warn: Callable[[str], Any] | None = None) -> list[dict[str, str]]:
     """The submission folders under ``root`` whose submission.yaml names ``preset``:
     [{"name", "dir", "model"}], for the workflow (read leniently: the submit job refuses what is
     wrong, with its message). Folders for other presets are skipped; folders whose YAML cannot be
-    read or whose name is not an entry name are skipped with a warning."""
+    read or whose name is not an entry name are skipped with a warning (``warn``, default this
+    module's logger)."""
+    warn = warn or log.warning
     root = Path(root)
     out = []
     if not root.is_dir():
@@ -113,13 +116,13 @@ def submissions_for(preset: str, root: str | Path = SUBMISSIONS_DIR) -> list[dic
         try:
             spec = yaml.safe_load((folder / SUBMISSION_FILE).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            log.warning("warning: %s/%s cannot be read (%s); skipped", folder, SUBMISSION_FILE, exc)
+            warn(f"warning: {folder}/{SUBMISSION_FILE} cannot be read ({exc}); skipped")
             continue
         if not isinstance(spec, dict) or spec.get("preset") != preset:
             continue
         if not NAME.match(folder.name):
-            log.warning("warning: submission folder %s: the name must match %s (it is the entry's "
-                        "name); skipped", folder, NAME.pattern)
+            warn(f"warning: submission folder {folder}: the name must match {NAME.pattern} (it is "
+                 "the entry's name); skipped")
             continue
         model = (spec.get("model") or {}).get("file") if isinstance(spec.get("model"), dict) else None
         out.append({"name": folder.name, "dir": str(folder),

@@ -380,4 +380,4 @@ def test_site_target_in_the_workflow(tmp_path):
         assert re.search(rf"^(local)?rule {rule}:$", out, re.M), rule
     assert "-m benchmark site --runs" in out and "--out results/quick/site" in out
     assert "--models results/quick/export/models/manifest.json" in out
-    assert "-m benchmark export models" in out and "--work work/quick" in out
+    assert "-m benchmark export models" in out and "--out results/quick/export/models" in out
