@@ -287,3 +287,24 @@ def test_the_workflow_lists_the_submissions_of_its_preset(tmp_path):
     found = submissions_for("tiny", tmp_path / "submissions")
     assert found == [{"name": "a", "dir": str(tmp_path / "submissions" / "a"),
                       "model": str(tmp_path / "submissions" / "a" / "m.pt")}]
+
+
+def test_a_submission_result_whose_claims_block_disagrees_with_its_metrics_is_refused(entry, monkeypatch, tmp_path):
+    from benchmark.results import ResultError
+
+    monkeypatch.chdir(entry["root"])
+    folder = make_submission(entry["root"], "checked", entry["safetensors"])
+    submit(folder, preset_file=entry["preset"])
+    path = entry["root"] / "results" / "tiny" / "submissions" / "checked.json"
+    record = json.loads(path.read_text())
+    record["submission"]["measured"]["clean"] = 99.0  # a better number than the metrics give
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(record))
+    with pytest.raises(ResultError, match="rule 'submission'.*measured.clean"):
+        read_result(bad)
+    record = json.loads(path.read_text())
+    record["submission"]["outside"] = []  # hiding a claim we did not confirm
+    record["submission"]["claims"]["clean"] = 99.0
+    bad.write_text(json.dumps(record))
+    with pytest.raises(ResultError, match="rule 'submission'.*outside"):
+        read_result(bad)
