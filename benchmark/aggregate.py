@@ -28,7 +28,19 @@ zero weights of the evaluated model, ``sparsity_mask`` the mask count, both in p
 Flags of a row: AutoAttack warnings, attacks after APGD that still broke images, a non-standard
 attack set, images robust to AutoAttack but broken by PGD (legitimate, counted in
 ``aa_robust_pgd_broken``), a result made from a dirty tree (``dirty``) or by stage code other than
-the current one (``stale``).
+the current one (``stale``), an external submission (``submission``) and its claims our
+measurement does not confirm. ``benchmark.flags`` holds their letters and legend.
+
+``published_csv`` (CLI ``--published``): the published run's leaderboard
+(``results/published/<preset>/leaderboard.csv``); each row gets the ``published_*`` columns of
+``benchmark.published`` (the published value, this run minus it, and whether it lies inside this
+run's interval).
+
+The markdown: a header naming the revision(s) that produced the results and whether the tree was
+dirty, then per (dataset, arch) the compact table (method, S2AP, sparsity, clean, AutoAttack with
+its interval, Δ vs Orig., Published AA when there is a published run, flags as letters) with the
+legend of the letters it uses; every other column is in the CSV. No timestamp: the same inputs
+give the same bytes, which ``python -m benchmark publish`` checks.
 
 The S2AP table (paper layout: Orig. AA, S2AP AA, delta) appears when some cell has both s2ap
 'off' and 'on' results. Its p-value is an exact McNemar test on the per-image AutoAttack flags of

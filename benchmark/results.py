@@ -16,6 +16,13 @@ the file again and then checks the rules a schema cannot express (``check_record
 - sparsity: the measured sparsity is the zero count over the weight count, layer sums add up, and
   every weight the mask prunes is zero (zeros = pruned + kept_zero).
 
+- submission (an external model, ``benchmark.submission``): the measured values it records are
+  the metrics' (with their Wilson intervals), and its list of unconfirmed claims is the one the
+  claims and those intervals give.
+
+Optional fields: ``model`` ({path, sha256} of the evaluated file: the exports take the model from
+there) and ``submission``.
+
 An image robust to AutoAttack but broken by PGD is legitimate (the attacks run independently);
 ``pgd_broken_aa_robust`` counts such images so the leaderboard can flag them.
 

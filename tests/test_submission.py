@@ -308,3 +308,13 @@ def test_a_submission_result_whose_claims_block_disagrees_with_its_metrics_is_re
     bad.write_text(json.dumps(record))
     with pytest.raises(ResultError, match="rule 'submission'.*outside"):
         read_result(bad)
+
+
+def test_listing_submissions_imports_no_torch(tmp_path):
+    # the Snakefile lists them while it is parsed
+    import subprocess
+    import sys
+
+    code = ("import sys; from benchmark import submission; submission.submissions_for('tiny'); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
