@@ -94,6 +94,8 @@ def entry(tmp_path_factory):
                              model_path=model_pt, out=result,
                              cell={"dataset": DATASET, "arch": ARCH, "method": "lwm", "s2ap": "n/a",
                                    "sparsity": 90.0, "seed": 0, "preset": "tiny"})
+    # the result names the file it evaluated: the export takes it from there, no guessing
+    assert record["model"] == {"path": str(model_pt), "sha256": sha(model_pt)}
     export = root / "results" / "tiny" / "export" / "models"
     manifest = export_models(runs, export)
     (model,) = manifest["models"]

@@ -79,6 +79,23 @@ def test_quick_dry_run(tmp_path):
             assert "-m benchmark " + j["rule"].replace("_dense", "") in j["shell"]
 
 
+def test_a_fresh_clone_trains_everything_and_compares_with_the_published_run(tmp_path):
+    """The published run (results/published/quick/, committed) is never taken for this run's
+    outputs; its leaderboard becomes an input of the aggregation, which compares with it."""
+    published = tmp_path / "results" / "published" / "quick"
+    for rel in ("runs/fashion-mnist/small_cnn/dense/n-a/sp0/seed0.json",
+                "runs/fashion-mnist/small_cnn/hydra/on/sp95/seed0.json", "leaderboard.csv",
+                "leaderboard.md"):
+        (published / rel).parent.mkdir(parents=True, exist_ok=True)
+        (published / rel).write_text("{}")
+    jobs = dry_run_jobs("--configfile", PRESETS / "quick.yaml", cwd=tmp_path)
+    counts = Counter(j["rule"] for j in jobs)
+    assert counts["pretrain"] == 1 and counts["prune"] == counts["evaluate"] == 6
+    (aggregate,) = [j for j in jobs if j["rule"] == "aggregate"]
+    assert "--published results/published/quick/leaderboard.csv" in aggregate["shell"]
+    assert not any("results/published" in o for j in jobs for o in j["output"])
+
+
 def test_default_preset_is_quick(tmp_path):
     jobs = dry_run_jobs(cwd=tmp_path)
     assert any("results/quick/leaderboard.stamp.json" in j["output"] for j in jobs)
