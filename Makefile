@@ -3,6 +3,8 @@
 #   make test    install, then run the test suite
 # A killed `make quick` / `make run` resumes by running the same command again: the runner clears
 # the lock a dead Snakemake left (never a live run's) and Snakemake redoes the unfinished jobs.
+# Your run writes results/<preset>/ (ignored by git); `make publish PRESET=name` copies a finished,
+# checked run to results/published/<preset>/ (committed), and refuses otherwise.
 PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= all
@@ -12,7 +14,7 @@ EXTRAS ?= test,lint,cluster
 SNAKEMAKE = $(VENV)/bin/snakemake
 RUN       = $(VENV)/bin/python -m benchmark.runner --profile workflows/profiles/local
 
-.PHONY: install quick run dry-run test test-fast lint clean-work
+.PHONY: install quick run dry-run test test-fast lint clean-work publish
 .DELETE_ON_ERROR:
 
 install: $(VENV)/.installed
@@ -24,7 +26,7 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 
 quick: install
 	$(RUN) --cores $(CORES) --configfile presets/quick.yaml
-	@echo "leaderboard: results/quick/leaderboard.md"
+	@echo "leaderboard: results/quick/leaderboard.md (its 'Published AA' column compares it with results/published/quick)"
 
 # any preset: make run PRESET=tiny
 run: install
@@ -45,6 +47,13 @@ lint: install
 # the workflow: snakefmt --check, then snakemake --lint
 	$(VENV)/bin/python scripts/lint_workflow.py
 # the Python code: ruff goes here
+
+# results/<preset> -> results/published/<preset> after the integrity checks (a clean tree at the
+# committed revision, every result valid and made by the current code, the leaderboard
+# re-aggregating identically, every model file the one its result evaluated); trains nothing,
+# refuses with the reasons otherwise. Then commit results/published.
+publish: install
+	$(VENV)/bin/python -m benchmark publish --preset $(PRESET)
 
 # checkpoints and logs of one preset (results/ stay)
 clean-work:

@@ -19,6 +19,7 @@ from snakemake.utils import validate
 
 from benchmark import config as apcfg
 from benchmark import preflight
+from benchmark import submission as submission_lib
 
 # Not a `configfile:` directive: that one would also be loaded under --configfile, and its keys
 # (per-method overrides, say) would leak into the other preset.
@@ -60,6 +61,7 @@ include: "workflows/rules/evaluate.smk"
 include: "workflows/rules/aggregate.smk"
 include: "workflows/rules/sweep.smk"
 include: "workflows/rules/site.smk"
+include: "workflows/rules/submissions.smk"
 
 
 # Cheap bookkeeping runs on the submitting machine, not as a cluster job.
@@ -67,6 +69,7 @@ localrules:
     all,
     aggregate,
     seed_stability,
+    submissions,
 
 
 # Every result file is a target too, not only the leaderboard: Snakemake (>= 7.7) does not remake
@@ -75,6 +78,5 @@ localrules:
 rule all:
     default_target: True
     input:
-        LEADERBOARD_CSV,
-        LEADERBOARD_MD,
+        LEADERBOARD_STAMP,
         RUNS,

@@ -28,7 +28,19 @@ zero weights of the evaluated model, ``sparsity_mask`` the mask count, both in p
 Flags of a row: AutoAttack warnings, attacks after APGD that still broke images, a non-standard
 attack set, images robust to AutoAttack but broken by PGD (legitimate, counted in
 ``aa_robust_pgd_broken``), a result made from a dirty tree (``dirty``) or by stage code other than
-the current one (``stale``).
+the current one (``stale``), an external submission (``submission``) and its claims our
+measurement does not confirm. ``benchmark.flags`` holds their letters and legend.
+
+``published_csv`` (CLI ``--published``): the published run's leaderboard
+(``results/published/<preset>/leaderboard.csv``); each row gets the ``published_*`` columns of
+``benchmark.published`` (the published value, this run minus it, and whether it lies inside this
+run's interval).
+
+The markdown: a header naming the revision(s) that produced the results and whether the tree was
+dirty, then per (dataset, arch) the compact table (method, S2AP, sparsity, clean, AutoAttack with
+its interval, Δ vs Orig., Published AA when there is a published run, flags as letters) with the
+legend of the letters it uses; every other column is in the CSV. No timestamp: the same inputs
+give the same bytes, which ``python -m benchmark publish`` checks.
 
 The S2AP table (paper layout: Orig. AA, S2AP AA, delta) appears when some cell has both s2ap
 'off' and 'on' results. Its p-value is an exact McNemar test on the per-image AutoAttack flags of
@@ -39,15 +51,16 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
+from benchmark import flags as flag_legend
 from benchmark.errors import CorruptFileError
 from benchmark.io import atomic_write_text
 from benchmark.provenance import stage_code_digest
+from benchmark.published import add_published, load_published, published_cell
 from benchmark.results import ResultError, pgd_broken_aa_robust, read_result
 from benchmark.stats import mcnemar, wilson_interval
 
@@ -185,6 +198,8 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
         "revision": git["revision"], "dirty": git["dirty"],
         "stage_code": res["provenance"]["stage_code"],
         "aa_robust_pgd_broken": pgd_broken_aa_robust(res),
+        "submission": (res.get("submission") or {}).get("name"),
+        "claims_outside": list((res.get("submission") or {}).get("outside") or []),
     }
     for name in METRICS:
         m = metrics.get(name)
@@ -301,6 +316,12 @@ def _pool(key: tuple, runs: list[dict]) -> dict[str, Any]:
         flags.append("dirty-tree")
     if row["stale"]:
         flags.append("stale-code")
+    row["submission"] = any(r["submission"] for r in runs)
+    if row["submission"]:
+        flags.append("submission")
+        outside = sorted({c for r in runs for c in r["claims_outside"]})
+        if outside:
+            flags.append("claim-outside:" + "+".join(outside))
     row["flag"] = "; ".join(flags)
     row["config_hash"] = chash
     row["structure"] = runs[0]["structure"]
@@ -437,33 +458,54 @@ def _pct_with_std(mean: float, std: float) -> str:
     return f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def _leaderboard_md(df: pd.DataFrame, has_ref: bool) -> str:
-    cols = []
-    for _, r in df.iterrows():
-        c = {
-            "Dataset": r["dataset"], "Arch": r["arch"], "Method": r["method"], "S2AP": r["s2ap"],
-            "Sparsity (%)": _fmt_sparsity(r["sparsity"]),
-            "Measured (%)": _num(r["sparsity_measured"]),
-            "Clean (%)": _num(r["clean"]),
-            "Clean 95% CI": (f"[{r['clean_lo']:.1f}, {r['clean_hi']:.1f}]"
-                             if not math.isnan(r["clean_lo"]) else DASH),
-            "PGD (%)": _num(r["pgd"]),
-            "AA (%)": _num(r["autoattack"]),
-            "AA 95% CI": (f"[{r['autoattack_lo']:.1f}, {r['autoattack_hi']:.1f}]"
-                          if not math.isnan(r["autoattack_lo"]) else DASH),
-            "AA std": _num(r["autoattack_std"]),
-            "Clean std": _num(r["clean_std"]),
-            "n (AA)": _num(r["autoattack_n"], 0),
-            "Seeds": int(r["n_seeds"]),
-            "eps": _num(r["eps"], 4),
-            "AA version": _aa_label(r),
-            "Flag": r["flag"] or "",
-        }
-        if has_ref:
-            c["Ref. clean"] = _num(r["ref_clean"])
-            c["Ref. AA"] = _num(r["ref_autoattack"])
-        cols.append(c)
-    return pd.DataFrame(cols).to_markdown(index=False, disable_numparse=True)
+def _delta_vs_orig(pairs: pd.DataFrame | None) -> dict[tuple, float]:
+    """S2AP minus the original method's AutoAttack accuracy, keyed by the S2AP row."""
+    if pairs is None:
+        return {}
+    out = {}
+    for r in pairs.to_dict("records"):
+        if r.get("s2ap_applicable") and r.get("s2ap_config") and not math.isnan(r["delta"]):
+            out[(r["dataset"], r["arch"], r["method"], float(r["sparsity"]), r["s2ap_config"])] = r["delta"]
+    return out
+
+
+def _ci(r: Any, metric: str) -> str:
+    lo, hi = r[f"{metric}_lo"], r[f"{metric}_hi"]
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return ""
+    return f" [{lo:.1f}, {hi:.1f}]"
+
+
+def _leaderboard_md(df: pd.DataFrame, has_ref: bool, pairs: pd.DataFrame | None = None,
+                    has_published: bool = False) -> tuple[str, set[str]]:
+    """The compact main table, one per (dataset, arch), and the flag letters it uses; every
+    other column is in leaderboard.csv."""
+    deltas = _delta_vs_orig(pairs)
+    parts, used = [], set()
+    for (dataset, arch), group in df.groupby(["dataset", "arch"], sort=False):
+        rows = []
+        for _, r in group.iterrows():
+            aa = _pct_with_std(r["autoattack"], r["autoattack_std"])
+            delta = deltas.get((r["dataset"], r["arch"], r["method"], float(r["sparsity"]),
+                                r["config_hash"])) if r["s2ap"] == "on" else None
+            codes = flag_legend.codes(r["flag"])
+            used.update(codes.split())
+            c = {
+                "Method": r["method"], "S2AP": r["s2ap"],
+                "Sparsity (%)": _fmt_sparsity(r["sparsity"]),
+                "Clean (%)": _pct_with_std(r["clean"], r["clean_std"]),
+                "AutoAttack (%) [95% CI]": aa + (_ci(r, "autoattack") if aa != DASH else ""),
+                "Δ vs Orig. (pp)": DASH if delta is None else f"{delta:+.2f}",
+            }
+            if has_published:
+                c["Published AA (Δ, in CI?)"] = published_cell(r) or DASH
+            if has_ref:
+                c["Ref. AA"] = _num(r["ref_autoattack"])
+            c["Flags"] = codes
+            rows.append(c)
+        parts += [f"### {dataset} · {arch}", "",
+                  pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(parts), used
 
 
 def _aa_label(r: Any) -> str:
@@ -493,34 +535,62 @@ def _values(df: pd.DataFrame, col: str) -> list:
                   key=str)
 
 
-def _header(df: pd.DataFrame, preset: str, records: list[dict]) -> str:
+def _revision_line(records: list[dict]) -> str:
+    """Which code produced the results: the revision(s), uncommitted changes, stale stage code."""
+    n = len(records)
+    revisions = Counter(r["revision"] for r in records)
+    if len(revisions) == 1:
+        (rev,) = revisions
+        where = f"revision `{rev}`"
+    else:
+        where = "revisions " + ", ".join(f"`{rev}` ({k} files)" for rev, k in revisions.most_common())
+    dirty = sum(r["dirty"] is True for r in records)
+    unknown = sum(r["dirty"] is None for r in records)
+    if unknown:
+        line = (f"Produced at {where}; {unknown} of {n} result files were made outside a git "
+                "checkout (revision unknown).")
+    elif dirty:
+        line = (f"Produced at {where} with uncommitted changes in {dirty} of {n} result files "
+                "(dirty tree: their exact code cannot be checked out).")
+    else:
+        line = f"Produced at {where} from a clean tree ({n} result files)."
+    stale = sum(bool(r.get("stale")) for r in records)
+    if stale:
+        line += (f" {stale} of them were made by stage code other than the current one "
+                 "(flag X: rerun them).")
+    return line
+
+
+def _header(df: pd.DataFrame, preset: str, records: list[dict],
+            published_note: str | None = None) -> str:
     eps = _values(df, "eps")
     aa = sorted({_aa_label(r) for _, r in df.iterrows()})
     n_aa = _values(df, "autoattack_n")
     steps = _values(df, "pgd_steps")
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    seeds = _values(df, "n_seeds")
     lines = [
         f"# Leaderboard: {preset}",
         "",
-        f"Generated {date} from {len(records)} result files.",
+        _revision_line(records),
         "",
         f"- Threat model: L-inf, eps = {', '.join(_num(e, 4) for e in eps) or DASH}"
-        + (" (differs between rows: see the eps column)" if len(eps) > 1 else ""),
+        + (" (differs between rows: see the eps column of leaderboard.csv)" if len(eps) > 1 else ""),
         f"- AutoAttack: {', '.join(aa) or DASH}; images per seed: "
         f"{', '.join(str(int(v)) for v in n_aa) or DASH}; first images of the test set, in order",
         f"- PGD: {', '.join(str(int(s)) for s in steps) or DASH} steps, one random start",
-        "- Accuracies in %, mean over seeds (± std across seeds when there are several; "
-        f"{DASH} for a single seed); 95% CI: Wilson interval on counts pooled over seeds",
-        "- Flag: warnings = AutoAttack or Python warnings during the run; lowered-after-apgd = "
-        "FAB-T or Square broke images APGD had left (the APGD attacks alone were not enough); "
-        "non-standard-AA = an attack subset, not AutoAttack standard; pgd-broke-aa-robust:K = "
-        "K images robust to AutoAttack were broken by PGD (legitimate: the attacks run "
-        "independently); dirty-tree = made from a checkout with uncommitted changes to tracked "
-        "files; no-revision = made outside a git checkout; stale-code = made by stage code other "
-        "than the current one (rerun it)",
-        "- Measured (%): zero Conv2d/Linear weights of the evaluated model",
-        "",
+        f"- Seeds per row: {', '.join(str(int(s)) for s in seeds) or DASH}. Accuracies in %, mean "
+        f"over seeds (± std across seeds when there are several); 95% CI: Wilson interval on the "
+        "counts pooled over seeds",
+        "- Δ vs Orig.: S2AP's AutoAttack accuracy minus the original method's at the same "
+        "sparsity, in points (the S2AP table below has its paired test)",
     ]
+    if published_note:
+        lines.append(f"- Published AA: the published run's AutoAttack accuracy ({published_note}), "
+                     "this run minus it in points, and whether it lies inside this run's 95% CI; "
+                     f"{DASH} where the published run has no row with the same dataset, "
+                     "architecture, method, S2AP, structure, sparsity, eps and image count")
+    lines += ["- Measured sparsity, PGD accuracy, stds, every interval and diagnostic: "
+              "leaderboard.csv", ""]
     return "\n".join(lines)
 
 
@@ -534,11 +604,13 @@ def _excluded_md(excluded: list[dict[str, str]]) -> list[str]:
 
 # ---------------------------------------------------------------- entry point
 def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None = None, *,
-                 exclude_invalid: bool = False) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+                 exclude_invalid: bool = False, published_csv: str | Path | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
     """(leaderboard, S2AP paired table or None, markdown text) without writing anything.
 
     The files excluded under ``exclude_invalid`` are in ``leaderboard.attrs["excluded"]``
-    ({file, rule, detail} each) and in the markdown's last section."""
+    ({file, rule, detail} each) and in the markdown's last section. ``published_csv``: the
+    published run's leaderboard, compared cell by cell (benchmark.published)."""
     records, excluded = load_checked(runs_dir, exclude_invalid=exclude_invalid)
     current = stage_code_digest()
     for r in records:
@@ -551,6 +623,12 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
     if reference_csv is not None:
         ref, ref_note = load_reference(reference_csv)
         _add_reference(rows, ref)
+    published_note = None
+    if published_csv is not None:
+        published = load_published(published_csv)
+        add_published(rows, published)
+        revs = sorted({str(v)[:12] for v in published.get("revision", []) if isinstance(v, str) and v})
+        published_note = f"{published_csv}" + (f", revision {', '.join(revs)}" if revs else "")
     pairs = s2ap_pairs(rows)
     df = pd.DataFrame([{k: v for k, v in row.items() if k != "_runs"} for row in rows])
     if df.empty:
@@ -563,9 +641,14 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
     folder = Path(runs_dir) if not isinstance(runs_dir, (list, tuple)) else None
     preset = next((r["preset"] for r in records if r.get("preset")), None) or (
         "" if folder is None else folder.parent.name if folder.name == "runs" else folder.name)
-    md = [_header(df, preset, records) if not df.empty else f"# Leaderboard: {preset}\n\nNo results.\n"]
+    md = [_header(df, preset, records, published_note) if not df.empty
+          else f"# Leaderboard: {preset}\n\nNo results.\n"]
     if not df.empty:
-        md += ["## Leaderboard", "", _leaderboard_md(df, reference_csv is not None), ""]
+        table, used = _leaderboard_md(df, reference_csv is not None, pairs, published_note is not None)
+        md += ["## Leaderboard", "", table]
+        if used:
+            md += ["Flags (the `flag` column of leaderboard.csv has each one's detail):", "",
+                   flag_legend.legend_markdown(used), ""]
     if ref_note is not None:
         md += [f"Ref. columns: published numbers ({ref_note}). They were measured under the "
                "published protocol (AutoAttack standard, eps 0.031, first 10,000 test images) and "
@@ -582,12 +665,13 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
 
 def aggregate(runs_dir: str | Path | list, out_dir: str | Path,
               reference_csv: str | Path | None = None, *,
-              exclude_invalid: bool = False) -> pd.DataFrame:
+              exclude_invalid: bool = False, published_csv: str | Path | None = None) -> pd.DataFrame:
     """Reads the result JSONs under runs_dir, writes leaderboard.csv and leaderboard.md (and
     s2ap_paired.csv when S2AP pairs exist, excluded.csv when files were excluded) atomically into
     out_dir; returns the leaderboard. Raises AggregationError (a ValueError) rather than pool
     incomparable results or believe a file that breaks a rule; nothing is written then."""
-    df, pairs, md = build_tables(runs_dir, reference_csv, exclude_invalid=exclude_invalid)
+    df, pairs, md = build_tables(runs_dir, reference_csv, exclude_invalid=exclude_invalid,
+                                 published_csv=published_csv)
     excluded = df.attrs.get("excluded") or []
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "leaderboard.csv", df.to_csv(index=False))
@@ -604,10 +688,17 @@ def aggregate(runs_dir: str | Path | list, out_dir: str | Path,
     return df
 
 
+# columns of text that can look like numbers (a revision or hash of digits only: "0123456789")
+TEXT_COLUMNS = ("revision", "config_hash", "seeds", "orig_config", "s2ap_config",
+                "published_revision", "flag", "aa_attacks")
+
+
 def read_leaderboard(path: str | Path) -> pd.DataFrame:
     """Reads leaderboard.csv / s2ap_paired.csv back. pandas' default would turn the s2ap value
-    'n/a' into NaN; only empty cells are missing values here."""
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    'n/a' into NaN, and a revision of digits into a number; only empty cells are missing values
+    here."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""],
+                       dtype={c: str for c in TEXT_COLUMNS})
 
 
 def runs_frame(runs_dir: str | Path | list, *, exclude_invalid: bool = False) -> pd.DataFrame:

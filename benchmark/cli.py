@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, help="published reference CSV to show beside")
     p.add_argument("--exclude-invalid", action="store_true",
                    help="list result files that break a rule as excluded instead of stopping")
+    p.add_argument("--published", default=None,
+                   help="the published run's leaderboard.csv (results/published/<preset>/): "
+                        "adds the 'published' columns, cell by cell")
 
     p = command("methods", help="list registered methods")
     _method_file_arg(p)
@@ -166,6 +169,8 @@ def configure_logging(debug: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the aggregate command records its own arguments (benchmark.leaderboard_stamp)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(args)
     configure_logging(debug)
     raise_on_stop_signals()
@@ -220,12 +225,15 @@ def run(args: argparse.Namespace) -> int:
         print(table.to_string(index=False))
         return 0
     if args.command == "aggregate":
-        from .aggregate import aggregate, runs_frame
+        from .aggregate import aggregate, result_files, runs_frame
+        from .leaderboard_stamp import write_stamp
 
         runs = args.runs[0] if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else args.runs
+        if args.published is not None and not Path(args.published).is_file():
+            raise MissingFileError(f"--published {args.published}: no such file")
         try:
             table = aggregate(runs, args.out, reference_csv=args.reference,
-                              exclude_invalid=args.exclude_invalid)
+                              exclude_invalid=args.exclude_invalid, published_csv=args.published)
         except FileNotFoundError as exc:
             raise MissingFileError(str(exc)) from exc
         print(f"leaderboard: {len(table)} rows -> {Path(args.out) / 'leaderboard.md'}")
@@ -239,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
             written += list(plot_diagnostics(runs_frame(runs, exclude_invalid=args.exclude_invalid),
                                              Path(args.out) / "plots") or [])
             print(f"plots: {len(written)} files -> {Path(args.out) / 'plots'}")
+        # last: the stamp says the tables beside it are complete (Snakemake's output of the rule)
+        write_stamp(args.out, argv=args.argv, cwd=os.getcwd(), inputs=result_files(runs))
         return 0
 
     from . import stages

@@ -8,13 +8,15 @@
   python -m benchmark export models --runs results/quick/runs --out results/quick/export/models
         [--work work/quick]
   python -m benchmark export verify --manifest results/quick/export/models/manifest.json
+  python -m benchmark publish --preset quick      (results/quick -> results/published/quick)
+  python -m benchmark submit submissions/NAME [--preset presets/quick.yaml] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-COMMANDS = ("site", "export")
+COMMANDS = ("site", "export", "publish", "submit")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +32,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="folder written by 'export robustbench'; '{preset}' as for --logs")
     p.add_argument("--method-file", action="append", default=[], help="extra method file")
     p.add_argument("--title", default=None)
+    p.add_argument("--exclude-invalid", action="store_true",
+                   help="list result files that break a rule as excluded (on the page) instead of stopping")
+    p.add_argument("--published", default=None,
+                   help="published leaderboard.csv to compare with; '{preset}' as for --logs")
 
     p = sub.add_parser("export", help="RobustBench entries, model files with checksums")
     what = p.add_subparsers(dest="export_kind", required=True)
@@ -45,6 +51,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q = what.add_parser("verify", help="check every file of a model manifest (size, sha256)")
     q.add_argument("--manifest", required=True)
 
+    p = sub.add_parser("publish", help="copy a finished, checked run to results/published/<preset>/")
+    p.add_argument("--preset", required=True, help="preset name (presets/<name>.yaml, results/<name>/)")
+    p.add_argument("--root", default=".", help="the repository (default: the current folder)")
+    p.add_argument("--check-only", action="store_true", help="run the checks, publish nothing")
+
+    p = sub.add_parser("submit", help="evaluate an external submission (submissions/<name>/) "
+                                      "with a preset's protocol")
+    p.add_argument("folder", help="the submission folder (submission.yaml and the model file)")
+    p.add_argument("--preset", default=None,
+                   help="the preset file (default: presets/<preset named in submission.yaml>.yaml)")
+    p.add_argument("--out", default=None,
+                   help="result JSON (default results/<preset>/submissions/<name>.json)")
+    p.add_argument("--state-dir", default=None, help="AutoAttack resume files")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "site":
@@ -53,8 +73,34 @@ def run(args: argparse.Namespace) -> int:
         index = build_site(args.runs, args.out, reference_csv=args.reference,
                            models_manifest=args.models, logs_dir=args.logs,
                            robustbench_dir=args.robustbench, method_files=args.method_file,
-                           title=args.title)
+                           title=args.title, exclude_invalid=args.exclude_invalid,
+                           published_csv=args.published)
         print(f"site: {index}")
+        return 0
+    if args.command == "publish":
+        from .publish import PublishError, check_run, publish
+
+        if args.check_only:
+            chk = check_run(args.preset, root=args.root)
+            if chk.problems:
+                raise PublishError(args.preset, chk.problems)
+            print(f"results/{args.preset}: every check passed")
+            return 0
+        folder = publish(args.preset, root=args.root)
+        print(f"published: {folder} (and {Path(args.root) / 'results' / 'published' / 'site'}); "
+              f"commit it: git add {folder} {Path(args.root) / 'results' / 'published' / 'site'}")
+        return 0
+    if args.command == "submit":
+        from .submission import submit
+
+        record = submit(args.folder, preset_file=args.preset, out=args.out, state_dir=args.state_dir)
+        sub = record["submission"]
+        m = sub["measured"]
+        aa = "—" if m["autoattack"] is None else f"{m['autoattack']:.2f}"
+        print(f"submission {sub['name']}: sparsity {m['sparsity']:.2f} % (claimed "
+              f"{sub['claims']['sparsity']:g}), clean {m['clean']:.2f} %, AutoAttack {aa} %"
+              + (f"; claims outside our interval: {', '.join(sub['outside'])}" if sub["outside"]
+                 else "; every claim confirmed"))
         return 0
     if args.export_kind == "robustbench":
         from .export_robustbench import export_robustbench

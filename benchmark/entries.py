@@ -1,4 +1,4 @@
-"""What a published entry is, and the one place the publishing side reads result files.
+"""What a published entry is: the identities the site, the exports and the manifest share.
 
 Two identities travel between the site, the RobustBench export and the model manifest:
 
@@ -8,12 +8,11 @@ Two identities travel between the site, the RobustBench export and the model man
 - a **model** is one result file (one seed of an entry): ``model_key`` mirrors the result's place
   under ``runs/``, ``fashion-mnist/small_cnn/hydra/on/sp95/seed0``.
 
-``read_result`` is the adapter every publishing module reads result JSONs through; when the
-validated reader of ``benchmark.results`` lands, it is the one line to change. Torch-free.
+The publishing modules read result files only through ``benchmark.results.read_result``, the
+suite's one reader, so they see only records that passed the schema and its rules. Torch-free.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,24 +20,6 @@ from typing import Any, Iterable, Mapping
 from benchmark.config import canonical_sparsity, s2ap_to_path
 
 S2AP_NA = "n/a"
-
-
-class ResultFileError(ValueError):
-    """A result file the publishing side cannot use; the message names the file."""
-
-
-def read_result(path: str | Path) -> dict[str, Any]:
-    """One result JSON as a dict (the adapter: switch to ``benchmark.results.read_result``)."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ResultFileError(f"cannot read result file {path}: {exc}") from exc
-    if not isinstance(record, dict) or "cell" not in record or "metrics" not in record:
-        raise ResultFileError(f"{path} is not a result file of this suite (no 'cell'/'metrics'); "
-                              "remove it from the runs folder or regenerate it with "
-                              "`python -m benchmark evaluate`")
-    return record
 
 
 def canon_s2ap(value: Any) -> str:
@@ -74,8 +55,10 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "_")).strip("-.") or "entry"
 
 
-def entry_slug(row: Mapping[str, Any]) -> str:
-    return slug(entry_id(row))
+def entry_slug(row: Mapping[str, Any], preset: str | None = None) -> str:
+    """The file name of an entry's page; the preset goes first, so one site over several presets
+    never gives two entries one page."""
+    return slug(f"{preset}/{entry_id(row)}" if preset else entry_id(row))
 
 
 def row_key(row: Mapping[str, Any]) -> tuple:
@@ -110,19 +93,28 @@ def preset_of(result: Mapping[str, Any]) -> str | None:
 
 def run_relpath(result: Mapping[str, Any]) -> str:
     """Where the workflow writes this result, relative to the repository root."""
-    return f"results/{preset_of(result) or '<preset>'}/runs/{model_key(result['cell'])}.json"
+    preset = preset_of(result) or "<preset>"
+    if result.get("submission"):
+        return f"results/{preset}/submissions/{result['submission']['name']}.json"
+    return f"results/{preset}/runs/{model_key(result['cell'])}.json"
 
 
 def reproduce_command(result: Mapping[str, Any]) -> str:
-    """The command that recomputes this result from scratch, every upstream stage included."""
+    """The command that recomputes this result from scratch, every upstream stage included (for
+    a submission: its evaluation, from the submitted model file)."""
     preset = preset_of(result) or "<preset>"
     git = ((result.get("provenance") or {}).get("git") or {})
     lines = []
     rev = git.get("revision")
     if rev and rev != "unknown":
         lines.append(f"git checkout {rev}")
-    lines.append("snakemake --profile workflows/profiles/local --configfile "
-                 f"presets/{preset}.yaml --forceall {run_relpath(result)}")
+    sub = result.get("submission")
+    if sub:
+        lines.append(f"python -m benchmark submit {sub.get('directory') or 'submissions/' + sub['name']}"
+                     f" --preset presets/{preset}.yaml")
+    else:
+        lines.append("snakemake --profile workflows/profiles/local --configfile "
+                     f"presets/{preset}.yaml --forceall {run_relpath(result)}")
     return "\n".join(lines)
 
 
@@ -142,6 +134,6 @@ def expand_runs(runs: str | Path | Iterable[str | Path]) -> list[Path]:
     return sorted(files)
 
 
-__all__ = ["ResultFileError", "read_result", "canon_s2ap", "entry_id", "entry_slug", "model_key",
+__all__ = ["canon_s2ap", "entry_id", "entry_slug", "model_key",
            "slug", "row_key", "result_key", "result_entry_id", "preset_of", "run_relpath", "reproduce_command",
            "expand_runs"]

@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from benchmark.config import canonical_sparsity
-from benchmark.entries import (canon_s2ap, expand_runs, read_result, result_entry_id, result_key,
-                               row_key, slug)
+from benchmark.entries import (canon_s2ap, expand_runs, result_entry_id, result_key, row_key,
+                               slug)
 from benchmark.io import atomic_write_text, replace_dir
 from benchmark.papers import method_paper, s2ap_paper, training_paper
+from benchmark.results import read_result
 
 THREAT_MODEL = "Linf"
 # Our dataset name -> RobustBench's (BenchmarkDataset values), and the images its AutoAttack
@@ -95,6 +96,14 @@ def _paper(result: Mapping[str, Any], method_files: Iterable[str | Path]) -> tup
     """(paper, the method paper when the entry's paper is S2AP's: named in the footnote)."""
     cell = result["cell"]
     method, s2ap = str(cell["method"]), canon_s2ap(cell.get("s2ap"))
+    submission = result.get("submission")
+    if submission:
+        paper = submission.get("paper") or {}
+        missing = [k for k in ("key", "name", "authors", "venue", "link") if not paper.get(k)]
+        if missing:
+            raise NotExportable(f"submission {submission['name']!r} states no paper "
+                                f"(submission.yaml: paper.{', paper.'.join(missing)})")
+        return dict(paper), None
     if method == "dense":
         loss = (((result.get("config") or {}).get("pretrain") or {}).get("train") or {}).get("loss")
         paper = training_paper(loss)
@@ -164,15 +173,23 @@ def robustbench_entry(result: Mapping[str, Any], *, method_files: Iterable[str |
     clean = metrics.get("clean") or {}
     if clean and int(clean.get("n", 0)) >= RB_TEST_IMAGES[dataset]:
         clean_acc = float(clean["acc"])
-    else:  # the clean accuracy on the AutoAttack images, which are the full test set here
+    elif aa.get("clean_acc") is not None:  # on the AutoAttack images: the full test set here
         clean_acc = float(aa["clean_acc"])
+    else:
+        flags = result["flags"]["clean"][:int(aa["n"])]
+        clean_acc = flags.count("1") / len(flags)
     arch = str(cell["arch"])
     width = float((((result.get("config") or {}).get("evaluate") or {}).get("model") or {}).get("width", 1.0))
     architecture = ARCH_NAMES.get(arch, arch) + ("" if width == 1.0 else f" (width x{width:g})")
     s2ap = canon_s2ap(cell.get("s2ap"))
     notes = []
     sp = result.get("sparsity") or {}
-    if cell["method"] == "dense":
+    if result.get("submission"):
+        sub = result["submission"]
+        notes.append(f"External submission {sub['name']!r} ({sub['method']}) evaluated with the "
+                     f"adversarial pruning benchmark's protocol; measured sparsity "
+                     f"{sub['measured']['sparsity']:.2f} % (claimed {sub['claims']['sparsity']:g} %).")
+    elif cell["method"] == "dense":
         notes.append(f"Dense robustly pretrained {architecture} of the adversarial pruning "
                      f"benchmark (seed {cell.get('seed')}).")
     else:
@@ -239,12 +256,20 @@ def reported_lookup(files: list[Path], reference_csv: str | Path | None) -> dict
     if reference_csv is None or not files:
         return {}
     from benchmark.aggregate import build_tables
+    from benchmark.entries import preset_of
 
-    table, _, _ = build_tables(files, reference_csv)
-    if "ref_autoattack" not in table.columns:
-        return {}
-    return {row_key(r): float(r["ref_autoattack"]) for r in table.to_dict("records")
-            if r.get("ref_autoattack") is not None and math.isfinite(float(r["ref_autoattack"]))}
+    # one leaderboard per preset: the aggregation never pools results of different protocols
+    by_preset: dict[str | None, list[Path]] = {}
+    for path in files:
+        by_preset.setdefault(preset_of(read_result(path)), []).append(path)
+    out: dict[tuple, float] = {}
+    for group in by_preset.values():
+        table, _, _ = build_tables(group, reference_csv)
+        if "ref_autoattack" not in table.columns:
+            continue
+        out.update({row_key(r): float(r["ref_autoattack"]) for r in table.to_dict("records")
+                    if r.get("ref_autoattack") is not None and math.isfinite(float(r["ref_autoattack"]))})
+    return out
 
 
 @dataclass

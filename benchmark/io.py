@@ -11,6 +11,7 @@ user's choice and is respected.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -123,6 +124,15 @@ def _first_line(exc: BaseException) -> str:
     if head.startswith("Error(s) in loading state_dict") and len(lines) > 1:
         head += " " + " ".join(lines[1:3])
     return head[:600]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (a model file need not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: str | Path) -> Any:

@@ -30,25 +30,27 @@ never with a pickle that could run code.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import pickle
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from benchmark.entries import (canon_s2ap, expand_runs, model_key, preset_of, read_result,
-                               result_entry_id, result_key)
-from benchmark.io import atomic_write_text, replace_dir
+from benchmark.entries import (canon_s2ap, expand_runs, model_key, preset_of, result_entry_id,
+                               result_key)
+from benchmark.errors import CorruptFileError, MissingFileError
+from benchmark.io import atomic_write_text, replace_dir, sha256_file
+from benchmark.results import read_result
 
 MANIFEST_FORMAT = "apbench-model-manifest"
 MANIFEST_VERSION = 1
 FORMATS = ("safetensors", "state_dict")
 FILE_NAMES = {"safetensors": "model.safetensors", "state_dict": "model.pt"}
-_CHUNK = 1 << 20
 
 
-class ModelFileError(ValueError):
+class ModelFileError(CorruptFileError):
     """A model file that must not be loaded; the message names the file and the remedy."""
 
 
@@ -60,15 +62,16 @@ class NotACheckpointError(ModelFileError):
     """The file is not a model file at all (an HTML page, a JSON error, an unknown format)."""
 
 
+class UnsafeCheckpointError(ModelFileError):
+    """A pickle that would run code (or build objects other than tensors) when loaded: refused by
+    ``torch.load(weights_only=True)`` before anything in it ran."""
+
+
+class TruncatedFileError(ModelFileError):
+    """A file in a model format whose content ends early (a broken download or copy)."""
+
+
 # ------------------------------------------------------------------------------ checksums
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_record(path: str | Path, relative_to: str | Path) -> dict[str, Any]:
     path = Path(path)
     return {"path": os.path.relpath(path, relative_to).replace(os.sep, "/"),
@@ -148,12 +151,27 @@ def _load_tensors(path: Path, kind: str) -> dict[str, Any]:
     if kind == "safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error type for a damaged file
+            raise TruncatedFileError(f"{path} is a damaged safetensors file ({exc}): truncated or "
+                                     "corrupted. Download it again and check its sha256.") from exc
     import torch
 
+    if kind == "torch-zip" and not zipfile.is_zipfile(path):
+        raise TruncatedFileError(f"{path} is a truncated PyTorch file (its zip archive has no end "
+                                 "record): the download or copy stopped early. Get it again and "
+                                 "check its sha256.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in several types
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpointError(
+            f"{path} cannot be loaded safely (torch.load weights_only=True): it is a pickle that "
+            f"would run code or build objects other than tensors when loaded ({first}). It was not "
+            "loaded; nothing in it ran. Export the plain state_dict (a dict of tensors) or "
+            "safetensors instead.") from exc
+    except Exception as exc:  # a damaged archive fails in torch's reader
         raise ModelFileError(f"{path} cannot be loaded safely (torch.load weights_only=True): "
                              f"{exc}") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -233,10 +251,10 @@ def verify_manifest(manifest_path: str | Path) -> list[str]:
 
 # ------------------------------------------------------------------------------ export
 def model_source(result: Mapping[str, Any], work_dir: str | Path) -> Path:
-    """The model file a result evaluated, in the workflow's layout under ``work/<preset>``
-    (workflows/rules/common.smk: dense_path / model_path). A result that records its model
-    file (``model.path``) is taken at its word."""
-    recorded = (result.get("model") or {}).get("path") if isinstance(result.get("model"), dict) else None
+    """The model file a result evaluated: the file the result records (``model.path``, relative
+    to the workflow's directory), else where the workflow writes it under ``work/<preset>``
+    (workflows/rules/common.smk: dense_path / model_path), for results of older versions."""
+    recorded = (result.get("model") or {}).get("path")
     if recorded:
         return Path(recorded)
     cell = result["cell"]
@@ -250,9 +268,21 @@ def model_source(result: Mapping[str, Any], work_dir: str | Path) -> Path:
     return work_dir / "finetune" / model_key(cell) / "model.pt"
 
 
+def check_source(result: Mapping[str, Any], src: Path, result_path: str | Path) -> None:
+    """ChecksumMismatchError when the model file is no longer the one the result evaluated."""
+    want = (result.get("model") or {}).get("sha256")
+    if want and sha256_file(src) != want:
+        raise ChecksumMismatchError(
+            f"{src} is not the model {result_path} evaluated (its sha256 differs from the one the "
+            "result records): the file was replaced or retrained since. Rerun the evaluation "
+            "(the workflow does so when the model is newer) before exporting it.")
+
+
 def _plain_state_dict(path: Path) -> dict[str, Any]:
     from benchmark.io import load_checkpoint
 
+    if sniff_format(path) == "safetensors":  # a submission's file
+        return {k: v.contiguous().clone() for k, v in _load_tensors(path, "safetensors").items()}
     ckpt = load_checkpoint(path)
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
@@ -299,8 +329,9 @@ def export_models(runs: Any, out_dir: str | Path, *, work_dir: str | Path | None
         result = read_result(path)
         src = sources.get(str(path)) or model_source(result, work_dir or f"work/{preset_of(result)}")
         if not src.is_file():
-            raise FileNotFoundError(f"model file of {path} not found: {src}; run the workflow "
+            raise MissingFileError(f"model file of {path} not found: {src}; run the workflow "
                                     "for this preset first (its work/ folder holds the models)")
+        check_source(result, src, path)
         jobs.append((path, result, src))
     manifest: dict[str, Any] = {}
 
@@ -350,6 +381,7 @@ def manifest_by_model(manifests: str | Path | Iterable[str | Path] | None) -> di
 
 
 __all__ = ["MANIFEST_FORMAT", "ModelFileError", "ChecksumMismatchError", "NotACheckpointError",
+           "UnsafeCheckpointError", "TruncatedFileError", "check_source",
            "sha256_file", "sniff_format", "verify_file", "load_state_dict_verified", "read_manifest",
            "manifest_record", "load_from_manifest", "verify_manifest", "model_source",
            "export_models", "manifest_by_model"]

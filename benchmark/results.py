@@ -16,6 +16,13 @@ the file again and then checks the rules a schema cannot express (``check_record
 - sparsity: the measured sparsity is the zero count over the weight count, layer sums add up, and
   every weight the mask prunes is zero (zeros = pruned + kept_zero).
 
+- submission (an external model, ``benchmark.submission``): the measured values it records are
+  the metrics' (with their Wilson intervals), and its list of unconfirmed claims is the one the
+  claims and those intervals give.
+
+Optional fields: ``model`` ({path, sha256} of the evaluated file: the exports take the model from
+there) and ``submission``.
+
 An image robust to AutoAttack but broken by PGD is legitimate (the attacks run independently);
 ``pgd_broken_aa_robust`` counts such images so the leaderboard can flag them.
 
@@ -293,8 +300,75 @@ def _cell_rules(rec: dict) -> Iterable[ResultError]:
         yield ResultError("lowered", "lowered_after_apgd disagrees with lowered_by")
 
 
+# ---------------------------------------------------------------- external submissions
+# A claimed sparsity is confirmed when it lies this close (percentage points) to the zero count we
+# measure: the count is exact, but a paper's "95 %" may be rounded or leave out a layer.
+SUBMISSION_SPARSITY_TOLERANCE = 0.5
+
+
+def submission_measured(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What we measured of a submission, in % (the Wilson 95 % interval beside each accuracy)."""
+    from benchmark.stats import wilson_interval
+
+    def pct(name: str) -> tuple[float | None, list[float] | None]:
+        m = record["metrics"][name]
+        if m is None:
+            return None, None
+        lo, hi = wilson_interval(m["correct"], m["n"])
+        return 100.0 * m["acc"], [100.0 * lo, 100.0 * hi]
+
+    clean, clean_ci = pct("clean")
+    aa, aa_ci = pct("autoattack")
+    return {"sparsity": 100.0 * record["sparsity"]["measured"], "clean": clean,
+            "clean_ci": clean_ci, "autoattack": aa, "autoattack_ci": aa_ci}
+
+
+def claims_outside(claims: Mapping[str, Any], measured: Mapping[str, Any]) -> list[str]:
+    """The claims our measurement does not confirm: an accuracy outside our 95 % interval, a
+    sparsity further than SUBMISSION_SPARSITY_TOLERANCE points from the measured one (an
+    accuracy we did not measure cannot be confirmed either)."""
+    out = []
+    if abs(float(claims["sparsity"]) - float(measured["sparsity"])) > SUBMISSION_SPARSITY_TOLERANCE:
+        out.append("sparsity")
+    for name in ("clean", "autoattack"):
+        claim = claims.get(name)
+        if claim is None:
+            continue
+        ci = measured.get(f"{name}_ci")
+        if ci is None or not ci[0] - 1e-9 <= float(claim) <= ci[1] + 1e-9:
+            out.append(name)
+    return out
+
+
+def _submission_rules(rec: dict) -> Iterable[ResultError]:
+    sub = rec.get("submission")
+    if sub is None:
+        return
+    if sub["name"] != rec["cell"]["method"] or rec["cell"]["s2ap"] != "n/a":
+        yield ResultError("submission", f"a submission's cell is method {sub['name']!r} with s2ap "
+                                        f"'n/a', not {rec['cell']['method']!r}/{rec['cell']['s2ap']!r}")
+    if not math.isclose(float(sub["claims"]["sparsity"]), float(rec["cell"]["sparsity"]),
+                        abs_tol=1e-9):
+        yield ResultError("submission", f"the cell's sparsity {rec['cell']['sparsity']} is not the "
+                                        f"claimed {sub['claims']['sparsity']}")
+    want = submission_measured(rec)
+    for key, value in want.items():
+        got = sub["measured"].get(key)
+        same = (got is None and value is None) or (
+            got is not None and value is not None and
+            all(math.isclose(a, b, abs_tol=1e-9) for a, b in
+                zip(got if isinstance(got, list) else [got], value if isinstance(value, list) else [value])))
+        if not same:
+            yield ResultError("submission", f"submission.measured.{key} {got!r} is not what the "
+                                            f"result's metrics give ({value!r})")
+    outside = claims_outside(sub["claims"], want)
+    if sorted(sub["outside"]) != sorted(outside):
+        yield ResultError("submission", f"submission.outside {sub['outside']} != the claims outside "
+                                        f"our intervals {outside}")
+
+
 _RULES = (_count_rules, _per_image_rules, _eps_rules, _protocol_rules, _config_rules,
-          _sparsity_rules, _cell_rules)
+          _sparsity_rules, _cell_rules, _submission_rules)
 
 
 def check_record(record: Any) -> list[ResultError]:
@@ -335,13 +409,16 @@ def build_record(*, cell: Mapping[str, Any], structure: str, configs: Mapping[st
                  evaluation: Mapping[str, Any], sparsity: Mapping[str, Any],
                  timing: Mapping[str, float], diagnostics: Mapping[str, Any],
                  history: Mapping[str, Any], provenance: Mapping[str, Any],
-                 config_hash: str | None = None) -> dict[str, Any]:
+                 config_hash: str | None = None, model: Mapping[str, Any] | None = None,
+                 submission: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A result record from its parts (not yet validated; write_result validates).
 
     ``evaluation`` is benchmark.evaluation.evaluate_model's output (metrics, flags, protocol),
     ``sparsity`` is benchmark.masking.measure_sparsity's, ``configs`` every stage's config by
     stage name, ``provenance`` benchmark.provenance.provenance()'s. ``config_hash`` defaults to
-    the cell's, else a hash of the configs without seeds.
+    the cell's, else a hash of the configs without seeds. ``model``: {"path", "sha256"} of the
+    evaluated file; ``submission``: an external submission's block without ``measured`` and
+    ``outside``, which are filled in here from the evaluation.
     """
     if config_hash is None:
         config_hash = cell.get("config_hash")
@@ -365,7 +442,15 @@ def build_record(*, cell: Mapping[str, Any], structure: str, configs: Mapping[st
         "history": dict(history),
         "provenance": dict(provenance),
     }
-    return _plain(record)
+    if model is not None:
+        record["model"] = dict(model)
+    record = _plain(record)
+    if submission is not None:
+        sub = _plain(dict(submission))
+        sub["measured"] = submission_measured(record)
+        sub["outside"] = claims_outside(sub["claims"], sub["measured"])
+        record["submission"] = sub
+    return record
 
 
 def write_result(path: str | Path, record: Mapping[str, Any]) -> Path:
@@ -399,4 +484,5 @@ def pgd_broken_aa_robust(record: Mapping[str, Any]) -> int:
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_FILE", "AUTOATTACK_VERSIONS", "ResultError", "load_schema",
            "check_record", "validate_record", "structure_of", "build_record", "write_result",
-           "read_result", "pgd_broken_aa_robust"]
+           "read_result", "pgd_broken_aa_robust", "SUBMISSION_SPARSITY_TOLERANCE",
+           "submission_measured", "claims_outside"]

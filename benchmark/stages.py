@@ -345,6 +345,7 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
     the sparsity measured on the weights that are attacked."""
     from . import results
     from .evaluation import evaluate_model, prepare_for_eval, stage_config
+    from .io import sha256_file
     from .provenance import provenance
 
     t0 = time.perf_counter()
@@ -367,7 +368,9 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
                 "evaluate_s": time.perf_counter() - t0},
         diagnostics=_diagnostics(meta, extra_diagnostics),
         history={"train": meta.get("history"), "search": (meta.get("search") or {}).get("history")},
-        provenance=provenance())
+        provenance=provenance(),
+        # the exports publish this file: they check it is still the one evaluated
+        model={"path": str(model_path), "sha256": sha256_file(model_path)})
     results.write_result(out, record)
     return record
 

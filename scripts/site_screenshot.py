@@ -1,7 +1,10 @@
 """Screenshot of a generated site, as committed in docs/leaderboard.png.
 
-  python -m benchmark site --runs results/offline/runs --out /tmp/site
-  python scripts/site_screenshot.py /tmp/site/index.html docs/leaderboard.png
+  python scripts/site_screenshot.py results/published/site/index.html docs/leaderboard.png
+
+(the site over every published run; any site works, e.g. results/<preset>/site/index.html made
+by `snakemake site --configfile presets/<preset>.yaml`). Take it after `make publish`: the
+screenshot is a tracked file, and publishing refuses a tree with uncommitted changes.
 
 Uses playwright with Debian's chromium (the `browser` extra; scripts/install.sh installs
 chromium), no network.

@@ -138,3 +138,16 @@ def test_export_command(exported, tmp_path, capsys):
                      "--work", str(work)]) == 0
     assert "models: 2" in capsys.readouterr().out
     assert cli_main(["export", "verify", "--manifest", str(tmp_path / "m" / "manifest.json")]) == 0
+
+
+def test_a_model_file_replaced_since_its_evaluation_is_not_exported(tmp_path):
+    runs = tmp_path / "runs"
+    model = tmp_path / "work" / "model.pt"
+    suite_model_file(model, 0)
+    result = fx.write_result(runs, dataset="fashion-mnist", arch="small_cnn", method="hydra",
+                             sparsity=90, eps=0.1, model_file=model)
+    manifest = export_models(runs, tmp_path / "out")  # the recorded file: no work folder needed
+    assert (tmp_path / "out" / manifest["models"][0]["result"]).resolve() == result.resolve()
+    suite_model_file(model, 1)  # retrained after the evaluation
+    with pytest.raises(ChecksumMismatchError, match="is not the model .*seed0.json evaluated"):
+        export_models(runs, tmp_path / "out2")

@@ -113,7 +113,8 @@ def test_export_writes_model_info_tree_and_reported_from_the_reference(tmp_path)
     runs = tmp_path / "runs"
     fx.write_result(runs, method="hydra", s2ap="off", sparsity=90, aa=4250)
     fx.write_result(runs, method="hydra", s2ap="on", sparsity=90, aa=4300)
-    fx.write_result(runs, method="lwm", s2ap="n/a", sparsity=90, aa_n=100, aa=40)
+    # another preset's result (AutoAttack on 100 images): its own leaderboard, and not exported
+    fx.write_result(runs, method="lwm", s2ap="n/a", sparsity=90, aa_n=100, aa=40, preset="subset")
     ref = tmp_path / "ref.csv"
     ref.write_text("# source: test\ndataset,structure,method,arch,sparsity,clean,autoattack\n"
                    "cifar10,unstructured,hydra,resnet18,90,76.74,43.34\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.aggregate import aggregate, read_leaderboard
+from benchmark.aggregate import AggregationError, aggregate, read_leaderboard
 from benchmark.cli import main as cli_main
 from benchmark.io import replace_dir
 from benchmark.site import build_site, site_data
@@ -138,18 +138,79 @@ def test_values_equal_the_leaderboard_csv(site):
 
 
 def test_tables_never_mix_eps_or_image_counts(tmp_path):
+    # three presets, three protocols: each preset is its own leaderboard, each table one protocol
     runs = tmp_path / "runs"
-    fx.write_result(runs, method="hydra", sparsity=90, eps=0.031, aa_n=10_000)
-    fx.write_result(runs, method="lwm", s2ap="n/a", sparsity=90, eps=0.031, aa_n=10_000)
-    fx.write_result(runs, method="hydra", sparsity=95, eps=8 / 255, aa_n=10_000, aa=3000)
-    fx.write_result(runs, method="hydra", sparsity=99, eps=0.031, aa_n=1000, aa=300)
+    fx.write_result(runs / "a", method="hydra", sparsity=90, eps=0.031, aa_n=10_000, preset="a")
+    fx.write_result(runs / "a", method="lwm", s2ap="n/a", sparsity=90, eps=0.031, aa_n=10_000, preset="a")
+    fx.write_result(runs / "b", method="hydra", sparsity=95, eps=8 / 255, aa_n=10_000, aa=3000, preset="b")
+    fx.write_result(runs / "c", method="hydra", sparsity=99, eps=0.031, aa_n=1000, aa=300, preset="c")
     data = site_data(runs)
     assert len(data["tables"]) == 3
     for table in data["tables"]:
-        keys = {(e["row"]["eps"], e["row"]["autoattack_n"]) for e in table["entries"]}
+        keys = {(e["row"]["eps"], e["row"]["autoattack_n"], e["preset"]) for e in table["entries"]}
         assert len(keys) == 1, table["title"]
     titles = [t["title"] for t in data["tables"]]
     assert any("1,000 images" in t for t in titles) and any("ε = 0.031" in t for t in titles)
+    assert all(t.split(":")[0] in ("a", "b", "c") for t in titles)  # several presets: named
+    # entry pages of different presets never share a file name
+    assert len({e["slug"] for e in data["entries"]}) == len(data["entries"]) == 4
+
+
+def test_one_preset_mixing_eps_is_refused_as_the_aggregation_refuses_it(tmp_path):
+    runs = tmp_path / "runs"
+    fx.write_result(runs, method="hydra", sparsity=90, eps=0.031)
+    odd = fx.write_result(runs, method="hydra", sparsity=95, eps=8 / 255)
+    with pytest.raises(AggregationError, match=f"{odd}: rule 'table'"):
+        build_site(runs, tmp_path / "site")
+    assert not (tmp_path / "site").exists()
+
+
+def test_a_file_that_breaks_a_rule_stops_the_site_or_is_listed_as_excluded(tmp_path):
+    runs = tmp_path / "runs"
+    fx.write_result(runs, method="hydra", sparsity=90)
+    bad = fx.write_result(runs, method="lwm", s2ap="n/a", sparsity=90)
+    record = json.loads(bad.read_text())
+    record["metrics"]["clean"]["correct"] += 1
+    bad.write_text(json.dumps(record))
+    with pytest.raises(AggregationError, match=f"{bad}: rule 'acc'"):
+        build_site(runs, tmp_path / "site")
+    build_site(runs, tmp_path / "site", exclude_invalid=True)
+    page = parse(tmp_path / "site" / "index.html")
+    assert [r["attrs"]["data-method"] for r in page.rows] == ["hydra"]
+    text = (tmp_path / "site" / "index.html").read_text()
+    assert "Excluded result files" in text and str(bad) in text and "acc" in text
+
+
+def test_flags_of_the_leaderboard_with_their_reasons(tmp_path):
+    runs = tmp_path / "runs"
+    # 3 images robust to AutoAttack that PGD broke
+    fx.write_result(runs, method="hydra", sparsity=90, pgd_broke=3, dirty=True)
+    fx.write_result(runs, method="lwm", s2ap="n/a", sparsity=90, stage_code="0" * 16)
+    fx.write_result(runs, method="random", s2ap="n/a", sparsity=90, dirty=None, revision="unknown")
+    data = site_data(runs)
+    flags = {e["method"]: {f["code"]: f["reason"] for f in e["flags"]} for e in data["entries"]}
+    assert flags["hydra"]["P"] == "3 image(s) robust to AutoAttack were broken by PGD"
+    assert "uncommitted changes" in flags["hydra"]["D"]
+    assert "0" * 16 in flags["lwm"]["X"] and "D" not in flags["lwm"]
+    assert "outside a git checkout" in flags["random"]["U"]
+    legend = {code for code, _, _ in data["legend"]}
+    assert {"P", "D", "X", "U", "S", "W", "L", "N", "E", "C"} <= legend
+
+
+def test_published_column_compares_with_the_published_leaderboard(tmp_path):
+    pub_runs, runs = tmp_path / "pub" / "runs", tmp_path / "runs"
+    fx.write_result(pub_runs, method="hydra", sparsity=90, aa=4100)
+    fx.write_result(pub_runs, method="lwm", s2ap="n/a", sparsity=90, aa=3000)
+    aggregate(pub_runs, tmp_path / "pub")
+    fx.write_result(runs, method="hydra", sparsity=90, aa=4150)   # inside this run's interval
+    fx.write_result(runs, method="lwm", s2ap="n/a", sparsity=90, aa=4000)  # far outside
+    fx.write_result(runs, method="harp", sparsity=90, aa=4000)    # not published
+    build_site(runs, tmp_path / "site", published_csv=tmp_path / "pub" / "leaderboard.csv")
+    rows = {r["attrs"]["data-method"]: r for r in parse(tmp_path / "site" / "index.html").rows}
+    cells = {m: {c["attrs"].get("data-col"): c["text"].split() for c in r["cells"]} for m, r in rows.items()}
+    assert cells["hydra"]["published"] == ["41.00", "(+0.50,", "inside)"]
+    assert cells["lwm"]["published"] == ["30.00", "(+10.00,", "outside)"]
+    assert cells["harp"]["published"] == ["—"]
 
 
 def test_names_are_escaped(tmp_path):
@@ -246,8 +307,9 @@ def test_entry_page_holds_recipe_provenance_links_and_command(tmp_path):
 def test_full_standard_autoattack_switch_data_and_flags(tmp_path):
     runs = tmp_path / "runs"
     fx.write_result(runs, method="hydra", sparsity=90, aa_n=10_000)
-    fx.write_result(runs, method="hydra", sparsity=95, aa_n=500, aa=200)
-    fx.write_result(runs, method="hydra", sparsity=99, aa_n=10_000, attacks=["apgd-ce", "apgd-t"])
+    fx.write_result(runs, method="hydra", sparsity=95, aa_n=500, aa=200, preset="subset")
+    fx.write_result(runs, method="hydra", sparsity=99, aa_n=10_000, attacks=["apgd-ce", "apgd-t"],
+                    preset="apgd")
     build_site(runs, tmp_path / "site")
     rows = {r["attrs"]["data-sparsity"]: r for r in parse(tmp_path / "site" / "index.html").rows}
     assert rows["90"]["attrs"]["data-fullaa"] == "1"
@@ -318,4 +380,4 @@ def test_site_target_in_the_workflow(tmp_path):
         assert re.search(rf"^(local)?rule {rule}:$", out, re.M), rule
     assert "-m benchmark site --runs" in out and "--out results/quick/site" in out
     assert "--models results/quick/export/models/manifest.json" in out
-    assert "-m benchmark export models" in out and "--work work/quick" in out
+    assert "-m benchmark export models" in out and "--out results/quick/export/models" in out

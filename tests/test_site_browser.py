@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from benchmark.aggregate import aggregate, read_leaderboard
@@ -89,13 +90,21 @@ def site(tmp_path_factory):
     fx.write_result(runs, method="harp", s2ap="on", sparsity=95, aa=4120, clean=8100,
                     warnings=["There are 1 points with zero gradient!"], lowered_by=["square"])
     fx.write_result(runs, method="lwm", s2ap="n/a", sparsity=99, aa=2500, clean=6000)
-    fx.write_result(runs, method="random", s2ap="n/a", sparsity=99, no_autoattack=True, clean=1000)
-    fx.write_result(runs, method="hydra", s2ap="off", sparsity=99, aa_n=100, aa=20, clean=5000)
+    fx.write_result(runs, method="random", s2ap="n/a", sparsity=99, no_autoattack=True, clean=1000,
+                    preset="noaa")
+    # another preset (AutoAttack on 100 images): its own leaderboard and table
+    fx.write_result(runs, method="hydra", s2ap="off", sparsity=99, aa_n=100, aa=20, clean=5000,
+                    preset="subset")
     out = root / "results" / "fixture" / "site"
     build_site(runs, out)
-    aggregate(runs, root / "agg")
+    # each preset's leaderboard, as the site shows them
+    boards = []
+    for preset in ("fixture", "noaa", "subset"):
+        files = [f for f in runs.rglob("*.json") if json.loads(f.read_text())["cell"]["preset"] == preset]
+        aggregate(files, root / "agg" / preset)
+        boards.append(read_leaderboard(root / "agg" / preset / "leaderboard.csv"))
     return {"out": out, "index": out / "index.html", "runs": runs,
-            "csv": read_leaderboard(root / "agg" / "leaderboard.csv")}
+            "csv": pd.concat(boards, ignore_index=True)}
 
 
 @pytest.fixture
@@ -178,8 +187,8 @@ def test_filters_and_search_reduce_the_rows(page, site):
     page.check("#full-aa")
     rows = visible_rows(page)
     assert len(rows) < total and all(r["sparsity"] != "99" or r["method"] == "lwm" for r in rows)
-    # the subset table (AutoAttack on 100 images) has no row left and says so
-    assert page.locator("#board-1 .empty").is_visible()
+    # the tables without full standard AutoAttack have no row left and say so
+    assert page.locator("#board-1 .empty").is_visible() and page.locator("#board-2 .empty").is_visible()
     page.uncheck("#full-aa")
     assert len(visible_rows(page)) == total
     assert page.errors == []

@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -67,7 +68,8 @@ def test_quick_dry_run(tmp_path):
     assert counts["prune"] == counts["finetune"] == counts["evaluate"] == 6
     assert counts["aggregate"] == 1
     outputs = [o for j in jobs for o in j["output"]]
-    assert "results/quick/leaderboard.md" in outputs
+    # the leaderboard files are written beside the stamp, the aggregate rule's declared output
+    assert "results/quick/leaderboard.stamp.json" in outputs
     assert "results/quick/runs/fashion-mnist/small_cnn/lwm/n-a/sp95/seed0.json" in outputs
     assert "results/quick/runs/fashion-mnist/small_cnn/harp/on/sp95/seed0.json" in outputs
     assert "results/quick/runs/fashion-mnist/small_cnn/dense/n-a/sp0/seed0.json" in outputs
@@ -77,9 +79,26 @@ def test_quick_dry_run(tmp_path):
             assert "-m benchmark " + j["rule"].replace("_dense", "") in j["shell"]
 
 
+def test_a_fresh_clone_trains_everything_and_compares_with_the_published_run(tmp_path):
+    """The published run (results/published/quick/, committed) is never taken for this run's
+    outputs; its leaderboard becomes an input of the aggregation, which compares with it."""
+    published = tmp_path / "results" / "published" / "quick"
+    for rel in ("runs/fashion-mnist/small_cnn/dense/n-a/sp0/seed0.json",
+                "runs/fashion-mnist/small_cnn/hydra/on/sp95/seed0.json", "leaderboard.csv",
+                "leaderboard.md"):
+        (published / rel).parent.mkdir(parents=True, exist_ok=True)
+        (published / rel).write_text("{}")
+    jobs = dry_run_jobs("--configfile", PRESETS / "quick.yaml", cwd=tmp_path)
+    counts = Counter(j["rule"] for j in jobs)
+    assert counts["pretrain"] == 1 and counts["prune"] == counts["evaluate"] == 6
+    (aggregate,) = [j for j in jobs if j["rule"] == "aggregate"]
+    assert "--published results/published/quick/leaderboard.csv" in aggregate["shell"]
+    assert not any("results/published" in o for j in jobs for o in j["output"])
+
+
 def test_default_preset_is_quick(tmp_path):
     jobs = dry_run_jobs(cwd=tmp_path)
-    assert any("results/quick/leaderboard.md" in j["output"] for j in jobs)
+    assert any("results/quick/leaderboard.stamp.json" in j["output"] for j in jobs)
 
 
 @pytest.mark.parametrize("preset", ["paper_cifar10_hydra.yaml", "paper_svhn_hydra.yaml"])
@@ -194,6 +213,45 @@ def test_tiny_end_to_end(tmp_path):
     assert verify_manifest(results / "export" / "models" / "manifest.json") == []
     hydra = next(m for m in manifest["models"] if m["method"] == "hydra")
     assert load_from_manifest(results / "export" / "models" / "manifest.json", hydra["model"]) is not None
+
+    # a submission round trip: the exported model, submitted back, reproduces its entry exactly
+    exported = results / "export" / "models" / hydra["files"]["safetensors"]["path"]
+    folder = tmp_path / "submissions" / "roundtrip"
+    folder.mkdir(parents=True)
+    shutil.copyfile(exported, folder / "model.safetensors")
+    (folder / "submission.yaml").write_text(yaml.safe_dump({
+        "preset": "tiny", "dataset": "fashion-mnist", "arch": "small_cnn", "width": 0.5, "eps": 0.1,
+        "method": "the tiny preset's HYDRA model, exported and submitted back",
+        "model": {"file": "model.safetensors", "sha256": hydra["files"]["safetensors"]["sha256"]},
+        "claims": {"sparsity": 90}}))
+    proc = snakemake("submissions", "--cores", "2", "--configfile", PRESETS / "tiny.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    entry = json.loads((results / "runs" / (hydra["model"] + ".json")).read_text())
+    submitted = json.loads((results / "submissions" / "roundtrip.json").read_text())
+    assert submitted["flags"] == entry["flags"] and submitted["protocol"] == entry["protocol"]
+    for name in ("clean", "pgd", "autoattack"):
+        assert submitted["metrics"][name]["correct"] == entry["metrics"][name]["correct"], name
+    assert submitted["sparsity"]["measured"] == entry["sparsity"]["measured"]
+    with open(results / "leaderboard.csv") as fh:
+        assert "roundtrip" in {row["method"] for row in csv.DictReader(fh)}
+
+    # a failed aggregation keeps the previous leaderboard, also under Snakemake (which deletes a
+    # job's declared outputs first: the stamp is the aggregate rule's only one)
+    board = {n: (results / n).read_bytes() for n in ("leaderboard.csv", "leaderboard.md")}
+    result = results / "runs" / (hydra["model"] + ".json")
+    original = result.read_text()
+    tampered = json.loads(original)
+    tampered["metrics"]["clean"]["correct"] += 1
+    result.write_text(json.dumps(tampered))
+    proc = snakemake("--cores", "1", "--configfile", PRESETS / "tiny.yaml", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "rule aggregate" in out, out[-5000:]
+    assert "rule 'acc'" in (tmp_path / "work" / "tiny" / "logs" / "aggregate" / "leaderboard.log").read_text()
+    assert {n: (results / n).read_bytes() for n in board} == board
+    assert not (results / "leaderboard.stamp.json").exists()
+    result.write_text(original)
+    proc = snakemake("--cores", "1", "--configfile", PRESETS / "tiny.yaml", cwd=tmp_path)
+    assert proc.returncode == 0 and (results / "leaderboard.stamp.json").is_file()
 
 
 @pytest.mark.e2e

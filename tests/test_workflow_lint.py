@@ -12,7 +12,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflows" / "rules").glob("*.smk"))]
-GPU_COMMANDS = ("PRETRAIN_CMD", "PRUNE_CMD", "FINETUNE_CMD", "EVALUATE_CMD")
+GPU_COMMANDS = ("PRETRAIN_CMD", "PRUNE_CMD", "FINETUNE_CMD", "EVALUATE_CMD", "SUBMIT_CMD")
 
 
 def workflow_rules() -> dict[str, str]:
@@ -28,9 +28,18 @@ def workflow_rules() -> dict[str, str]:
 
 
 def local_rules() -> set[str]:
-    text = (REPO / "Snakefile").read_text()
-    block = re.search(r"^localrules:\n((?:\s+\w+,?\n)+)", text, re.M)
-    return {name.strip(" ,\n") for name in block.group(1).split()} if block else set()
+    """Every rule named in a `localrules:` block of any workflow file (Snakemake merges them: the
+    rules of one file, such as the publishing rules, declare their own)."""
+    names = set()
+    for path in RULE_FILES:
+        for block in re.finditer(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", path.read_text(), re.M):
+            names |= {name.strip(" ,\n") for name in block.group(1).split()}
+    return names
+
+
+def test_local_rules_are_read_from_every_workflow_file():
+    assert {"all", "aggregate", "site", "export_robustbench", "submissions"} <= local_rules()
+    assert "export_models" not in local_rules()  # reads every model: a cluster job
 
 
 def test_the_parser_sees_the_rules_snakemake_sees():

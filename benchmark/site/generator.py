@@ -13,9 +13,11 @@
 
 The folder is built aside and swapped in whole. Links to result files, logs, models and
 RobustBench entries are relative, so the site keeps working when ``results/<preset>/`` is copied
-or opened from ``file://``. Inputs: the result files (through ``benchmark.entries.read_result``)
-and the leaderboard of ``benchmark.aggregate.build_tables`` (so the page and leaderboard.csv
-show the same numbers).
+or opened from ``file://``. Inputs: the result files (through ``benchmark.results.read_result``,
+the suite's one reader) and, per preset, the leaderboard of ``benchmark.aggregate.build_tables``
+(so the page and that preset's leaderboard.csv show the same numbers; results of different
+presets are never pooled). A file that breaks a rule stops the build, as it stops the
+aggregation; with ``exclude_invalid`` it is listed on the page as excluded instead.
 """
 from __future__ import annotations
 
@@ -29,14 +31,17 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
+from benchmark import flags as flag_legend
 from benchmark import svg_plots
-from benchmark.aggregate import build_tables
+from benchmark.aggregate import AggregationError, build_tables
 from benchmark.config import s2ap_search_value, s2ap_to_path
 from benchmark.entries import (canon_s2ap, entry_id, entry_slug, expand_runs, model_key,
-                               preset_of, read_result, reproduce_command, result_key, row_key)
+                               preset_of, reproduce_command, result_key, row_key)
 from benchmark.export_robustbench import entry_path as rb_entry_path
 from benchmark.export_robustbench import robustbench_status
 from benchmark.io import atomic_write_text, replace_dir
+from benchmark.provenance import stage_code_digest
+from benchmark.results import ResultError, read_result
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE_DIR / "templates"
@@ -44,16 +49,7 @@ STATIC = PACKAGE_DIR / "static"
 DASH = "—"
 
 # code, short name, what it means (the legend); the reason of each occurrence is its tooltip
-FLAG_LEGEND = [
-    ("W", "warnings", "AutoAttack (or Python) warned during the evaluation."),
-    ("L", "lowered after APGD", "FAB-T or Square broke images APGD had left: the APGD attacks "
-                                "alone were not enough, the robustness estimate is fragile."),
-    ("N", "non-standard AutoAttack", "an attack subset, not AutoAttack standard."),
-    ("S", "test subset", "AutoAttack ran on part of the test set only (wider interval; not "
-                         "comparable with full-test-set leaderboards)."),
-    ("D", "uncommitted code", "computed from a working tree with uncommitted changes, or at an "
-                              "unknown revision: the exact code cannot be checked out."),
-]
+FLAG_LEGEND = [(f.code, f.title, f.meaning) for f in flag_legend.LEGEND + flag_legend.SITE_LEGEND]
 STAGES = ("pretrain", "prune", "finetune", "evaluate")
 
 
@@ -115,41 +111,75 @@ def _full_test_size(dataset: str) -> int | None:
 
 
 # ------------------------------------------------------------------------------ per entry
-def _flags(row: Mapping[str, Any], runs: list[tuple[Path, dict]], full_n: int | None) -> list[dict]:
-    flags = []
-    warned = [f"seed {res['cell'].get('seed')}: {str(w).strip().splitlines()[0]}"
-              for _, res in runs for w in ((res["metrics"].get("autoattack") or {}).get("warnings") or [])
-              if str(w).strip()]
-    if warned:
-        flags.append({"code": "W", "reason": "; ".join(warned)[:600]})
-    lowered = []
-    for _, res in runs:
-        aa = res["metrics"].get("autoattack") or {}
-        if aa.get("lowered_by") or aa.get("lowered_after_apgd"):
-            after = aa.get("robust_after") or {}
-            apgd = min((v for k, v in after.items() if k.startswith("apgd")), default=None)
-            detail = (f" (after APGD {100 * apgd:.2f} %, final {100 * float(aa.get('acc', 0)):.2f} %)"
-                      if apgd is not None else "")
-            lowered.append(f"seed {res['cell'].get('seed')}: "
-                           f"{'+'.join(aa.get('lowered_by') or []) or 'a later attack'}{detail}")
-    if lowered:
-        flags.append({"code": "L", "reason": "; ".join(lowered)})
-    if row.get("aa_standard") is False:
-        flags.append({"code": "N", "reason": f"attacks: {row.get('aa_attacks') or 'unknown'} "
-                                             f"(version {row.get('aa_version')})"})
+def _seed(res: Mapping[str, Any]) -> str:
+    return f"seed {res['cell'].get('seed')}"
+
+
+def _flag_reason(name: str, detail: str, row: Mapping[str, Any], runs: list[tuple[Path, dict]],
+                 current_code: str) -> str:
+    """Why a flag of the leaderboard's ``flag`` column is set, from the result files."""
+    if name == "warnings":
+        warned = [f"{_seed(res)}: {str(w).strip().splitlines()[0]}" for _, res in runs
+                  for w in ((res["metrics"].get("autoattack") or {}).get("warnings") or []) if str(w).strip()]
+        return "; ".join(warned)[:600] or "warnings during the evaluation"
+    if name == "lowered-after-apgd":
+        lowered = []
+        for _, res in runs:
+            aa = res["metrics"].get("autoattack") or {}
+            if aa.get("lowered_by") or aa.get("lowered_after_apgd"):
+                after = aa.get("robust_after") or {}
+                apgd = min((v for k, v in after.items() if k.startswith("apgd")), default=None)
+                extra = (f" (after APGD {100 * apgd:.2f} %, final {100 * float(aa.get('acc', 0)):.2f} %)"
+                         if apgd is not None else "")
+                lowered.append(f"{_seed(res)}: {'+'.join(aa.get('lowered_by') or []) or 'a later attack'}{extra}")
+        return "; ".join(lowered) or detail
+    if name == "non-standard-AA":
+        return f"attacks: {row.get('aa_attacks') or 'unknown'} (version {row.get('aa_version')})"
+    if name == "pgd-broke-aa-robust":
+        return f"{detail} image(s) robust to AutoAttack were broken by PGD"
+    if name in ("dirty-tree", "no-revision"):
+        out = []
+        for _, res in runs:
+            git = (res.get("provenance") or {}).get("git") or {}
+            if git.get("dirty") is not False:
+                out.append(f"{_seed(res)}: revision {git.get('revision') or 'unknown'}"
+                           + (" with uncommitted changes" if git.get("dirty")
+                              else " (outside a git checkout)"))
+        return "; ".join(out)
+    if name == "stale-code":
+        old = sorted({(res.get("provenance") or {}).get("stage_code") for _, res in runs} - {current_code})
+        return f"stage code {', '.join(map(str, old))}; the current code is {current_code}"
+    if name == "submission":
+        subs = {res["submission"]["name"]: res["submission"]["method"] for _, res in runs if res.get("submission")}
+        return "; ".join(f"{k}: {v}" for k, v in subs.items())
+    if name == "claim-outside":
+        out = []
+        for _, res in runs:
+            sub = res.get("submission") or {}
+            for what in sub.get("outside") or []:
+                claim, got = sub["claims"].get(what), sub["measured"].get(what)
+                ci = sub["measured"].get(f"{what}_ci")
+                out.append(f"{what}: claimed {_fmt(claim)} %, measured {_fmt(got)} %"
+                           + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""))
+        return "; ".join(out) or detail
+    return detail or name
+
+
+def _flags(row: Mapping[str, Any], runs: list[tuple[Path, dict]], full_n: int | None,
+           current_code: str) -> list[dict]:
+    """The row's flags (the leaderboard's ``flag`` column, one letter each, with the reason), and
+    the site's own test-subset flag."""
+    out = []
+    for name, detail in flag_legend.split(row.get("flag")):
+        flag = flag_legend.BY_NAME.get(name)
+        out.append({"code": flag.code if flag else name, "name": flag.title if flag else name,
+                    "reason": _flag_reason(name, detail, row, runs, current_code)})
     n = _num(row.get("autoattack_n"))
     if n is not None and full_n is not None and n < full_n:
-        flags.append({"code": "S", "reason": f"AutoAttack on the first {int(n):,} of {full_n:,} test images"})
-    dirty = []
-    for _, res in runs:
-        git = (res.get("provenance") or {}).get("git") or {}
-        if git.get("dirty") or git.get("revision") in (None, "unknown"):
-            dirty.append(f"seed {res['cell'].get('seed')}: revision {git.get('revision') or 'unknown'}"
-                         + (" with uncommitted changes" if git.get("dirty") else ""))
-    if dirty:
-        flags.append({"code": "D", "reason": "; ".join(dirty)})
-    names = {code: name for code, name, _ in FLAG_LEGEND}
-    return [{**f, "name": names[f["code"]]} for f in flags]
+        subset = flag_legend.BY_NAME["test-subset"]
+        out.append({"code": subset.code, "name": subset.title,
+                    "reason": f"AutoAttack on the first {int(n):,} of {full_n:,} test images"})
+    return out
 
 
 def _stage_summary(stage: str, cfg: Mapping[str, Any] | None) -> list[tuple[str, str]]:
@@ -207,9 +237,21 @@ def _stage_logs(res: Mapping[str, Any], logs_dir: Path | None) -> list[tuple[str
     return found
 
 
+def _sparsity_detail(sp: Mapping[str, Any]) -> dict[str, Any]:
+    """The result's sparsity block for the entry page: zeros of the attacked weights, the mask's
+    count beside them, per layer."""
+    mask = sp.get("mask")
+    return {"nominal": _fmt(100 * float(sp["nominal"])), "measured": _fmt(100 * float(sp["measured"])),
+            "zeros": f"{sp['zeros']:,} of {sp['total']:,}",
+            "mask": None if mask is None else _fmt(100 * float(mask["sparsity"])),
+            "kept_zero": sp.get("kept_zero"),
+            "layers": [(k, _fmt(100 * float(v["sparsity"])), f"{v['zeros']:,} / {v['total']:,}")
+                       for k, v in sorted(sp["layers"].items())]}
+
+
 def _run_detail(path: Path, res: dict, *, entries_dir: Path, logs_dir: Path | None,
                 models: Mapping[tuple, Mapping[str, Any]], rb_dir: Path | None,
-                method_files: list) -> dict[str, Any]:
+                method_files: list, current_code: str) -> dict[str, Any]:
     cell, metrics = res["cell"], res["metrics"]
     aa = metrics.get("autoattack") or {}
     attacks = []
@@ -252,11 +294,10 @@ def _run_detail(path: Path, res: dict, *, entries_dir: Path, logs_dir: Path | No
         "diagnostics": [(k, _fmt(v, 4) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
                         for k, v in sorted(diag.items())],
         "timing": [(k, _fmt(v, 1)) for k, v in sorted((res.get("timing") or {}).items())],
-        "sparsity": {"nominal": _fmt(100 * float((res.get("sparsity") or {}).get("nominal") or 0)),
-                     "measured": _fmt(100 * float((res.get("sparsity") or {}).get("measured"))
-                                      if (res.get("sparsity") or {}).get("measured") is not None else None),
-                     "layers": [(k, _fmt(100 * float(v))) for k, v in sorted(((res.get("sparsity") or {}).get("layers") or {}).items())]},
+        "sparsity": _sparsity_detail(res["sparsity"]),
         "provenance": {"revision": git.get("revision") or "unknown", "dirty": git.get("dirty"),
+                       "stage_code": prov.get("stage_code"),
+                       "stale": prov.get("stage_code") != current_code, "current_code": current_code,
                        "packages": sorted((prov.get("packages") or {}).items()),
                        "device": prov.get("device") or {}, "platform": prov.get("platform"),
                        "python": prov.get("python"), "time": prov.get("time_utc")},
@@ -273,23 +314,54 @@ def _per_preset(folder: str | Path | None, res: Mapping[str, Any]) -> Path | Non
     return Path(str(folder).replace("{preset}", preset_of(res) or "unknown"))
 
 
-def _table_key(row: Mapping[str, Any], threat: str) -> tuple:
+def _table_key(row: Mapping[str, Any], threat: str, preset: str | None) -> tuple:
     n = _num(row.get("autoattack_n"))
-    return (str(row["dataset"]), threat, _num(row.get("eps")), int(n) if n is not None else None)
+    return (preset or "", str(row["dataset"]), threat, _num(row.get("eps")),
+            int(n) if n is not None else None)
 
 
-def _table_title(key: tuple) -> str:
-    dataset, threat, eps, n = key
+def _table_title(key: tuple, several_presets: bool) -> str:
+    preset, dataset, threat, eps, n = key
     threat_text = "L∞" if threat == "Linf" else threat
     aa = f"AutoAttack on {n:,} images" if n is not None else "no AutoAttack"
-    return f"{dataset} · {threat_text} · ε = {_fmt_sparsity(eps)} · {aa}"
+    title = f"{dataset} · {threat_text} · ε = {_fmt_sparsity(eps)} · {aa}"
+    return f"{preset}: {title}" if several_presets else title
+
+
+def _read_all(files: list[Path], exclude_invalid: bool) -> tuple[dict[Path, dict], list[dict]]:
+    """Every valid result record, and the excluded files ({file, rule, detail}); a file that breaks
+    a rule stops the build unless exclude_invalid (as in benchmark.aggregate)."""
+    results, excluded = {}, []
+    for path in files:
+        try:
+            results[path] = read_result(path)
+        except ResultError as exc:
+            if not exclude_invalid:
+                raise AggregationError(f"{exc}. (To leave it out and list it as excluded, build "
+                                       "the site with --exclude-invalid.)") from exc
+            excluded.append({"file": str(path), "rule": exc.rule, "detail": exc.detail})
+    return results, excluded
+
+
+def _published_for(published_csv: str | Path | None, preset: str | None) -> Path | None:
+    """The published leaderboard of a preset ('{preset}' in the path), when it exists."""
+    if not published_csv:
+        return None
+    path = Path(str(published_csv).replace("{preset}", preset or "unknown"))
+    return path if path.is_file() else None
 
 
 def site_data(runs: Any, *, reference_csv: str | Path | None = None,
               models_manifest: Any = None, logs_dir: str | Path | None = None,
               robustbench_dir: str | Path | None = None, method_files: Iterable[str | Path] = (),
-              out_dir: str | Path = "site") -> dict[str, Any]:
-    """Everything the templates show, computed once (tests read it too)."""
+              out_dir: str | Path = "site", exclude_invalid: bool = False,
+              published_csv: str | Path | None = None) -> dict[str, Any]:
+    """Everything the templates show, computed once (tests read it too).
+
+    Each preset's results are aggregated on their own (benchmark.aggregate.build_tables), so a
+    site over several presets shows each preset's leaderboard as that preset's leaderboard.csv
+    does. ``published_csv``: the published leaderboard to compare with ('{preset}' stands for
+    each preset; a preset without one gets no comparison)."""
     from benchmark.model_export import manifest_by_model
 
     out_dir = Path(out_dir)
@@ -297,69 +369,86 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
     files = expand_runs(runs)
     if not files:
         raise FileNotFoundError(f"no result files in {runs}")
-    results = {p: read_result(p) for p in files}
-    table, pairs, _ = build_tables(files, reference_csv)
-    columns = [str(c) for c in table.columns]
-    by_key: dict[tuple, list[tuple[Path, dict]]] = defaultdict(list)
-    for p, res in results.items():
-        by_key[result_key(res)].append((p, res))
+    results, excluded = _read_all(files, exclude_invalid)
+    by_preset: dict[str | None, list[Path]] = defaultdict(list)
+    for path, res in results.items():
+        by_preset[preset_of(res)].append(path)
+    several = len(by_preset) > 1
     models = manifest_by_model(models_manifest)
     method_files = list(method_files)
+    current_code = stage_code_digest()
 
-    deltas: dict[tuple, dict] = {}
-    pair_rows = [] if pairs is None else [_plain(r) for r in pairs.to_dict("records")]
-    for p in pair_rows:
-        if p.get("s2ap_applicable") and p.get("s2ap_config") and _num(p.get("delta")) is not None:
-            deltas.setdefault((p["dataset"], p["arch"], p["method"], float(p["sparsity"]), p["s2ap_config"]), p)
-
-    entries = []
-    for raw in table.to_dict("records"):
-        row = _plain(raw)
-        key = row_key(row)
-        runs_of = sorted(by_key.get(key, []), key=lambda pr: str(pr[1]["cell"].get("seed")))
-        if not runs_of:
-            raise ValueError(f"leaderboard row {entry_id(row)} has no result file; this is a bug")
-        first = runs_of[0][1]
-        threat = str((first["metrics"].get("autoattack") or {}).get("norm") or "Linf")
-        full_n = _full_test_size(row["dataset"])
-        n_aa = _num(row.get("autoattack_n"))
-        pair = deltas.get((row["dataset"], row["arch"], row["method"], float(row["sparsity"]), row["config_hash"]))
-        delta = None
-        if pair is not None and canon_s2ap(row["s2ap"]) == "on":
-            delta = {"value": pair["delta"], "p": pair.get("p_value"), "seeds": pair.get("paired_seeds"),
-                     "orig": pair.get("orig_aa")}
-        eid = entry_id(row)
-        slug = entry_slug(row)
-        details = [_run_detail(p, res, entries_dir=entries_dir, logs_dir=_per_preset(logs_dir, res),
-                               models=models, rb_dir=_per_preset(robustbench_dir, res),
-                               method_files=method_files) for p, res in runs_of]
-        n_rb = sum(d["robustbench"]["exported"] for d in details)
-        entries.append({
-            "id": eid, "slug": slug, "page": f"entries/{quote(slug)}.html",
-            "table": _table_key(row, threat), "threat": threat,
-            "dataset": row["dataset"], "arch": row["arch"], "method": row["method"],
-            "s2ap": row["s2ap"], "structure": row.get("structure") or "unstructured",
-            "sparsity": row["sparsity"], "sparsity_text": _fmt_sparsity(row["sparsity"]),
-            "row": row, "flags": _flags(row, runs_of, full_n), "delta": delta,
-            "full_standard_aa": bool(row.get("aa_standard")) and n_aa is not None
-                                and full_n is not None and n_aa >= full_n,
-            "preset": preset_of(first), "config": first.get("config") or {},
-            "config_hash": row["config_hash"],
-            "stages": [(s, _stage_summary(s, (first.get("config") or {}).get(s)),
-                        json.dumps((first.get("config") or {}).get(s), indent=2, sort_keys=True))
-                       for s in STAGES if (first.get("config") or {}).get(s) is not None],
-            "runs": details,
-            "robustbench": {"exported": n_rb, "total": len(details),
-                            "reasons": sorted({d["robustbench"]["reason"] for d in details
-                                               if d["robustbench"]["reason"]})},
-        })
+    entries, columns, pair_rows = [], [], {}
+    for preset in sorted(by_preset, key=str):
+        group = by_preset[preset]
+        published = _published_for(published_csv, preset)
+        table, pairs, _ = build_tables(group, reference_csv, exclude_invalid=exclude_invalid,
+                                       published_csv=published)
+        dropped = {e["file"] for e in table.attrs.get("excluded") or []}
+        excluded += [e for e in table.attrs.get("excluded") or [] if e["file"] not in
+                     {x["file"] for x in excluded}]
+        columns += [str(c) for c in table.columns if str(c) not in columns]
+        by_key: dict[tuple, list[tuple[Path, dict]]] = defaultdict(list)
+        for p in group:
+            if str(p) not in dropped:
+                by_key[result_key(results[p])].append((p, results[p]))
+        pair_rows[preset] = [] if pairs is None else [_plain(r) for r in pairs.to_dict("records")]
+        deltas: dict[tuple, dict] = {}
+        for pr in pair_rows[preset]:
+            if pr.get("s2ap_applicable") and pr.get("s2ap_config") and _num(pr.get("delta")) is not None:
+                deltas.setdefault((pr["dataset"], pr["arch"], pr["method"], float(pr["sparsity"]),
+                                   pr["s2ap_config"]), pr)
+        for raw in table.to_dict("records"):
+            row = _plain(raw)
+            runs_of = sorted(by_key.get(row_key(row), []), key=lambda pr: str(pr[1]["cell"].get("seed")))
+            if not runs_of:
+                raise ValueError(f"leaderboard row {entry_id(row)} has no result file; this is a bug")
+            first = runs_of[0][1]
+            threat = str((first["metrics"].get("autoattack") or {}).get("norm") or "Linf")
+            full_n = _full_test_size(row["dataset"])
+            n_aa = _num(row.get("autoattack_n"))
+            pair = deltas.get((row["dataset"], row["arch"], row["method"], float(row["sparsity"]),
+                               row["config_hash"]))
+            delta = None
+            if pair is not None and canon_s2ap(row["s2ap"]) == "on":
+                delta = {"value": pair["delta"], "p": pair.get("p_value"),
+                         "seeds": pair.get("paired_seeds"), "orig": pair.get("orig_aa")}
+            eid = entry_id(row)
+            slug = entry_slug(row, preset)
+            details = [_run_detail(p, res, entries_dir=entries_dir, logs_dir=_per_preset(logs_dir, res),
+                                   models=models, rb_dir=_per_preset(robustbench_dir, res),
+                                   method_files=method_files, current_code=current_code)
+                       for p, res in runs_of]
+            n_rb = sum(d["robustbench"]["exported"] for d in details)
+            entries.append({
+                "id": f"{preset}/{eid}" if several else eid, "slug": slug,
+                "page": f"entries/{quote(slug)}.html",
+                "table": _table_key(row, threat, preset), "threat": threat,
+                "dataset": row["dataset"], "arch": row["arch"], "method": row["method"],
+                "s2ap": row["s2ap"], "structure": row.get("structure") or "unstructured",
+                "sparsity": row["sparsity"], "sparsity_text": _fmt_sparsity(row["sparsity"]),
+                "row": row, "flags": _flags(row, runs_of, full_n, current_code), "delta": delta,
+                "published": _num(row.get("published_autoattack")) is not None,
+                "full_standard_aa": bool(row.get("aa_standard")) and n_aa is not None
+                                    and full_n is not None and n_aa >= full_n,
+                "preset": preset, "config": first.get("config") or {},
+                "config_hash": row["config_hash"],
+                "stages": [(st, _stage_summary(st, (first.get("config") or {}).get(st)),
+                            json.dumps((first.get("config") or {}).get(st), indent=2, sort_keys=True))
+                           for st in STAGES if (first.get("config") or {}).get(st) is not None],
+                "runs": details,
+                "robustbench": {"exported": n_rb, "total": len(details),
+                                "reasons": sorted({d["robustbench"]["reason"] for d in details
+                                                   if d["robustbench"]["reason"]})},
+            })
 
     colors = svg_plots.method_colors(e["method"] for e in entries)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for e in entries:
         groups[e["table"]].append(e)
     tables = []
-    for tkey in sorted(groups, key=lambda k: (k[0], k[1], k[2] if k[2] is not None else -1, -(k[3] or 0))):
+    order = lambda k: (k[0], k[1], k[2], k[3] if k[3] is not None else -1, -(k[4] or 0))  # noqa: E731
+    for tkey in sorted(groups, key=order):
         rows = groups[tkey]
         plain_rows = [e["row"] for e in rows]
         plots = []
@@ -373,20 +462,21 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
             plots.append(svg)
         ids = {row_key(r) for r in plain_rows}
         group_pairs = []
-        for p in pair_rows:
-            on_key = (p["dataset"], p["arch"], p["method"], "on", float(p["sparsity"]), p.get("s2ap_config"))
-            if on_key in ids and _num(p.get("delta")) is not None:
+        for pr in pair_rows.get(rows[0]["preset"], []):
+            on_key = (pr["dataset"], pr["arch"], pr["method"], "on", float(pr["sparsity"]), pr.get("s2ap_config"))
+            if on_key in ids and _num(pr.get("delta")) is not None:
                 on_row = next(r for r in plain_rows if row_key(r) == on_key)
-                group_pairs.append({**p, "n_paired": (_num(on_row.get("autoattack_n")) or 0)
-                                    * (_num(p.get("paired_seeds")) or 0)})
+                group_pairs.append({**pr, "n_paired": (_num(on_row.get("autoattack_n")) or 0)
+                                    * (_num(pr.get("paired_seeds")) or 0)})
         svg = svg_plots.s2ap_difference(group_pairs, colors)
         if svg:
             plots.append(svg)
         svg = svg_plots.reference_vs_ours(plain_rows, colors)
         if svg:
             plots.append(svg)
-        tables.append({"key": tkey, "title": _table_title(tkey), "entries": rows, "plots": plots,
-                       "archs": sorted({e["arch"] for e in rows})})
+        tables.append({"key": tkey, "title": _table_title(tkey, several), "entries": rows,
+                       "plots": plots, "archs": sorted({e["arch"] for e in rows}),
+                       "has_published": any(e["published"] for e in rows)})
 
     revisions = sorted({((res.get("provenance") or {}).get("git") or {}).get("revision") or "unknown"
                         for res in results.values()})
@@ -404,8 +494,9 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
                 "rows": [{"id": e["id"], "values": {"entry": e["id"], **{c: e["row"].get(c) for c in columns}}}
                          for e in entries]}
     return {"entries": entries, "tables": tables, "filters": filters, "download": download,
-            "columns": columns, "n_files": len(files), "revisions": revisions, "dirty": dirty,
+            "columns": columns, "n_files": len(results), "revisions": revisions, "dirty": dirty,
             "presets": presets, "legend": FLAG_LEGEND, "has_reference": reference_csv is not None,
+            "excluded": excluded,
             "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -425,17 +516,20 @@ def _environment():
 def build_site(runs: Any, out_dir: str | Path, *, reference_csv: str | Path | None = None,
                models_manifest: Any = None, logs_dir: str | Path | None = None,
                robustbench_dir: str | Path | None = None, method_files: Iterable[str | Path] = (),
-               title: str | None = None) -> Path:
+               title: str | None = None, exclude_invalid: bool = False,
+               published_csv: str | Path | None = None) -> Path:
     """Writes the site for the result files under ``runs`` into ``out_dir``; returns index.html.
 
     ``runs``: result files and/or folders (several presets may share one site).
     ``models_manifest``: one model manifest or a list (one per preset), for links and sha256.
     ``logs_dir``, ``robustbench_dir``: the run's logs (``work/<preset>/logs``) and RobustBench
-    export; '{preset}' in them stands for each result's preset."""
+    export; '{preset}' in them stands for each result's preset. ``exclude_invalid``: list result
+    files that break a rule as excluded (on the page) instead of stopping. ``published_csv``: the
+    published leaderboard to compare with ('{preset}' as for the logs)."""
     out_dir = Path(out_dir)
     data = site_data(runs, reference_csv=reference_csv, models_manifest=models_manifest,
                      logs_dir=logs_dir, robustbench_dir=robustbench_dir, method_files=method_files,
-                     out_dir=out_dir)
+                     out_dir=out_dir, exclude_invalid=exclude_invalid, published_csv=published_csv)
     title = title or "Adversarial pruning leaderboard: " + ", ".join(data["presets"])
     env = _environment()
     index = env.get_template("index.html.j2")

@@ -31,6 +31,16 @@ WORK = f"work/{PRESET}"
 RESULTS = f"results/{PRESET}"
 LEADERBOARD_CSV = f"{RESULTS}/leaderboard.csv"
 LEADERBOARD_MD = f"{RESULTS}/leaderboard.md"
+# The aggregate rule's declared output: Snakemake deletes a job's outputs before it runs, so the
+# leaderboard files themselves are written beside the stamp and a failed aggregation keeps them
+LEADERBOARD_STAMP = f"{RESULTS}/leaderboard.stamp.json"
+# The published run of this preset (results/published/<preset>/, committed): when it exists, the
+# leaderboard compares this run with it, cell by cell, and is made again when it changes
+PUBLISHED_CSV = f"results/published/{PRESET}/leaderboard.csv"
+PUBLISHED_INPUT = [PUBLISHED_CSV] if os.path.isfile(PUBLISHED_CSV) else []
+# External submissions (submissions/<name>/submission.yaml naming this preset) join its leaderboard
+SUBMISSIONS = {s["name"]: s for s in submission_lib.submissions_for(PRESET, warn=logger.warning)}
+SUBMISSION_RESULTS = [f"{RESULTS}/submissions/{name}.json" for name in SUBMISSIONS]
 
 
 # ---------------------------------------------------------------- what makes a job rerun
@@ -106,7 +116,12 @@ EVALUATE_CMD = bench(
     " --out {output:q} --state-dir {params.state:q} {params.extra}"
 )
 SEED_STABILITY_CMD = bench("stability --a {input.a:q} --b {input.b:q} --out {output:q}")
-AGGREGATE_CMD = bench("aggregate --runs {params.runs} --out {params.out:q} {params.reference}")
+AGGREGATE_CMD = bench(
+    "aggregate --runs {params.runs} --out {params.out:q} {params.reference} {params.published}"
+)
+SUBMIT_CMD = bench(
+    "submit {params.folder:q} --preset {params.preset:q} --out {output:q} --state-dir {params.state:q}"
+)
 SWEEP_REPORT_CMD = bench("sweep-report --models {params.models} --out {output.csv:q}")
 
 
@@ -125,6 +140,7 @@ wildcard_constraints:
     sparsity=r"0|0\.[0-9]*[1-9]|[1-9][0-9]?(\.[0-9]*[1-9])?",
     seed=r"[0-9]+",
     s2ap="off|on|score|awp|n-a",
+    name=r"[a-z0-9][a-z0-9._-]*",
 
 
 def dense_path(dataset, arch, recipe, seed):
@@ -244,6 +260,12 @@ def extra_diagnostics(wc, input):
     return " ".join(f"--extra-diagnostics {shlex.quote(str(f))}" for f in input.seed_stability)
 
 
+def published_arg(wc, input):
+    """--published <the published leaderboard>, when the rule has it as an input."""
+    files = [input.published] if isinstance(input.published, str) else list(input.published)
+    return " ".join(f"--published {shlex.quote(str(f))}" for f in files)
+
+
 def quoted_inputs(wc, input):
     return " ".join(shlex.quote(str(f)) for f in input)
 
@@ -273,3 +295,21 @@ if SWEEP:
         for sp in SWEEP_SPARSITIES
         for seed in CFG["grid"]["seeds"]
     ]
+
+
+# ---------------------------------------------------------------- publishing and submissions
+def _model_file(cell):
+    if cell["method"] == "dense":
+        return dense_path(cell["dataset"], cell["arch"], cell["recipe"], cell["seed"])
+    return model_path(
+        cell["dataset"], cell["arch"], cell["method"], cell["s2ap"], cell["sparsity"], cell["seed"]
+    )
+
+
+MODEL_FILES = [_model_file(c) for c in DENSE] + [_model_file(c) for c in CELLS]
+# a submission's result names its own model file (submissions/<name>/...)
+MODEL_FILES += [s["model"] for s in SUBMISSIONS.values()]
+
+
+def submission_model(wc):
+    return SUBMISSIONS[wc.name]["model"]

@@ -10,17 +10,6 @@ METHOD_FILE_ARGS = " ".join(f"--method-file {shlex.quote(p)}" for p in METHOD_FI
 REFERENCE_ARG = f"--reference {shlex.quote(REFERENCE_CSV)}" if REFERENCE_CSV else ""
 
 
-def _model_file(cell):
-    if cell["method"] == "dense":
-        return dense_path(cell["dataset"], cell["arch"], cell["recipe"], cell["seed"])
-    return model_path(
-        cell["dataset"], cell["arch"], cell["method"], cell["s2ap"], cell["sparsity"], cell["seed"]
-    )
-
-
-MODEL_FILES = [_model_file(c) for c in DENSE] + [_model_file(c) for c in CELLS]
-
-
 localrules:
     export_robustbench,
     site,
@@ -28,7 +17,7 @@ localrules:
 
 rule export_models:
     input:
-        runs=RUNS,
+        runs=RUNS + SUBMISSION_RESULTS,
         models=MODEL_FILES,
     output:
         MODELS_MANIFEST,
@@ -37,15 +26,15 @@ rule export_models:
     threads: 1
     params:
         runs=lambda wc, input: " ".join(shlex.quote(str(f)) for f in input.runs),
-        out=f"{EXPORT}/models",
-        work=WORK,
+        out=lambda wc, output: os.path.dirname(output[0]),
     shell:
-        bench("export models --runs {params.runs} --out {params.out:q} --work {params.work:q}")
+        # each result names the model file it evaluated (its "model" field)
+        bench("export models --runs {params.runs} --out {params.out:q}")
 
 
 rule export_robustbench:
     input:
-        RUNS,
+        RUNS + SUBMISSION_RESULTS,
     output:
         directory(f"{EXPORT}/robustbench"),
     log:
@@ -64,9 +53,10 @@ rule export_robustbench:
 
 rule site:
     input:
-        runs=RUNS,
+        runs=RUNS + SUBMISSION_RESULTS,
         models=MODELS_MANIFEST,
         robustbench=f"{EXPORT}/robustbench",
+        published=PUBLISHED_INPUT,
     output:
         directory(SITE),
     log:
@@ -77,9 +67,10 @@ rule site:
         logs=f"{WORK}/logs",
         method_files=METHOD_FILE_ARGS,
         reference=REFERENCE_ARG,
+        published=published_arg,
     shell:
         bench(
             "site --runs {params.runs} --out {output:q} --models {input.models:q}"
             " --robustbench {input.robustbench:q} --logs {params.logs:q} {params.method_files}"
-            " {params.reference}"
+            " {params.reference} {params.published}"
         )

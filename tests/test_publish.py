@@ -1,0 +1,211 @@
+"""Your run and the published run: `python -m benchmark publish` copies a finished run to
+results/published/<preset>/ only after its integrity checks pass, refuses a dirty tree and a run
+that fails a check (saying which), and the next run's leaderboard compares itself with it."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from benchmark.aggregate import read_leaderboard
+from benchmark.cli import main as cli_main
+from benchmark.datasets import get_info
+from benchmark.model_export import load_from_manifest, read_manifest, verify_manifest
+from benchmark.models import build_model
+from benchmark.publish import PublishError, check_run, publish
+
+REPO = Path(__file__).resolve().parent.parent
+PRESET = "pubtest"
+
+
+def _fixtures():
+    spec = importlib.util.spec_from_file_location("publishing_fixtures",
+                                                  Path(__file__).with_name("publishing_fixtures.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fx = _fixtures()
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A committed repository with the preset (the tiny grid: dense + HYDRA at 90 %)."""
+    root = tmp_path / "repo"
+    (root / "presets").mkdir(parents=True)
+    raw = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    raw["name"] = PRESET
+    (root / "presets" / f"{PRESET}.yaml").write_text(yaml.safe_dump(raw))
+    (root / "README.md").write_text("a benchmark\n")
+    (root / ".gitignore").write_text("/work/\n/results/*\n!/results/published/\n")
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "t@example.org")
+    git(root, "config", "user.name", "t")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "preset")
+    monkeypatch.chdir(root)
+    return root
+
+
+CELLS = [dict(method="dense", sparsity=0), dict(method="hydra", s2ap="off", sparsity=90)]
+
+
+def model_file(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    net = build_model("small_cnn", get_info("fashion-mnist"), width=1.0)  # the fixtures' width
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": net.state_dict(), "masks": None, "meta": json.dumps({})}, path)
+    return path
+
+
+def make_run(root: Path, **kw) -> list[Path]:
+    """The preset's results (made at HEAD from a clean tree by the current code, unless kw says
+    otherwise), each naming its model file, and the aggregation that the workflow runs."""
+    head = git(root, "rev-parse", "HEAD")
+    files = []
+    for i, cell in enumerate(CELLS):
+        model = model_file(Path("work") / PRESET / f"model{i}.pt", i)
+        args = dict(dataset="fashion-mnist", arch="small_cnn", eps=0.1, preset=PRESET,
+                    revision=head, model_file=model, clean=8000 - 100 * i, aa=4000 - 100 * i)
+        args.update(cell)
+        args.update(kw)
+        path = fx.write_result(Path("results") / PRESET / "runs", **args)
+        files.append(path)
+    assert cli_main(["aggregate", "--runs", *map(str, files), "--out", f"results/{PRESET}",
+                     "--no-plots"]) == 0
+    return files
+
+
+def test_a_checked_run_is_published_with_its_models_site_and_record(repo):
+    files = make_run(repo)
+    out = publish(PRESET, root=repo)
+    assert out == repo / "results" / "published" / PRESET
+    for f in files:
+        assert (out / f.relative_to(Path("results") / PRESET)).read_bytes() == f.read_bytes()
+    for name in ("leaderboard.csv", "leaderboard.md"):
+        assert (out / name).read_bytes() == (repo / "results" / PRESET / name).read_bytes()
+    manifest = out / "export" / "models" / "manifest.json"
+    assert verify_manifest(manifest) == []
+    records = read_manifest(manifest)
+    assert records["files_included"] is True
+    assert all(set(r["files"]) == {"safetensors"} for r in records["models"])
+    hydra = next(r for r in records["models"] if r["method"] == "hydra")
+    assert (manifest.parent / hydra["result"]).resolve().is_file()
+    assert load_from_manifest(manifest, hydra["model"]) is not None
+    assert (out / "site" / "index.html").is_file() and (out / "export" / "robustbench").is_dir()
+    record = json.loads((out / "published.json").read_text())
+    assert record["revision"] == git(repo, "rev-parse", "HEAD") and record["results"] == 2
+    assert record["checks"] == ["git", "finished", "results", "leaderboard", "models"]
+    assert record["files"]["leaderboard.csv"] == fx.results_sha256(out / "leaderboard.csv")
+    # the site over everything published
+    assert (repo / "results" / "published" / "site" / "index.html").is_file()
+
+
+def test_the_next_run_states_how_it_compares_with_the_published_run(repo):
+    make_run(repo)
+    publish(PRESET, root=repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "publish")
+    # a fresh run: HYDRA half a point lower (inside its 95 % interval on 10,000 images), the
+    # dense model three points lower (outside)
+    files = make_run(repo)
+    for i, (cell, aa) in enumerate(zip(CELLS, (3700, 3850))):
+        fx.write_result(Path("results") / PRESET / "runs", dataset="fashion-mnist", arch="small_cnn",
+                        eps=0.1, preset=PRESET, revision=git(repo, "rev-parse", "HEAD"),
+                        model_file=Path("work") / PRESET / f"model{i}.pt", clean=8000 - 100 * i,
+                        aa=aa, **cell)
+    published = f"results/published/{PRESET}/leaderboard.csv"
+    assert cli_main(["aggregate", "--runs", *map(str, files), "--out", f"results/{PRESET}",
+                     "--no-plots", "--published", published]) == 0
+    board = read_leaderboard(repo / "results" / PRESET / "leaderboard.csv").set_index("method")
+    assert board.loc["hydra", "published_autoattack"] == pytest.approx(39.0)
+    assert board.loc["hydra", "published_autoattack_diff"] == pytest.approx(-0.5)
+    assert board.loc["dense", "published_autoattack_diff"] == pytest.approx(-3.0)
+    assert bool(board.loc["hydra", "published_autoattack_in_ci"])
+    assert not bool(board.loc["dense", "published_autoattack_in_ci"])
+    md = (repo / "results" / PRESET / "leaderboard.md").read_text()
+    assert "Published AA (Δ, in CI?)" in md
+    assert "39.00 (-0.50, inside)" in md and "40.00 (-3.00, outside)" in md
+    assert f"the published run's AutoAttack accuracy ({published}, revision" in md
+
+
+def test_a_dirty_tree_is_refused(repo):
+    make_run(repo)
+    (repo / "README.md").write_text("edited\n")
+    with pytest.raises(PublishError, match=r"\[git\] uncommitted changes to tracked files: README.md"):
+        publish(PRESET, root=repo)
+    assert not (repo / "results" / "published").exists()
+    (repo / "README.md").write_text("a benchmark\n")
+    (repo / "methods").mkdir()
+    (repo / "methods" / "mine.py").write_text("# a method the commit does not hold\n")
+    with pytest.raises(PublishError, match=r"\[git\] untracked code the commit does not hold: methods/mine.py"):
+        publish(PRESET, root=repo)
+    assert not (repo / "results" / "published").exists()
+
+
+def _tamper_counts(repo, files):
+    r = json.loads(files[1].read_text())
+    r["metrics"]["clean"]["correct"] += 1
+    files[1].write_text(json.dumps(r))
+
+
+def _edit_leaderboard(repo, files):
+    board = repo / "results" / PRESET / "leaderboard.md"
+    board.write_text(board.read_text().replace("hydra", "hydra (best!)"))
+
+
+def _replace_model(repo, files):
+    model_file(repo / "work" / PRESET / "model1.pt", seed=7)
+
+
+def _drop_a_result(repo, files):
+    files[1].unlink()
+    assert cli_main(["aggregate", "--runs", str(files[0]), "--out", f"results/{PRESET}", "--no-plots"]) == 0
+
+
+def _no_stamp(repo, files):
+    (repo / "results" / PRESET / "leaderboard.stamp.json").unlink()
+
+
+@pytest.mark.parametrize("kw, tamper, check, match", [
+    ({}, _tamper_counts, "finished", "changed since the leaderboard was aggregated"),
+    ({}, _tamper_counts, "results", "rule 'acc'"),
+    ({}, _edit_leaderboard, "leaderboard", "leaderboard.md differs from what its aggregation gives"),
+    ({}, _replace_model, "models", "model1.pt is not the one it evaluated"),
+    ({}, _drop_a_result, "finished", "the run is not finished: 1 result"),
+    ({}, _no_stamp, "finished", "leaderboard.stamp.json not found"),
+    ({"revision": "f" * 40}, None, "results", "made at revision ffffffffffff, HEAD is"),
+    ({"dirty": True}, None, "results", "made from a tree with uncommitted changes"),
+    ({"stage_code": "0" * 16}, None, "results", "made by other stage code"),
+])
+def test_a_run_that_fails_an_integrity_check_is_refused_with_the_reason(repo, kw, tamper, check, match):
+    files = make_run(repo, **kw)
+    if tamper is not None:
+        tamper(repo, files)
+    with pytest.raises(PublishError) as err:
+        publish(PRESET, root=repo)
+    assert any(c == check and match in detail for c, detail in err.value.problems), err.value.problems
+    assert f"[{check}]" in str(err.value)
+    assert not (repo / "results" / "published").exists()
+
+
+def test_the_publish_command(repo, capsys):
+    make_run(repo)
+    assert cli_main(["publish", "--preset", PRESET, "--check-only"]) == 0
+    assert "every check passed" in capsys.readouterr().out
+    (repo / "README.md").write_text("edited\n")
+    assert cli_main(["publish", "--preset", PRESET]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to publish results/pubtest" in err and "README.md" in err
+    assert check_run(PRESET, root=repo).problems
