@@ -48,6 +48,7 @@ import pandas as pd
 from benchmark.errors import CorruptFileError
 from benchmark.io import atomic_write_text
 from benchmark.provenance import stage_code_digest
+from benchmark.reference import add_reference, load_reference
 from benchmark.results import ResultError, pgd_broken_aa_robust, read_result
 from benchmark.stats import mcnemar, wilson_interval
 
@@ -185,6 +186,8 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
         "revision": git["revision"], "dirty": git["dirty"],
         "stage_code": res["provenance"]["stage_code"],
         "aa_robust_pgd_broken": pgd_broken_aa_robust(res),
+        # what the evaluation ran on: stand-in data (benchmark/synthetic.py) is never the dataset
+        "synthetic": bool(((res["config"].get("evaluate") or {}).get("data") or {}).get("synthetic")),
     }
     for name in METRICS:
         m = metrics.get(name)
@@ -289,6 +292,9 @@ def _pool(key: tuple, runs: list[dict]) -> dict[str, Any]:
         flags.append("lowered-after-apgd:" + "+".join(lowered))
     if runs[0]["aa_standard"] is False:
         flags.append("non-standard-AA")
+    row["synthetic"] = any(r["synthetic"] for r in runs)
+    if row["synthetic"]:
+        flags.append("synthetic-data")
     row["aa_robust_pgd_broken"] = sum(r["aa_robust_pgd_broken"] for r in runs)
     if row["aa_robust_pgd_broken"]:
         flags.append(f"pgd-broke-aa-robust:{row['aa_robust_pgd_broken']}")
@@ -316,42 +322,6 @@ def _sort_key(row: dict) -> tuple:
     dense = row["method"] == "dense"
     return (row["dataset"], row["arch"], not dense, row["method"],
             S2AP_ORDER.get(row["s2ap"], 9), row["sparsity"], row["config_hash"])
-
-
-# ---------------------------------------------------------------- reference numbers
-def load_reference(reference_csv: str | Path) -> tuple[pd.DataFrame, str]:
-    """The published leaderboard (reference/ap_benchmark_leaderboard.csv format) and its source
-    note (the CSV's leading '#' lines)."""
-    path = Path(reference_csv)
-    notes = []
-    with open(path) as fh:
-        for line in fh:
-            if not line.startswith("#"):
-                break
-            notes.append(line.lstrip("#").strip())
-    ref = pd.read_csv(path, comment="#")
-    need = {"dataset", "method", "arch", "sparsity", "clean", "autoattack"}
-    missing = need - set(ref.columns)
-    if missing:
-        raise AggregationError(f"reference CSV {path} lacks columns {sorted(missing)}")
-    if "structure" not in ref.columns:
-        ref["structure"] = "unstructured"
-    ref["_key"] = [(str(d).lower(), str(s).lower(), str(m).lower(), str(a).lower(), float(sp))
-                   for d, s, m, a, sp in zip(ref["dataset"], ref["structure"], ref["method"],
-                                             ref["arch"], ref["sparsity"])]
-    return ref, " ".join(notes) or f"source: {path}"
-
-
-def _add_reference(rows: list[dict], ref: pd.DataFrame) -> None:
-    lookup = {k: (c, a) for k, c, a in zip(ref["_key"], ref["clean"], ref["autoattack"])}
-    for row in rows:
-        row["ref_clean"] = row["ref_autoattack"] = math.nan
-        if row["method"] == "dense" or row["s2ap"] == "on":
-            continue  # the published numbers are the original methods'
-        key = (row["dataset"].lower(), row["structure"], row["method"].lower(), row["arch"].lower(),
-               float(row["sparsity"]))
-        if key in lookup:
-            row["ref_clean"], row["ref_autoattack"] = (float(v) for v in lookup[key])
 
 
 # ---------------------------------------------------------------- S2AP pairs
@@ -517,7 +487,8 @@ def _header(df: pd.DataFrame, preset: str, records: list[dict]) -> str:
         "K images robust to AutoAttack were broken by PGD (legitimate: the attacks run "
         "independently); dirty-tree = made from a checkout with uncommitted changes to tracked "
         "files; no-revision = made outside a git checkout; stale-code = made by stage code other "
-        "than the current one (rerun it)",
+        "than the current one (rerun it); synthetic-data = stand-in images of the dataset's shape "
+        "(a smoke run, data.synthetic), not the dataset: the numbers say nothing about it",
         "- Measured (%): zero Conv2d/Linear weights of the evaluated model",
         "",
     ]
@@ -550,7 +521,7 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
     ref_note = None
     if reference_csv is not None:
         ref, ref_note = load_reference(reference_csv)
-        _add_reference(rows, ref)
+        add_reference(rows, ref)
     pairs = s2ap_pairs(rows)
     df = pd.DataFrame([{k: v for k, v in row.items() if k != "_runs"} for row in rows])
     if df.empty:
@@ -567,9 +538,9 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
     if not df.empty:
         md += ["## Leaderboard", "", _leaderboard_md(df, reference_csv is not None), ""]
     if ref_note is not None:
-        md += [f"Ref. columns: published numbers ({ref_note}). They were measured under the "
-               "published protocol (AutoAttack standard, eps 0.031, first 10,000 test images) and "
-               "are comparable only where eps, images and AutoAttack version match ours.", ""]
+        md += [f"Ref. columns: published numbers ({ref_note}), shown for the original method "
+               "only where dataset, architecture, method, structure, sparsity, eps and the number "
+               "of AutoAttack images all match (benchmark/reference.py); — where nothing does.", ""]
     if pairs is not None:
         md += ["## S2AP: original vs S2AP (AutoAttack accuracy)", "",
                "Δ = S2AP − original in percentage points; McNemar p: exact test on per-image "
