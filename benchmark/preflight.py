@@ -56,6 +56,8 @@ def dataset_problems(cfg: Mapping[str, Any], workdir: str | Path = ".") -> list[
     data = cfg["data"]
     root = _under(workdir, data["root"])
     problems = []
+    if data.get("synthetic"):
+        return problems  # stand-in images, generated in each job: nothing to find on disk
     for name in cfg["grid"]["datasets"]:
         if name == "imagenet":
             base = data.get("imagenet_root")
