@@ -1,7 +1,7 @@
 """Screenshot of a generated site, as committed in docs/leaderboard.png.
 
-  python -m benchmark site --runs results/offline/runs --out /tmp/site
-  python scripts/site_screenshot.py /tmp/site/index.html docs/leaderboard.png
+  python -m benchmark site --runs results/offline/runs --out build/site
+  python scripts/site_screenshot.py build/site/index.html docs/leaderboard.png
 
 Uses playwright with Debian's chromium (the `browser` extra; scripts/install.sh installs
 chromium), no network.
