@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from benchmark import calibration as _cal
 from benchmark import config as apcfg
 from benchmark import tables as _tables
+from benchmark.errors import ConfigError
 
 TRAINING_RULES = ("pretrain", "prune", "prune_second_seed", "finetune")
 COMPUTE_RULES = ("import_dense", "pretrain", "prune", "prune_second_seed", "finetune", "evaluate",
@@ -90,14 +91,14 @@ def plan(cfg: Mapping[str, Any], targets: Sequence[str] = ("all",),
         elif target in by_target:
             kind = by_target[target]
             if kind.name not in (cfg.get("tables") or {}):
-                raise apcfg.ConfigError(
+                raise ConfigError(
                     f"preset {cfg['name']} feeds no {kind.name} table (its tables: "
                     f"{', '.join(cfg.get('tables') or {}) or 'none'})")
             chosen, with_dense = _tables.table_cells(cfg, cells, kind.name, traits), False
             rule = "figure" if kind.figure else "table"
             out.add((rule, kind.name), Job(rule, "", "", method=kind.name), seen)
         else:
-            raise apcfg.ConfigError(f"unknown target {target!r}; this preset's: "
+            raise ConfigError(f"unknown target {target!r}; this preset's: "
                                     f"{', '.join(targets_of(cfg))}")
         out.add((target,), Job(target, "", ""), seen)
         for cell in chosen:
@@ -315,7 +316,7 @@ def report(cfg: Mapping[str, Any], preset_files: Sequence[str | Path], targets: 
     est = estimate(cfg, p, cal, device)
     lines = [f"preset {cfg['name']} ({' + '.join(str(f) for f in preset_files)}), "
              f"target{'s' if len(targets) > 1 else ''} {', '.join(targets)}, device {device}",
-             f"calibration: {cal.source}"]
+             f"calibration: {_display(cal.source)}"]
     if device not in cal.devices():
         lines.append(f"no calibration for {device}: none of its figures was measured (the file "
                      f"has {', '.join(cal.devices()) or 'no device'}); job counts only")
@@ -358,6 +359,15 @@ def report(cfg: Mapping[str, Any], preset_files: Sequence[str | Path], targets: 
     return "\n".join(lines) + "\n"
 
 
+def _display(path: str | Path) -> str:
+    """A file of the package by its place in the repository, any other as given."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _rule_order(rule: str) -> tuple:
     order = [*COMPUTE_RULES, *BOOKKEEPING_RULES]
     return (order.index(rule) if rule in order else len(order), rule)
@@ -367,7 +377,12 @@ def main(preset_files: Sequence[str | Path], *, device: str | None = None,
          targets: Sequence[str] = ("all",), calibration: str | Path | None = None) -> str:
     """The text ``python -m benchmark estimate`` prints."""
     search_dirs = [Path.cwd(), Path(__file__).resolve().parent.parent]
-    cfg = apcfg.validate(apcfg.load_presets(preset_files), search_dirs=search_dirs)
+    try:
+        cfg = apcfg.validate(apcfg.load_presets(preset_files), search_dirs=search_dirs)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"preset file not found: {exc.filename}") from exc
+    except ValueError as exc:  # the preset's own errors name the field
+        raise ConfigError(str(exc)) from exc
     cal = _cal.load(calibration)
     return report(cfg, preset_files, list(targets), device or default_device(cfg), cal,
                   search_dirs=search_dirs)

@@ -14,9 +14,10 @@ variant alike) and the median over rounds taken:
   autoattack_image    AutoAttack standard per image, on images it cannot break: the labels are
                       the model's own predictions and eps is 1e-6, so every attack spends its
                       whole budget, as on an image that stays robust (an upper bound per image).
-                      Each attack runs alone on a reduced budget (APGD-CE, APGD-T and FAB-T
-                      iterations, Square queries: --aa-fraction of the standard 100 / 100 / 100 /
-                      5,000, targets and restarts as standard) and is scaled back linearly.
+                      Each attack runs alone at two reduced budgets (APGD-CE, APGD-T and FAB-T
+                      iterations, Square queries; targets and restarts as standard); their
+                      difference is the cost per iteration, the rest the attack's fixed cost, and
+                      the standard budget (100 / 100 / 100 / 5,000) is extrapolated from them.
 
 Steps are timed at the batch size of ARCHS (or --batch); the estimate scales them linearly.
 
@@ -111,25 +112,34 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def _autoattack_seconds(model, x, device, fraction: float, rounds: int) -> float:
-    """Seconds per image of AutoAttack standard on images it cannot break, from each attack run
-    alone on ``fraction`` of its budget and scaled back."""
+def _autoattack_seconds(model, x, device, budget: int, rounds: int) -> float:
+    """Seconds per image of AutoAttack standard on images it cannot break. Each attack runs alone
+    at ``budget`` and 3 x ``budget`` iterations (Square: queries); the difference gives the cost
+    of one iteration, the rest is its fixed cost (the wrapper's checks, the clean pass), and the
+    full budget is the fixed cost plus the standard number of iterations."""
     from pyautoattack import AutoAttack
 
     with torch.no_grad():
         y = model(x).argmax(1)  # the model is right on every image: all are attacked
-    total = 0.0
-    for attack, full in AA_FULL.items():
-        budget = max(1, int(round(full * fraction)))
+
+    def run(attack: str, iters: int) -> float:
         times = []
         for _ in range(rounds):
             adv = AutoAttack(model, device=str(device), eps=1e-6, norm="Linf", version="standard",
                              seed=0)
             adv.attacks_to_run = [attack]
-            adv.apgd.n_iter = adv.apgd_targeted.n_iter = adv.fab.n_iter = budget
-            adv.square.n_queries = budget
+            adv.apgd.n_iter = adv.apgd_targeted.n_iter = adv.fab.n_iter = iters
+            adv.square.n_queries = iters
             times.append(_timed(lambda: adv.run_standard_evaluation(x, y, batch_size=len(x)), device))
-        total += statistics.median(times) * full / budget
+        return statistics.median(times)
+
+    total = 0.0
+    for attack, full in AA_FULL.items():
+        k = budget * (25 if attack == "square" else 1)  # a query costs a twentieth of an iteration
+        low, high = run(attack, k), run(attack, 3 * k)
+        per_iter = max(high - low, 0.0) / (2 * k)
+        fixed = max(low - per_iter * k, 0.0)
+        total += fixed + per_iter * full
     return total / len(x)
 
 
@@ -163,7 +173,7 @@ def measure(arch: str, width: float, args, device) -> dict:
     pgd = [_timed(lambda: pgd_linf(model, xd, yd, attack), device) for _ in range(args.rounds)]
     seconds["pgd_image"] = statistics.median(pgd) / batch * cal.PGD_IMAGE_STEPS / args.pgd_steps
     n_aa = min(batch, args.aa_images)
-    seconds["autoattack_image"] = _autoattack_seconds(model, xd[:n_aa], device, args.aa_fraction,
+    seconds["autoattack_image"] = _autoattack_seconds(model, xd[:n_aa], device, args.aa_budget,
                                                       args.aa_rounds)
     return {"device": device.type,
             "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -188,8 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="override the batch size of ARCHS")
     ap.add_argument("--pgd-steps", type=int, default=5, help="PGD steps timed for pgd_image")
     ap.add_argument("--aa-images", type=int, default=4)
-    ap.add_argument("--aa-fraction", type=float, default=0.02,
-                    help="fraction of each AutoAttack budget that is run")
+    ap.add_argument("--aa-budget", type=int, default=2,
+                    help="iterations each AutoAttack attack runs at (and 3x; Square: 25x as queries)")
     ap.add_argument("--aa-rounds", type=int, default=1)
     ap.add_argument("--write", action="store_true", help="merge the entries into --out")
     ap.add_argument("--out", default=str(cal.CALIBRATION_FILE))
