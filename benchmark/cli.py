@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configfile", required=True, nargs="+", metavar="PRESET",
                    help="preset file(s); later ones overlay earlier ones, as for snakemake")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="the device to estimate for (default: the preset's, cpu for auto)")
+                   help="the device to estimate for (default: the preset's; auto counts as cuda)")
     p.add_argument("--target", action="append", default=[],
                    help="a Snakemake target (all, table_main, ...; repeatable); default all")
     p.add_argument("--calibration", default=None,

@@ -81,19 +81,35 @@ def entries_problems(cfg: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _first_existing(rel: Path, search_dirs: Iterable[str | Path], is_dir: bool = False) -> Path:
+    if rel.is_absolute():
+        return rel
+    for base in [Path.cwd(), *map(Path, search_dirs)]:
+        if (base / rel).is_dir() if is_dir else (base / rel).is_file():
+            return base / rel
+    return rel
+
+
 def source_path(entry: Mapping[str, Any], search_dirs: Iterable[str | Path] = ()) -> Path:
-    """The file an entry names (not checked for existence here)."""
+    """The file an entry names: relative paths are looked up in the working directory, then in
+    each search directory (not checked for existence here)."""
     if entry.get("robustbench"):
         rb = entry["robustbench"]
-        return (Path(rb["model_dir"]) / entry["dataset"] / rb.get("threat_model", THREAT_MODEL)
-                / f"{rb['name']}.pt")
-    path = Path(str(entry["path"]))
-    if path.is_absolute():
-        return path
-    for base in [Path.cwd(), *map(Path, search_dirs)]:
-        if (base / path).is_file():
-            return base / path
-    return path
+        model_dir = _first_existing(Path(rb["model_dir"]), search_dirs, is_dir=True)
+        return model_dir / entry["dataset"] / rb.get("threat_model", THREAT_MODEL) / f"{rb['name']}.pt"
+    return _first_existing(Path(str(entry["path"])), search_dirs)
+
+
+def resolved(entry: Mapping[str, Any], search_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """The entry with its file (or RobustBench's model_dir) as found on this machine, for a job
+    that runs in another working directory."""
+    out = dict(entry)
+    path = source_path(entry, search_dirs)
+    if entry.get("robustbench"):
+        out["robustbench"] = {**entry["robustbench"], "model_dir": str(path.parents[2])}
+    else:
+        out["path"] = str(path)
+    return out
 
 
 def missing_problems(cfg: Mapping[str, Any], search_dirs: Iterable[str | Path] = ()) -> list[str]:
@@ -247,4 +263,5 @@ def import_dense(entry: Mapping[str, Any], *, dataset: str, arch: str, model_cfg
 
 
 __all__ = ["THREAT_MODEL", "adapt_state_dict", "entries_problems", "entry_for", "import_dense",
-           "missing_problems", "read_state_dict", "recipe", "sha256_file", "source_path", "verify"]
+           "missing_problems", "read_state_dict", "recipe", "resolved", "sha256_file", "source_path",
+           "verify"]

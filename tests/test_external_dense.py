@@ -184,3 +184,15 @@ def test_the_workflow_imports_once_instead_of_pretraining(tmp_path):
 
 
 
+
+
+def test_a_missing_external_file_is_a_machine_problem(tmp_path):
+    from benchmark import preflight
+
+    cfg = C.validate(C.load_preset(_preset(tmp_path)), search_dirs=[REPO])
+    problems = preflight.machine_problems(cfg, [REPO], deep=False, workdir=tmp_path)
+    assert any(p.startswith("external_dense[0]: ") and "r18.pt not found" in p for p in problems)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "r18.pt").write_bytes(b"x")
+    problems = preflight.machine_problems(cfg, [tmp_path], deep=False, workdir=tmp_path)
+    assert not any(p.startswith("external_dense") for p in problems)

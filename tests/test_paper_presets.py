@@ -299,3 +299,23 @@ def test_docs_map_every_target_to_the_presets_that_feed_it():
     # the method-name mapping is the one table of benchmark/reference.py
     mapping = dict(re.findall(r"^\| `(\w+)` \| (\w+) \|$", text, re.M))
     assert mapping == reference.METHOD_NAMES
+
+
+def test_the_smoke_form_sends_each_search_and_its_downstream_jobs_as_one_cluster_job(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("snakemake_executor_plugin_cluster_generic") is None:
+        pytest.skip("snakemake-executor-plugin-cluster-generic not installed (pip install -e '.[cluster]')")
+
+    def groups(*configfiles):
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+               str(tmp_path), "-n", "--profile", str(REPO / "workflows/profiles/cluster-generic-local"),
+               "table_structured", "--configfile", *map(str, configfiles)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        return re.findall(r"Group job (cell-\S+) ", proc.stdout + proc.stderr)
+
+    smoke = groups(PRESETS / "paper_cifar10_structured.yaml", SMOKE)
+    # one group per mask search: 3 archs x 3 sparsities x (off, on), one seed
+    assert len(set(smoke)) == 18 and "cell-cifar10-resnet18-harp-on-sp50-seed0" in smoke
+    assert groups(PRESETS / "paper_cifar10_structured.yaml") == []  # the full preset: one job each

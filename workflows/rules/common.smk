@@ -246,20 +246,12 @@ def dense_cell(wc):
 
 
 def external_entry(wc):
-    """The external_dense entry a recipe stands for, its file resolved on this machine."""
+    """The external_dense entry a recipe stands for, its file as found on this machine."""
     recipe = RECIPES.get(wc.recipe) or {}
     entry = recipe.get("external")
     if entry is None or (recipe["dataset"], recipe["arch"]) != (wc.dataset, wc.arch):
         raise ValueError(f"no external dense model {wc.recipe} for {wc.dataset}/{wc.arch}")
-    entry = dict(entry)
-    if entry.get("robustbench"):
-        rb = dict(entry["robustbench"])
-        found = [d / rb["model_dir"] for d in SEARCH_DIRS if (d / rb["model_dir"]).is_dir()]
-        rb["model_dir"] = str(found[0] if found else rb["model_dir"])
-        entry["robustbench"] = rb
-    else:
-        entry["path"] = str(external_dense.source_path(entry, SEARCH_DIRS))
-    return entry
+    return external_dense.resolved(entry, SEARCH_DIRS)
 
 
 def cell_group(wc):
