@@ -52,14 +52,15 @@ from benchmark.registry import method_registry  # noqa: E402
 from benchmark.score_init import ScoreInitContext  # noqa: E402
 from benchmark.training import Trainer, TrainConfig  # noqa: E402
 
-# architecture -> (dataset whose shape it is measured at, batch size at width 1)
+# architecture -> (dataset whose shape it is measured at, batch size at width 1). Small batches
+# keep a CPU run short; the estimate scales a step linearly to the preset's batch size.
 ARCHS = {
-    "small_cnn": ("fashion-mnist", 128),
-    "resnet18": ("cifar10", 32),
-    "vgg16_bn": ("cifar10", 32),
-    "wrn28_4": ("cifar10", 16),
-    "vit": ("cifar10", 32),
-    "resnet50": ("imagenet", 2),
+    "small_cnn": ("fashion-mnist", 64),
+    "resnet18": ("cifar10", 8),
+    "vgg16_bn": ("cifar10", 8),
+    "wrn28_4": ("cifar10", 4),
+    "vit": ("cifar10", 8),
+    "resnet50": ("imagenet", 1),
 }
 SMALL_WIDTH_BATCH = 32  # below width 0.25 every architecture is cheap: the smoke runs' batch
 VARIANTS = ("pretrain_step", "search_step", "search_step_s2ap", "finetune_step", "finetune_step_awp")

@@ -200,10 +200,10 @@ def test_smoke_overlay_drops_an_external_dense_model(tmp_path):
 LEARNERS = {"hydra", "harp", "rst"}  # the methods that learn scores (S2AP applies)
 
 
-def expected_counts(name: str, target: str) -> dict[str, int]:
+def expected_counts(name: str, target: str, seeds: int = 3) -> dict[str, int]:
     """The jobs a target runs, by hand from the preset's grid (independent of the code)."""
     want = PAPER[name]
-    cells = len(want["archs"]) * len(want["sparsities"]) * 3  # archs x sparsities x seeds
+    cells = len(want["archs"]) * len(want["sparsities"]) * seeds
     if target == "all":
         methods, values = want["methods"], len(want["s2ap"])
     else:
@@ -219,10 +219,10 @@ def expected_counts(name: str, target: str) -> dict[str, int]:
     one_recipe = name in ("paper_cifar10_structured", "paper_svhn_structured", "paper_imagenet")
     recipes = {"harp" if m == "harp" and not one_recipe else "shared"
                for m in (methods if target != "all" else want["methods"]) if m != "rst"}
-    out = {"pretrain": len(recipes) * len(want["archs"]) * 3, "prune": prune,
+    out = {"pretrain": len(recipes) * len(want["archs"]) * seeds, "prune": prune,
            "finetune": evaluate, "evaluate": evaluate, target: 1}
     if target == "all":
-        out.update(evaluate_dense=len(want["archs"]) * 3, aggregate=1)
+        out.update(evaluate_dense=len(want["archs"]) * seeds, aggregate=1)
     else:
         out["figure" if target.startswith("figure_") else "table"] = 1
     return out
@@ -235,6 +235,12 @@ PAIRS = [(name, t) for name in sorted(PAPER)
 @pytest.mark.parametrize("name,target", PAIRS)
 def test_the_plan_of_each_target_has_the_expected_jobs(name, target):
     assert estimate.plan(load(name), [target], [REPO]).counts() == expected_counts(name, target)
+
+
+@pytest.mark.parametrize("name,target", PAIRS)
+def test_the_smoke_form_of_each_target_runs_the_same_jobs_for_one_seed(name, target):
+    assert estimate.plan(load(name, SMOKE), [target], [REPO]).counts() == \
+        expected_counts(name, target, seeds=1)
 
 
 def _dry_run_jobs(name: str, targets: list[str], cwd: Path) -> list[dict]:
