@@ -324,7 +324,7 @@ def report(cfg: Mapping[str, Any], preset_files: Sequence[str | Path], targets: 
         lines.append(
             f"  {entry['device']} {entry['arch']} {'x'.join(map(str, entry['input_shape']))} "
             f"width {float(entry['width']):g} batch {entry['batch_size']} {entry['precision']}: "
-            f"{entry['device_name']}, {entry['threads'] or '-'} threads, measured "
+            f"{entry['device_name']}, {entry['threads'] or '-'} thread(s), measured "
             f"{entry['measured']}")
     for what in sorted(est.missing):
         if device in cal.devices():

@@ -21,8 +21,15 @@ variant alike) and the median over rounds taken:
 
 Steps are timed at the batch size of ARCHS (or --batch); the estimate scales them linearly.
 
-  python speed/calibrate.py                          # every architecture, CPU, 2 threads: prints
-  python speed/calibrate.py --write                  # ... and merges them into the calibration file
+On a machine that other jobs load, wall times with two threads varied several-fold between runs
+(the small CNN's PGD-10 step: 1.6 s in one run, 3.8 s in the next, at a load average of 7 on 2
+cores), because a descheduled OpenMP thread stalls the other. ``--threads 1 --clock cpu`` times the
+process's CPU time instead, which that load does not inflate (two runs agree within a few %);
+the CPU entries of the shipped file are measured that way and say ``threads: 1`` (a run with
+more threads is faster than they predict).
+
+  python speed/calibrate.py --write                            # 2 threads, wall clock
+  python speed/calibrate.py --threads 1 --clock cpu --write    # on a shared, loaded machine
   python speed/calibrate.py --archs resnet18 --widths 1 --rounds 5 --device cuda --write
 """
 from __future__ import annotations
@@ -105,12 +112,18 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
 def _timed(fn, device) -> float:
+    """Seconds of ``fn`` on the chosen clock: wall time, or (``--clock cpu``, one thread on a
+    shared machine) the process's CPU time, which other processes' load does not inflate."""
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = _clock()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return _clock() - t0
 
 
 def _autoattack_seconds(model, x, device, budget: int, rounds: int) -> float:
@@ -209,14 +222,21 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (median)")
     ap.add_argument("--batch", type=int, default=None, help="override the batch size of ARCHS")
     ap.add_argument("--pgd-steps", type=int, default=5, help="PGD steps timed for pgd_image")
-    ap.add_argument("--aa-images", type=int, default=4)
-    ap.add_argument("--aa-budget", type=int, default=2,
+    ap.add_argument("--aa-images", type=int, default=2)
+    ap.add_argument("--aa-budget", type=int, default=1,
                     help="iterations each AutoAttack attack runs at (and 3x; Square: 25x as queries)")
     ap.add_argument("--aa-rounds", type=int, default=1)
+    ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                    help="wall time (default), or cpu: the process's CPU time with one thread, for "
+                         "a machine other jobs load (wall times there vary several-fold)")
     ap.add_argument("--write", action="store_true", help="merge the entries into --out")
     ap.add_argument("--out", default=str(cal.CALIBRATION_FILE))
     args = ap.parse_args(argv)
     args.argv = argv
+    if args.clock == "cpu" and (args.threads != 1 or args.device != "cpu"):
+        ap.error("--clock cpu measures one CPU thread: use --threads 1 --device cpu")
+    global _clock
+    _clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     entries = []
@@ -229,9 +249,10 @@ def main(argv=None) -> int:
             print(f"{arch:10s} width {width:<7g} batch {entry['batch_size']:<4d} "
                   + " ".join(f"{k}={v:.4g}" for k, v in secs.items())
                   + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if args.write:  # each entry as soon as it is measured: a long run keeps its progress
+                cal.merge(args.out, [entry])
     print(json.dumps(entries, indent=1))
     if args.write:
-        cal.merge(args.out, entries)
         print(f"merged {len(entries)} entries into {args.out}")
     return 0
 

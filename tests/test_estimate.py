@@ -146,7 +146,7 @@ def test_the_report_says_no_calibration_instead_of_guessing(tmp_path):
     assert "no calibration for vgg16_bn (3x32x32, 10 classes, width 1, fp32) on cpu" in text
     assert "incomplete" in text
     text = E.report(cfg, ["p.yaml"], ["all"], "cpu", c)
-    assert "cpu resnet18 3x32x32 width 1 batch 32 fp32: test cpu, 2 threads, measured 2026-01-01" in text
+    assert "cpu resnet18 3x32x32 width 1 batch 32 fp32: test cpu, 2 thread(s), measured 2026-01-01" in text
     assert "no calibration" not in text and re.search(r"^total\s+10\s+[\d,.]+ (h|days)", text, re.M)
 
 
