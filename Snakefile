@@ -2,6 +2,8 @@
 #
 #   snakemake --profile workflows/profiles/local                      # presets/quick.yaml
 #   snakemake --profile workflows/profiles/local --configfile presets/tiny.yaml
+#   snakemake table_main --configfile presets/paper_cifar10.yaml               # one paper table
+#   snakemake table_main --configfile presets/paper_cifar10.yaml presets/smoke.yaml   # its smoke form
 #   (make quick / make run PRESET=tiny do the same and resume a killed run without --unlock)
 #
 # The preset is validated (schema, names, rules across fields) while this file is parsed, i.e.
@@ -18,8 +20,11 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from benchmark import config as apcfg
+from benchmark import external_dense
 from benchmark import preflight
 from benchmark import submission as submission_lib
+from benchmark import reference as apref
+from benchmark import tables
 
 # Not a `configfile:` directive: that one would also be loaded under --configfile, and its keys
 # (per-method overrides, say) would leak into the other preset.
@@ -34,9 +39,7 @@ PRESET_FILE = (
 # Method files named in a preset are looked up in the working directory, then in the repository.
 SEARCH_DIRS = [Path.cwd(), REPO]
 
-CFG = apcfg.with_defaults(config)
-if not CFG.get("name"):
-    CFG["name"] = PRESET_FILE.stem
+CFG = apcfg.finish_name(apcfg.with_defaults(config), PRESET_FILE.stem)
 CFG = apcfg.validate(CFG, search_dirs=SEARCH_DIRS)
 validate(CFG, "workflows/schema/config.schema.yaml")
 
@@ -62,6 +65,7 @@ include: "workflows/rules/aggregate.smk"
 include: "workflows/rules/sweep.smk"
 include: "workflows/rules/site.smk"
 include: "workflows/rules/submissions.smk"
+include: "workflows/rules/tables.smk"
 
 
 # Cheap bookkeeping runs on the submitting machine, not as a cluster job.
@@ -70,6 +74,17 @@ localrules:
     aggregate,
     seed_stability,
     submissions,
+    table,
+    figure,
+    table_main,
+    table_structured,
+    table_vit,
+    table_imagenet,
+    table_baselines,
+    table_ablation,
+    figure_sharpness,
+    figure_stability,
+    table_overhead,
 
 
 # Every result file is a target too, not only the leaderboard: Snakemake (>= 7.7) does not remake

@@ -61,6 +61,7 @@ from benchmark.errors import CorruptFileError
 from benchmark.io import atomic_write_text
 from benchmark.provenance import stage_code_digest
 from benchmark.published import add_published, load_published, published_cell
+from benchmark.reference import add_reference, load_reference
 from benchmark.results import ResultError, pgd_broken_aa_robust, read_result
 from benchmark.stats import mcnemar, wilson_interval
 
@@ -200,6 +201,8 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
         "aa_robust_pgd_broken": pgd_broken_aa_robust(res),
         "submission": (res.get("submission") or {}).get("name"),
         "claims_outside": list((res.get("submission") or {}).get("outside") or []),
+        # what the evaluation ran on: stand-in data (benchmark/synthetic.py) is never the dataset
+        "synthetic": bool(((res["config"].get("evaluate") or {}).get("data") or {}).get("synthetic")),
     }
     for name in METRICS:
         m = metrics.get(name)
@@ -304,6 +307,9 @@ def _pool(key: tuple, runs: list[dict]) -> dict[str, Any]:
         flags.append("lowered-after-apgd:" + "+".join(lowered))
     if runs[0]["aa_standard"] is False:
         flags.append("non-standard-AA")
+    row["synthetic"] = any(r["synthetic"] for r in runs)
+    if row["synthetic"]:
+        flags.append("synthetic-data")
     row["aa_robust_pgd_broken"] = sum(r["aa_robust_pgd_broken"] for r in runs)
     if row["aa_robust_pgd_broken"]:
         flags.append(f"pgd-broke-aa-robust:{row['aa_robust_pgd_broken']}")
@@ -337,42 +343,6 @@ def _sort_key(row: dict) -> tuple:
     dense = row["method"] == "dense"
     return (row["dataset"], row["arch"], not dense, row["method"],
             S2AP_ORDER.get(row["s2ap"], 9), row["sparsity"], row["config_hash"])
-
-
-# ---------------------------------------------------------------- reference numbers
-def load_reference(reference_csv: str | Path) -> tuple[pd.DataFrame, str]:
-    """The published leaderboard (reference/ap_benchmark_leaderboard.csv format) and its source
-    note (the CSV's leading '#' lines)."""
-    path = Path(reference_csv)
-    notes = []
-    with open(path) as fh:
-        for line in fh:
-            if not line.startswith("#"):
-                break
-            notes.append(line.lstrip("#").strip())
-    ref = pd.read_csv(path, comment="#")
-    need = {"dataset", "method", "arch", "sparsity", "clean", "autoattack"}
-    missing = need - set(ref.columns)
-    if missing:
-        raise AggregationError(f"reference CSV {path} lacks columns {sorted(missing)}")
-    if "structure" not in ref.columns:
-        ref["structure"] = "unstructured"
-    ref["_key"] = [(str(d).lower(), str(s).lower(), str(m).lower(), str(a).lower(), float(sp))
-                   for d, s, m, a, sp in zip(ref["dataset"], ref["structure"], ref["method"],
-                                             ref["arch"], ref["sparsity"])]
-    return ref, " ".join(notes) or f"source: {path}"
-
-
-def _add_reference(rows: list[dict], ref: pd.DataFrame) -> None:
-    lookup = {k: (c, a) for k, c, a in zip(ref["_key"], ref["clean"], ref["autoattack"])}
-    for row in rows:
-        row["ref_clean"] = row["ref_autoattack"] = math.nan
-        if row["method"] == "dense" or row["s2ap"] == "on":
-            continue  # the published numbers are the original methods'
-        key = (row["dataset"].lower(), row["structure"], row["method"].lower(), row["arch"].lower(),
-               float(row["sparsity"]))
-        if key in lookup:
-            row["ref_clean"], row["ref_autoattack"] = (float(v) for v in lookup[key])
 
 
 # ---------------------------------------------------------------- S2AP pairs
@@ -622,7 +592,7 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
     ref_note = None
     if reference_csv is not None:
         ref, ref_note = load_reference(reference_csv)
-        _add_reference(rows, ref)
+        add_reference(rows, ref)
     published_note = None
     if published_csv is not None:
         published = load_published(published_csv)
@@ -650,9 +620,9 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
             md += ["Flags (the `flag` column of leaderboard.csv has each one's detail):", "",
                    flag_legend.legend_markdown(used), ""]
     if ref_note is not None:
-        md += [f"Ref. columns: published numbers ({ref_note}). They were measured under the "
-               "published protocol (AutoAttack standard, eps 0.031, first 10,000 test images) and "
-               "are comparable only where eps, images and AutoAttack version match ours.", ""]
+        md += [f"Ref. columns: published numbers ({ref_note}), shown for the original method "
+               "only where dataset, architecture, method, structure, sparsity, eps and the number "
+               "of AutoAttack images all match (benchmark/reference.py); — where nothing does.", ""]
     if pairs is not None:
         md += ["## S2AP: original vs S2AP (AutoAttack accuracy)", "",
                "Δ = S2AP − original in percentage points; McNemar p: exact test on per-image "

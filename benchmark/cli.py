@@ -5,6 +5,9 @@
   python -m benchmark finetune  --config JSON ... --search search.pt --out model.pt
   python -m benchmark evaluate  --config JSON --model model.pt --cell JSON --out result.json
   python -m benchmark aggregate --runs results/quick/runs --out results/quick
+  python -m benchmark table     --spec JSON --runs r1.json ... --out results/<preset>/tables
+  python -m benchmark import-dense --entry JSON --dataset D --arch A --out dense.pt
+  python -m benchmark estimate  --configfile presets/X.yaml [presets/smoke.yaml] [--device cuda]
   python -m benchmark methods   (lists the registered methods and their traits)
   python -m benchmark site / export robustbench|models|verify   (publishing: benchmark/cli_publish.py)
 
@@ -126,6 +129,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the published run's leaderboard.csv (results/published/<preset>/): "
                         "adds the 'published' columns, cell by cell")
 
+    p = command("table", help="one paper table or figure from result files (benchmark/tables.py)")
+    p.add_argument("--spec", type=_json_arg, required=True,
+                   help="the table, its rows and columns (benchmark.tables.spec), JSON or @file")
+    p.add_argument("--runs", required=True, nargs="+", help="the result files the table reads")
+    p.add_argument("--out", required=True, help="folder for <table>.md and .csv (.png for figures)")
+    p.add_argument("--reference", default=None,
+                   help="reference CSV (default: the AP benchmark shipped with the package)")
+
+    p = command("import-dense", help="check and convert a dense model trained elsewhere")
+    p.add_argument("--entry", type=_json_arg, required=True,
+                   help="the preset's external_dense entry (path resolved), JSON or @file")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--model", type=_json_arg, default={}, help="the preset's model section")
+    p.add_argument("--out", required=True)
+
+    p = command("estimate", help="jobs and compute time of a preset before it runs")
+    p.add_argument("--configfile", required=True, nargs="+", metavar="PRESET",
+                   help="preset file(s); later ones overlay earlier ones, as for snakemake")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="the device to estimate for (default: the preset's; auto counts as cuda)")
+    p.add_argument("--target", action="append", default=[],
+                   help="a Snakemake target (all, table_main, ...; repeatable); default all")
+    p.add_argument("--calibration", default=None,
+                   help="calibration file (default: benchmark/calibration/calibration.json)")
+
     p = command("methods", help="list registered methods")
     _method_file_arg(p)
 
@@ -223,6 +252,28 @@ def run(args: argparse.Namespace) -> int:
 
         table = sweep_report(args.models, args.out)
         print(table.to_string(index=False))
+        return 0
+    if args.command == "table":
+        from .tables import write as write_table
+
+        try:
+            written = write_table(args.spec, args.runs, args.out, reference_csv=args.reference)
+        except FileNotFoundError as exc:
+            raise MissingFileError(str(exc)) from exc
+        print(f"{args.spec['table']}: " + ", ".join(str(p) for p in written))
+        return 0
+    if args.command == "import-dense":
+        from .external_dense import import_dense
+
+        import_dense(args.entry, dataset=args.dataset, arch=args.arch, model_cfg=args.model,
+                     out=args.out)
+        print(f"dense model: {args.out}")
+        return 0
+    if args.command == "estimate":
+        from .estimate import main as estimate_main
+
+        print(estimate_main(args.configfile, device=args.device, targets=args.target or ["all"],
+                            calibration=args.calibration), end="")
         return 0
     if args.command == "aggregate":
         from .aggregate import aggregate, result_files, runs_frame

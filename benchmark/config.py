@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from benchmark import choices
+from benchmark import external_dense as _external
 from benchmark import registry as _registry
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
@@ -59,6 +60,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 
 DEFAULTS: dict[str, Any] = {
     "name": None,
+    # appended to the name: an overlay (presets/smoke.yaml) sends its run to results/<name><suffix>
+    "name_suffix": "",
     "description": "",
     "grid": {
         "datasets": ["fashion-mnist"],
@@ -81,9 +84,13 @@ DEFAULTS: dict[str, Any] = {
         "augment": True,
         # seed of the fixed validation slice, independent of the training seed
         "split_seed": 0,
+        # stand-in data of the dataset's shape (benchmark/synthetic.py): smoke runs anywhere
+        "synthetic": False,
     },
     "model": {"width": 1.0},
-    "runtime": {"device": "auto", "threads": 2, "bf16": False, "channels_last": False},
+    # group_jobs: a cell's search, finetunes and evaluations go to a cluster as one job
+    "runtime": {"device": "auto", "threads": 2, "bf16": False, "channels_last": False,
+                "group_jobs": False},
     "pretrain": dict(TRAIN_DEFAULTS, epochs=100, lr=0.1),
     "prune": dict(TRAIN_DEFAULTS, epochs=20, lr=0.1),
     "finetune": dict(TRAIN_DEFAULTS, epochs=100, lr=0.01),
@@ -114,13 +121,24 @@ DEFAULTS: dict[str, Any] = {
     },
     "gamma_sweep": None,
     "reference_csv": None,
+    # paper tables this preset feeds: {table name: null or {methods, archs, sparsities}}
+    # (benchmark/tables.py; docs/paper_tables.md)
+    "tables": {},
+    # dense models not trained here: [{dataset, arch, sha256, path | robustbench}]
+    # (benchmark/external_dense.py)
+    "external_dense": [],
 }
 
 # Fields that change how fast a job runs, or where its inputs live, but not what it computes: left
 # out of every hash (and of Snakemake's rerun check), so moving a preset from a laptop to a GPU
 # node, to another data folder or another thread count reuses the dense models.
-_NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last"),
+_NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last", "group_jobs"),
                 "data": ("num_workers", "root", "download", "imagenet_root")}
+
+
+# Fields added after results existed: left out of the hash while they hold their default, so their
+# arrival reran nothing; any other value is part of it (synthetic data never pools with real).
+_HASHED_UNLESS_DEFAULT = {("data", "synthetic"): False}
 
 
 class ConfigError(ValueError):
@@ -151,17 +169,50 @@ def with_defaults(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     return cfg
 
 
-def load_preset(path: str | Path) -> dict[str, Any]:
-    """Read a preset and fill in defaults; the preset's name defaults to the file's stem."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     with open(path) as fh:
         raw = yaml.safe_load(fh) or {}
     if not isinstance(raw, Mapping):
         raise ValueError(f"preset {path} must be a YAML mapping, got {type(raw).__name__}")
-    cfg = with_defaults(raw)
-    if not cfg.get("name"):
-        cfg["name"] = path.stem
+    return dict(raw)
+
+
+def overlay(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` over ``base`` as Snakemake merges two ``--configfile`` files: mappings merge key by
+    key, anything else (lists, null) replaces. ``load_presets`` uses it so the CLI reads a preset
+    plus an overlay exactly as the workflow does."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping):
+            out[key] = overlay(out[key] if isinstance(out.get(key), Mapping) else {}, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def finish_name(cfg: dict[str, Any], stem: str) -> dict[str, Any]:
+    """The preset's name (the last preset file's stem when it names none) with ``name_suffix``
+    appended; the suffix is used up, so calling this twice appends it once."""
+    cfg["name"] = (cfg.get("name") or stem) + (cfg.get("name_suffix") or "")
+    cfg["name_suffix"] = ""
     return cfg
+
+
+def load_presets(paths: Iterable[str | Path]) -> dict[str, Any]:
+    """Read one or more preset files (later ones overlay earlier ones, as ``snakemake
+    --configfile a.yaml b.yaml`` does) and fill in defaults and the name."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no preset file given")
+    raw: dict[str, Any] = {}
+    for path in paths:
+        raw = overlay(raw, _read_yaml(path))
+    return finish_name(with_defaults(raw), paths[-1].stem)
+
+
+def load_preset(path: str | Path) -> dict[str, Any]:
+    """Read a preset and fill in defaults; the preset's name defaults to the file's stem."""
+    return load_presets([path])
 
 
 # ---------------------------------------------------------------------------------- sparsity
@@ -238,6 +289,7 @@ def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
         "schedule": list(choices.SCHEDULES),
         "autoattack_version": list(choices.AUTOATTACK_VERSIONS),
         "autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
+        "paper_table": list(choices.PAPER_TABLES),
     }
     if registry is not None:
         enums["method"] = registry.names()
@@ -352,7 +404,8 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
             problems.append(f"evaluate.autoattack.attacks: {extra} are not attacks of version "
                             f"{aa['version']!r}; choose a subset of {list(full)} or null for all")
 
-    if "imagenet" in grid["datasets"] and not cfg["data"].get("imagenet_root"):
+    if "imagenet" in grid["datasets"] and not cfg["data"].get("imagenet_root") \
+            and not cfg["data"].get("synthetic"):
         problems.append("data.imagenet_root: not set, but grid.datasets has imagenet; point it at a "
                         "folder with ImageFolder-style train/ and val/")
 
@@ -361,6 +414,11 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
             resolve_file(cfg["reference_csv"], search_dirs, field="reference_csv")
         except ConfigError as exc:
             problems.append(str(exc))
+
+    from benchmark import tables as _tables  # imports this module: not at the top
+
+    problems += _tables.preset_problems(cfg, traits)
+    problems += _external.entries_problems(cfg)
 
     for i, method in enumerate(sweep.get("methods") or []):
         if not traits[method]["learns_scores"]:
@@ -458,6 +516,9 @@ def _hash_view(stage_cfg: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(view.get(section), dict):
             for key in keys:
                 view[section].pop(key, None)
+    for (section, key), default in _HASHED_UNLESS_DEFAULT.items():
+        if isinstance(view.get(section), dict) and view[section].get(key, default) == default:
+            view[section].pop(key, None)
     return view
 
 
@@ -474,9 +535,20 @@ def stage_key(stage_cfg: Mapping[str, Any]) -> str:
 
 def pretrain_recipe_hash(cfg: Mapping[str, Any], dataset: str, arch: str, method: str | None) -> str:
     """Key of the dense model a method starts from. It covers the pretrain stage config only, so
-    methods with the same pretrain recipe, and S2AP on and off, share one dense model."""
-    view = _hash_view(stage_config(cfg, "pretrain", dataset=dataset, arch=arch, method=method))
-    return short_hash({"dataset": dataset, "arch": arch, "pretrain": view})
+    methods with the same pretrain recipe, and S2AP on and off, share one dense model. An external
+    dense model (``external_dense``) is keyed by its checksum, whatever the method."""
+    return short_hash({"dataset": dataset, "arch": arch,
+                       "pretrain": pretrain_identity(cfg, dataset, arch, method)})
+
+
+def pretrain_identity(cfg: Mapping[str, Any], dataset: str, arch: str,
+                      method: str | None) -> dict[str, Any]:
+    """What made the dense model: the pretrain stage config without speed and location fields,
+    or the external model's checksum (benchmark.external_dense.recipe)."""
+    entry = _external.entry_for(cfg, dataset, arch)
+    if entry is not None:
+        return _external.recipe(entry)
+    return _hash_view(stage_config(cfg, "pretrain", dataset=dataset, arch=arch, method=method))
 
 
 def cell_config_hash(cfg: Mapping[str, Any], cell: Mapping[str, Any],
@@ -486,12 +558,11 @@ def cell_config_hash(cfg: Mapping[str, Any], cell: Mapping[str, Any],
     dataset, arch, method, s2ap = cell["dataset"], cell["arch"], cell["method"], cell["s2ap"]
     parts: dict[str, Any] = {"dataset": dataset, "arch": arch}
     if method == "dense":
-        parts["pretrain"] = stage_config(cfg, "pretrain", dataset=dataset, arch=arch,
-                                         method=cell.get("recipe_method"))
+        parts["pretrain"] = pretrain_identity(cfg, dataset, arch, cell.get("recipe_method"))
     else:
         traits = traits or _registry.TRAIT_DEFAULTS
         if traits.get("needs_pretrain", True):
-            parts["pretrain"] = stage_config(cfg, "pretrain", dataset=dataset, arch=arch, method=method)
+            parts["pretrain"] = pretrain_identity(cfg, dataset, arch, method)
         for stage in ("prune", "finetune"):
             parts[stage] = stage_config(cfg, stage, dataset=dataset, arch=arch, method=method,
                                         s2ap=s2ap, traits=traits)
@@ -546,7 +617,9 @@ def dense_cells(cfg: Mapping[str, Any], cells: list[dict[str, Any]]) -> list[dic
                           and c["recipe"] is not None), None)
             method = first["method"] if first else None
             recipe = first["recipe"] if first else pretrain_recipe_hash(cfg, dataset, arch, None)
-            for seed in grid["seeds"]:
+            # an external dense model is one model whatever the seed: evaluated once
+            external = _external.entry_for(cfg, dataset, arch) is not None
+            for seed in grid["seeds"][:1] if external else grid["seeds"]:
                 key = (dataset, arch, int(seed))
                 if key in seen:
                     continue
@@ -566,9 +639,11 @@ def pretrain_recipes(cfg: Mapping[str, Any], cells: list[dict[str, Any]],
         if recipe is None or recipe in out:
             continue
         method = cell.get("recipe_method") if cell["method"] == "dense" else cell["method"]
-        out[recipe] = {"dataset": cell["dataset"], "arch": cell["arch"],
-                       "config": stage_config(cfg, "pretrain", dataset=cell["dataset"],
-                                              arch=cell["arch"], method=method)}
+        entry = _external.entry_for(cfg, cell["dataset"], cell["arch"])
+        out[recipe] = {"dataset": cell["dataset"], "arch": cell["arch"], "external": entry,
+                       "config": None if entry else stage_config(
+                           cfg, "pretrain", dataset=cell["dataset"], arch=cell["arch"],
+                           method=method)}
     return out
 
 

@@ -450,22 +450,31 @@ def split_indices(n: int, val_size: int, seed: int = 0) -> tuple[list[int], list
 def build_splits(name: str, root: str | Path, *, val_size: int, train_subset: int | None = None,
                  test_subset: int | None = None, seed: int = 0, augment: bool = True,
                  download: bool = False, imagenet_root: str | Path | None = None,
-                 fashion_mnist_system_dir: str | Path = DEFAULT_FASHION_MNIST_SYSTEM_DIR):
+                 fashion_mnist_system_dir: str | Path = DEFAULT_FASHION_MNIST_SYSTEM_DIR,
+                 synthetic: bool = False):
     """(train, val, test) datasets yielding (float tensor in [0, 1] of shape (C, S, S), int label).
 
     val is a fixed slice of the training data seen without augmentation; train_subset keeps the
     first N of the remaining (already shuffled) training indices; test_subset keeps the first N
     test images in file order, so per-image flags of two runs refer to the same images.
+    ``synthetic`` replaces the files by stand-in images of the dataset's shape
+    (benchmark/synthetic.py; no augmentation), cut into the same splits.
     """
     from torch.utils.data import Subset
 
     info = get_info(name)
     root = Path(root)
-    train_tf, eval_tf = _transforms(info.name, augment)
-    full_eval, test = _LOADERS[info.loader](
-        root, eval_tf, download=download, imagenet_root=imagenet_root,
-        fashion_mnist_system_dir=fashion_mnist_system_dir)
-    full_train = _with_transform(full_eval, train_tf)
+    if synthetic:
+        from benchmark.synthetic import synthetic_splits
+
+        full_eval, test = synthetic_splits(info)
+        full_train = full_eval
+    else:
+        train_tf, eval_tf = _transforms(info.name, augment)
+        full_eval, test = _LOADERS[info.loader](
+            root, eval_tf, download=download, imagenet_root=imagenet_root,
+            fashion_mnist_system_dir=fashion_mnist_system_dir)
+        full_train = _with_transform(full_eval, train_tf)
 
     train_idx, val_idx = split_indices(len(full_eval), val_size, seed)
     if train_subset is not None:

@@ -33,6 +33,9 @@ LEGEND: tuple[Flag, ...] = (
     Flag("U", "no-revision", "unknown revision", "made outside a git checkout: the revision is unknown."),
     Flag("X", "stale-code", "stale code",
          "made by stage code other than the current one: rerun it to get today's number."),
+    Flag("Y", "synthetic-data", "synthetic data",
+         "stand-in images of the dataset's shape (a smoke run, data.synthetic), not the dataset: "
+         "the numbers say nothing about it."),
     Flag("E", "submission", "external submission",
          "a model submitted from outside (python -m benchmark submit), evaluated with this "
          "preset's protocol."),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from benchmark import config as _config
+from benchmark import external_dense as _external
 from benchmark import registry as _registry
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def dataset_problems(cfg: Mapping[str, Any], workdir: str | Path = ".") -> list[
     data = cfg["data"]
     root = _under(workdir, data["root"])
     problems = []
+    if data.get("synthetic"):
+        return problems  # stand-in images, generated in each job: nothing to find on disk
     for name in cfg["grid"]["datasets"]:
         if name == "imagenet":
             base = data.get("imagenet_root")
@@ -157,7 +160,9 @@ def machine_problems(cfg: Mapping[str, Any], search_dirs: Iterable[str | Path] =
     """Every finding for a validated preset on this machine. ``deep`` imports torch and the method
     files (CUDA as torch sees it, the method classes and their options); without it the check is
     torch-free and runs no user code."""
+    search_dirs = list(search_dirs)
     problems = dataset_problems(cfg, workdir)
+    problems += _external.missing_problems(cfg, [workdir, *search_dirs])
     problem = device_problem(cfg, use_torch=deep)
     if problem:
         problems.append(problem)

@@ -10,7 +10,6 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-test}
-FMNIST=/usr/share/datasets/fashion-mnist
 
 as_root() { [ "$(id -u)" = 0 ]; }
 
@@ -52,6 +51,8 @@ if ! command -v chromium >/dev/null; then
     fi
 fi
 
+# where Debian's dataset-fashion-mnist puts its files: the one place the suite names it
+FMNIST=$("$VENV/bin/python" -c 'from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR as d; print(d)')
 if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
     if as_root && command -v apt-get >/dev/null; then
         apt_install dataset-fashion-mnist

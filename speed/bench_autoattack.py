@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.autoattack_eval import run_autoattack  # noqa: E402
 from benchmark.evaluation import prepare_for_eval  # noqa: E402
+from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR  # noqa: E402
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
+FMNIST = Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR)
 
 
 def _idx(path: Path) -> np.ndarray:

@@ -235,17 +235,18 @@ def test_s2ap_pair_refuses_different_attack_sets(tmp_path):
 
 
 def _reference(tmp_path):
+    # the protocol of the fixture results: eps 0.031, AutoAttack on 100 images
     path = tmp_path / "ref.csv"
     path.write_text("# Source: Piras et al., adversarial pruning benchmark\n"
-                    "dataset,structure,method,arch,sparsity,clean,autoattack\n"
-                    "cifar10,unstructured,HYDRA,resnet18,90,76.74,43.34\n"
-                    "cifar10,structured,HYDRA,resnet18,90,70.00,30.00\n")
+                    "dataset,structure,method,arch,sparsity,eps,n_images,clean,autoattack\n"
+                    "cifar10,unstructured,HYDRA,resnet18,90,0.031,100,76.74,43.34\n"
+                    "cifar10,structured,HYDRA,resnet18,90,0.031,100,70.00,30.00\n")
     return path
 
 
 def test_reference_columns_follow_the_structure_label(tmp_path):
-    write_result(tmp_path / "runs", method="HYDRA", arch="resnet18", sparsity=90)
-    write_result(tmp_path / "runs" / "s", method="HYDRA", arch="resnet18", sparsity=90,
+    write_result(tmp_path / "runs", method="hydra", arch="resnet18", sparsity=90)
+    write_result(tmp_path / "runs" / "s", method="hydra", arch="resnet18", sparsity=90,
                  structure="structured", extra_config={"prune": {"structured": True}})
     df = aggregate(tmp_path / "runs", tmp_path / "o", reference_csv=_reference(tmp_path))
     by = {row["structure"]: row for _, row in df.iterrows()}

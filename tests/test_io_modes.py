@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmark import io
+from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def test_result_checkpoint_leaderboard_and_plot_are_0644(tmp_path, umask):
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
-DEBIAN_LABELS = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
+DEBIAN_LABELS = Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR) / "t10k-labels-idx1-ubyte.gz"
 
 
 @pytest.mark.skipif(not DEBIAN_LABELS.is_file(), reason="apt-get install dataset-fashion-mnist")

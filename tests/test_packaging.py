@@ -1,5 +1,6 @@
-"""A non-editable install carries what the library reads at run time (the config schema), and
-validates a preset from outside the repository."""
+"""A non-editable install carries what the library reads at run time (the config schema, the AP
+benchmark's reference numbers, the calibration file), and validates a preset from outside the
+repository."""
 from __future__ import annotations
 
 import os
@@ -26,6 +27,8 @@ def test_a_non_editable_install_validates_a_preset(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (site / "benchmark" / "schemas" / "config.schema.yaml").is_file()
+    assert (site / "benchmark" / "reference_data" / "ap_benchmark_leaderboard.csv").is_file()
+    assert (site / "benchmark" / "calibration" / "calibration.json").is_file()
 
     shutil.rmtree(src)  # nothing may come from the sources or the repository
     code = (
@@ -34,6 +37,8 @@ def test_a_non_editable_install_validates_a_preset(tmp_path):
         "from benchmark import config as C\n"
         f"cfg = C.validate(C.load_preset({str(REPO / 'presets' / 'tiny.yaml')!r}))\n"
         "assert C.grid_cells(cfg) and 'torch' not in sys.modules\n"
+        "from benchmark import calibration, reference\n"
+        "assert len(reference.load_reference()[0]) == 154 and calibration.load().source\n"
     )
     env = dict(os.environ, PYTHONPATH=str(site))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

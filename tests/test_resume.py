@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from benchmark.io import load_checkpoint
+from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_fashion_mnist = pytest.mark.skipif(
-    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    not Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR).is_dir(),
     reason="needs the Debian package dataset-fashion-mnist (installed by .ci/run)")
 
 

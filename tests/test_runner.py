@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import runner
+from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "presets" / "tiny.yaml"
@@ -148,7 +149,7 @@ def _run_cmd(workdir: Path) -> list[str]:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+@pytest.mark.skipif(not Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR).is_dir(),
                     reason="needs the Debian package dataset-fashion-mnist")
 def test_sigkilled_run_resumes_with_the_same_command_and_the_same_results(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -20,6 +20,7 @@ from benchmark.attacks import AttackConfig, pgd_linf
 from benchmark.losses import RobustLoss
 from benchmark.registry import method_registry
 from benchmark.score_init import ScoreInitContext, TrainBatches
+from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 SNIP = REPO / "examples" / "snip_method.py"
@@ -103,7 +104,7 @@ def snakemake(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+@pytest.mark.skipif(not Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR).is_dir(),
                     reason="needs the Debian package dataset-fashion-mnist (installed by .ci/run)")
 def test_snip_example_runs_the_tiny_preset_with_s2ap_off_and_on(tmp_path):
     raw = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())

@@ -101,7 +101,7 @@ def test_default_preset_is_quick(tmp_path):
     assert any("results/quick/leaderboard.stamp.json" in j["output"] for j in jobs)
 
 
-@pytest.mark.parametrize("preset", ["paper_cifar10_hydra.yaml", "paper_svhn_hydra.yaml"])
+@pytest.mark.parametrize("preset", ["paper_cifar10_structured.yaml", "paper_svhn_structured.yaml"])
 def test_paper_dry_run_has_one_pretrain_per_dataset_arch_seed(tmp_path, preset):
     cfg = yaml.safe_load((PRESETS / preset).read_text())
     jobs = dry_run_jobs("--configfile", PRESETS / preset, cwd=tmp_path)
@@ -126,7 +126,7 @@ def test_slurm_profile_dry_run(tmp_path):
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.skip("snakemake-executor-plugin-slurm not installed (pip install -e '.[cluster]')")
     proc = snakemake("-n", "--profile", REPO / "workflows/profiles/slurm",
-                     "--configfile", PRESETS / "paper_cifar10_hydra.yaml", cwd=tmp_path)
+                     "--configfile", PRESETS / "paper_cifar10_structured.yaml", cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "gpu=1" in out and "slurm_partition=" in out

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ["work/tiny/finetune/fashion-mnist/small_cnn/hydra/off/sp90/seed0/model.pt",
@@ -23,7 +24,7 @@ MODELS = ["work/tiny/finetune/fashion-mnist/small_cnn/hydra/off/sp90/seed0/model
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    pytest.mark.skipif(not Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR).is_dir(),
                        reason="needs the Debian package dataset-fashion-mnist"),
 ]
 

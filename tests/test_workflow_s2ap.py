@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = REPO / "presets"
@@ -45,7 +46,7 @@ def test_example_method_is_a_valid_choice_only_with_its_plugin(tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+@pytest.mark.skipif(not Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR).is_dir(),
                     reason="needs the Debian package dataset-fashion-mnist (installed by .ci/run)")
 def test_example_method_runs_with_s2ap_into_the_leaderboard(tmp_path):
     preset = tiny_variant(tmp_path, methods=["hydra_global", "lwm"], s2ap=["off", "on"])

@@ -24,6 +24,9 @@ REFERENCE_CSV = (
     else None
 )
 SEED_STABILITY = bool(CFG["diagnostics"].get("seed_stability"))
+# a cell's search, finetunes and evaluations as one cluster job (runtime.group_jobs; the local
+# executor ignores groups)
+GROUP_JOBS = bool(CFG["runtime"].get("group_jobs"))
 # an offset far from any grid seed, so the second search never coincides with another cell's
 SEARCH_SEED_OFFSET = 1000
 
@@ -116,6 +119,14 @@ EVALUATE_CMD = bench(
     " --out {output:q} --state-dir {params.state:q} {params.extra}"
 )
 SEED_STABILITY_CMD = bench("stability --a {input.a:q} --b {input.b:q} --out {output:q}")
+IMPORT_DENSE_CMD = bench(
+    "import-dense --entry {params.entry:q} --dataset {wildcards.dataset:q}"
+    " --arch {wildcards.arch:q} --model {params.model:q} --out {output:q}"
+)
+TABLE_CMD = bench(
+    "table --spec {params.spec:q} --runs {params.runs} --out {params.out:q}"
+    " --reference {input.reference:q}"
+)
 AGGREGATE_CMD = bench(
     "aggregate --runs {params.runs} --out {params.out:q} {params.reference} {params.published}"
 )
@@ -144,6 +155,9 @@ wildcard_constraints:
 
 
 def dense_path(dataset, arch, recipe, seed):
+    """The dense model of a recipe: trained here per seed, or one external model for every seed."""
+    if (RECIPES.get(recipe) or {}).get("external"):
+        return f"{WORK}/external/{dataset}/{arch}/{recipe}/dense.pt"
     return f"{WORK}/pretrain/{dataset}/{arch}/{recipe}/seed{seed}/dense.pt"
 
 
@@ -247,6 +261,23 @@ def dense_cell(wc):
     return DENSE_BY_KEY[(wc.dataset, wc.arch, wc.seed)]
 
 
+def external_entry(wc):
+    """The external_dense entry a recipe stands for, its file as found on this machine."""
+    recipe = RECIPES.get(wc.recipe) or {}
+    entry = recipe.get("external")
+    if entry is None or (recipe["dataset"], recipe["arch"]) != (wc.dataset, wc.arch):
+        raise ValueError(f"no external dense model {wc.recipe} for {wc.dataset}/{wc.arch}")
+    return external_dense.resolved(entry, SEARCH_DIRS)
+
+
+def cell_group(wc):
+    """One cluster job per mask search with everything downstream of it (runtime.group_jobs)."""
+    if not GROUP_JOBS:
+        return None
+    s = apcfg.s2ap_to_path(apcfg.s2ap_search_value(apcfg.s2ap_from_path(wc.s2ap)))
+    return f"cell-{wc.dataset}-{wc.arch}-{wc.method}-{s}-sp{wc.sparsity}-seed{wc.seed}"
+
+
 def seed_stability_inputs(wc):
     """The seed-stability file of an evaluated cell, when the preset asks for it and the method
     learns scores (a fixed rule such as lwm gives the same mask for every seed)."""
@@ -313,3 +344,37 @@ MODEL_FILES += [s["model"] for s in SUBMISSIONS.values()]
 
 def submission_model(wc):
     return SUBMISSIONS[wc.name]["model"]
+
+
+# ---------------------------------------------------------------- paper tables (tables.smk)
+TABLE_TRAITS = {m: TRAITS[m] for m in CFG["grid"]["methods"]}
+TABLE_NAMES = [n for n in CFG["tables"] if not tables.KINDS[n].figure]
+FIGURE_NAMES = [n for n in CFG["tables"] if tables.KINDS[n].figure]
+# the published numbers beside ours: the preset's file, else the AP benchmark of the package
+TABLE_REFERENCE = REFERENCE_CSV or str(apref.AP_BENCHMARK_CSV)
+NO_NAME = "(?!)"  # a wildcard constraint nothing matches: the preset feeds no such table
+
+
+def table_runs(wc):
+    cells = tables.table_cells(CFG, CELLS, wc.table, TABLE_TRAITS)
+    return [run_path(c) for c in cells]
+
+
+def table_spec(wc):
+    return apcfg.dumps(tables.spec(CFG, wc.table, TABLE_TRAITS))
+
+
+def table_files(name):
+    """The files of a table target; an error naming the preset's tables when it feeds none."""
+
+    def files(wc):
+        if name not in CFG["tables"]:
+            raise ValueError(
+                f"preset {PRESET} feeds no {name} table (its tables: "
+                f"{', '.join(CFG['tables']) or 'none'}); docs/paper_tables.md lists the preset "
+                "of each table"
+            )
+        kind = tables.KINDS[name]
+        return [f"{RESULTS}/tables/{name}.{ext}" for ext in kind.outputs]
+
+    return files

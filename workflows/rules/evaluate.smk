@@ -11,6 +11,8 @@ rule evaluate:
         "results/{preset}/runs/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.json",
     log:
         "work/{preset}/logs/evaluate/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.log",
+    group:
+        cell_group
     threads: THREADS
     params:
         cfg=lambda wc: untracked_json(evaluate_config(wc)),

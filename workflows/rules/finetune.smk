@@ -9,6 +9,8 @@ rule finetune:
         "work/{preset}/finetune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}/model.pt",
     log:
         "work/{preset}/logs/finetune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.log",
+    group:
+        cell_group
     threads: THREADS
     params:
         cfg=lambda wc: untracked_json(cell_stage_config("finetune", wc)),

@@ -15,3 +15,18 @@ rule pretrain:
         state="work/{preset}/state/pretrain/{dataset}/{arch}/{recipe}/seed{seed}",
     shell:
         PRETRAIN_CMD
+
+
+# A dense model trained elsewhere (external_dense): checked by sha256, converted into a dense.pt
+# of this suite, one for every seed. Its recipe hash is the checksum's.
+rule import_dense:
+    output:
+        "work/{preset}/external/{dataset}/{arch}/{recipe}/dense.pt",
+    log:
+        "work/{preset}/logs/import_dense/{dataset}/{arch}/{recipe}.log",
+    threads: 1
+    params:
+        entry=lambda wc: untracked_json(external_entry(wc)),
+        model=apcfg.dumps(CFG["model"]),
+    shell:
+        IMPORT_DENSE_CMD

@@ -12,6 +12,8 @@ rule prune:
         "work/{preset}/logs/prune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.log",
     wildcard_constraints:
         s2ap="on|off|n-a",
+    group:
+        cell_group
     threads: THREADS
     params:
         cfg=lambda wc: untracked_json(cell_stage_config("prune", wc)),

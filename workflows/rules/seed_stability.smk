@@ -12,6 +12,8 @@ rule prune_second_seed:
         "work/{preset}/logs/prune_second_seed/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.log",
     wildcard_constraints:
         s2ap="on|off",
+    group:
+        cell_group
     threads: THREADS
     params:
         cfg=lambda wc: untracked_json(cell_stage_config("prune", wc)),

@@ -1,0 +1,261 @@
+"""Measures the figures of the calibration file (benchmark/calibration.py) on this machine.
+
+For each architecture (at its dataset's input shape and the given widths), with the variants
+interleaved round by round (the order rotates, so a burst of load on a shared machine hits every
+variant alike) and the median over rounds taken:
+
+  pretrain_step       a dense PGD-AT step, 10-step L-inf attack (TRADES: one more pass)
+  search_step         a HYDRA mask-search step (weights frozen, scores train)
+  search_step_s2ap    the same with S2AP's score-space step active
+  finetune_step       a masked finetune step
+  finetune_step_awp   the same with AWP active
+  clean_image         one forward pass, per image (model in eval mode)
+  pgd_image           PGD-50 per image, measured with --pgd-steps steps and scaled to 50
+  autoattack_image    AutoAttack standard per image, on images it cannot break: the labels are
+                      the model's own predictions and eps is 1e-6, so every attack spends its
+                      whole budget, as on an image that stays robust (an upper bound per image).
+                      Each attack runs alone at two reduced budgets (APGD-CE, APGD-T and FAB-T
+                      iterations, Square queries; targets and restarts as standard); their
+                      difference is the cost per iteration, the rest the attack's fixed cost, and
+                      the standard budget (100 / 100 / 100 / 5,000) is extrapolated from them.
+
+Steps are timed at the batch size of ARCHS (or --batch); the estimate scales them linearly.
+
+On a machine that other jobs load, wall times with two threads varied several-fold between runs
+(the small CNN's PGD-10 step: 1.6 s in one run, 3.8 s in the next, at a load average of 7 on 2
+cores), because a descheduled OpenMP thread stalls the other. ``--threads 1 --clock cpu`` times the
+process's CPU time instead, which that load does not inflate (two runs agree within a few %);
+the CPU entries of the shipped file are measured that way and say ``threads: 1`` (a run with
+more threads is faster than they predict).
+
+  python speed/calibrate.py --write                            # 2 threads, wall clock
+  python speed/calibrate.py --threads 1 --clock cpu --write    # on a shared, loaded machine
+  python speed/calibrate.py --archs resnet18 --widths 1 --rounds 5 --device cuda --write
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmark import calibration as cal  # noqa: E402
+from benchmark import masking  # noqa: E402
+from benchmark.attacks import AttackConfig, pgd_linf  # noqa: E402
+from benchmark.datasets import get_info  # noqa: E402
+from benchmark.evaluation import prepare_for_eval  # noqa: E402
+from benchmark.models import build_model  # noqa: E402
+from benchmark.registry import method_registry  # noqa: E402
+from benchmark.score_init import ScoreInitContext  # noqa: E402
+from benchmark.training import Trainer, TrainConfig  # noqa: E402
+
+# architecture -> (dataset whose shape it is measured at, batch size at width 1). Small batches
+# keep a CPU run short; the estimate scales a step linearly to the preset's batch size.
+ARCHS = {
+    "small_cnn": ("fashion-mnist", 64),
+    "resnet18": ("cifar10", 8),
+    "vgg16_bn": ("cifar10", 8),
+    "wrn28_4": ("cifar10", 4),
+    "vit": ("cifar10", 8),
+    "resnet50": ("imagenet", 1),
+}
+SMALL_WIDTH_BATCH = 32  # below width 0.25 every architecture is cheap: the smoke runs' batch
+VARIANTS = ("pretrain_step", "search_step", "search_step_s2ap", "finetune_step", "finetune_step_awp")
+AA_FULL = {"apgd-ce": 100, "apgd-t": 100, "fab-t": 100, "square": 5000}
+
+
+def _trainer(variant: str, arch: str, info, width: float, batch: int, data, device) -> Trainer:
+    torch.manual_seed(0)
+    model = build_model(arch, info, width=width).to(device)
+    cfg = TrainConfig(epochs=20, lr=0.01, weight_decay=1e-4, batch_size=batch, loss="pgd_at",
+                      attack=AttackConfig(info.eps, cal.STEP_ATTACK_STEPS, info.step_size),
+                      val_attack_steps=0)
+    if variant == "pretrain_step":
+        return Trainer(model, list(model.parameters()), cfg, train_set=data, val_set=None,
+                       device=device, seed=0)
+    method = method_registry().get("hydra")(0.9)
+    method.prepare_search_model(model, ScoreInitContext(torch.Generator().manual_seed(0), device))
+    if variant.startswith("search"):
+        masking.set_mode(model, "search")
+        hooks = method.search_hooks(model, cfg)
+        if variant == "search_step_s2ap":
+            hooks.append(method.s2ap_search_hook({"gamma": 0.01, "warmup": 0.0}, cfg.epochs))
+        params = method.search_params(model, cfg)
+    else:
+        masking.set_mode(model, "finetune")
+        masking.apply_masks_to_weights(model)
+        hooks = method.finetune_hooks(model, cfg)
+        if variant == "finetune_step_awp":
+            hooks.append(method.s2ap_finetune_hook({"gamma": 0.01, "warmup_epochs": 0,
+                                                    "proxy_lr": 0.01}))
+        params = [p for p in model.parameters() if p.requires_grad]
+    tr = Trainer(model, params, cfg, train_set=data, val_set=None, device=device, seed=0,
+                 hooks=hooks)
+    for h in tr.hooks:  # as the epoch loop would: the hooks are past their warm-up
+        h.on_fit_start(tr)
+        h.on_epoch_start(tr, 10)
+    return tr
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
+def _timed(fn, device) -> float:
+    """Seconds of ``fn`` on the chosen clock: wall time, or (``--clock cpu``, one thread on a
+    shared machine) the process's CPU time, which other processes' load does not inflate."""
+    _sync(device)
+    t0 = _clock()
+    fn()
+    _sync(device)
+    return _clock() - t0
+
+
+def _autoattack_seconds(model, x, device, budget: int, rounds: int) -> float:
+    """Seconds per image of AutoAttack standard on images it cannot break. Each attack runs alone
+    at ``budget`` and 3 x ``budget`` iterations (Square: queries); the difference gives the cost
+    of one iteration, the rest is its fixed cost (the wrapper's checks, the clean pass), and the
+    full budget is the fixed cost plus the standard number of iterations."""
+    from pyautoattack import AutoAttack
+
+    with torch.no_grad():
+        y = model(x).argmax(1)  # the model is right on every image: all are attacked
+
+    def run(attack: str, iters: int) -> float:
+        times = []
+        for _ in range(rounds):
+            adv = AutoAttack(model, device=str(device), eps=1e-6, norm="Linf", version="standard",
+                             seed=0)
+            adv.attacks_to_run = [attack]
+            adv.apgd.n_iter = adv.apgd_targeted.n_iter = adv.fab.n_iter = iters
+            adv.square.n_queries = iters
+            times.append(_timed(lambda: adv.run_standard_evaluation(x, y, batch_size=len(x)), device))
+        return statistics.median(times)
+
+    total = 0.0
+    for attack, full in AA_FULL.items():
+        k = budget * (25 if attack == "square" else 1)  # a query costs a twentieth of an iteration
+        low, high = run(attack, k), run(attack, 3 * k)
+        per_iter = max(high - low, 0.0) / (2 * k)
+        fixed = max(low - per_iter * k, 0.0)
+        total += fixed + per_iter * full
+    return total / len(x)
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(arch: str, width: float, args, device) -> dict:
+    dataset, batch = ARCHS[arch]
+    if width < 0.25:
+        batch = SMALL_WIDTH_BATCH
+    batch = args.batch or batch
+    info = get_info(dataset)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, info.in_channels, info.image_size, info.image_size, generator=g)
+    y = torch.randint(0, info.num_classes, (batch,), generator=g)
+    data = TensorDataset(x, y)
+    trainers = {v: _trainer(v, arch, info, width, batch, data, device) for v in VARIANTS}
+    for tr in trainers.values():  # allocator, kernels, first-call overheads
+        tr.train_step(x, y)
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for r in range(args.rounds):
+        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
+        for v in order:
+            times[v].append(_timed(lambda: trainers[v].train_step(x, y), device))
+    seconds = {v: statistics.median(t) for v, t in times.items()}
+    model = prepare_for_eval(trainers["pretrain_step"].model)
+    xd = x.to(device)
+    with torch.no_grad():
+        model(xd)
+        clean = [_timed(lambda: model(xd), device) for _ in range(args.rounds)]
+    seconds["clean_image"] = statistics.median(clean) / batch
+    yd = y.to(device)
+    attack = AttackConfig(info.eps, args.pgd_steps, info.step_size)
+    pgd = [_timed(lambda: pgd_linf(model, xd, yd, attack), device) for _ in range(args.rounds)]
+    seconds["pgd_image"] = statistics.median(pgd) / batch * cal.PGD_IMAGE_STEPS / args.pgd_steps
+    n_aa = min(batch, args.aa_images)
+    seconds["autoattack_image"] = _autoattack_seconds(model, xd[:n_aa], device, args.aa_budget,
+                                                      args.aa_rounds)
+    return {"device": device.type,
+            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else cpu_name()),
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "arch": arch, "input_shape": [info.in_channels, info.image_size, info.image_size],
+            "num_classes": info.num_classes, "width": float(width), "batch_size": batch,
+            "precision": "fp32", "seconds": {k: float(seconds[k]) for k in cal.SECONDS},
+            "measured": datetime.date.today().isoformat(),
+            "command": "python speed/calibrate.py " + " ".join(shlex.quote(a) for a in args.argv)}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--widths", default="1,0.0625",
+                    help="width multipliers (the estimate uses an entry of the exact width only)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (median)")
+    ap.add_argument("--batch", type=int, default=None, help="override the batch size of ARCHS")
+    ap.add_argument("--pgd-steps", type=int, default=5, help="PGD steps timed for pgd_image")
+    ap.add_argument("--aa-images", type=int, default=2)
+    ap.add_argument("--aa-budget", type=int, default=1,
+                    help="iterations each AutoAttack attack runs at (and 3x; Square: 25x as queries)")
+    ap.add_argument("--aa-rounds", type=int, default=1)
+    ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                    help="wall time (default), or cpu: the process's CPU time with one thread, for "
+                         "a machine other jobs load (wall times there vary several-fold)")
+    ap.add_argument("--write", action="store_true", help="merge the entries into --out")
+    ap.add_argument("--out", default=str(cal.CALIBRATION_FILE))
+    args = ap.parse_args(argv)
+    args.argv = argv
+    if args.clock == "cpu" and (args.threads != 1 or args.device != "cpu"):
+        ap.error("--clock cpu measures one CPU thread: use --threads 1 --device cpu")
+    global _clock
+    _clock = CLOCKS[args.clock]
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    entries = []
+    for arch in args.archs.split(","):
+        for width in (float(w) for w in args.widths.split(",")):
+            t0 = time.perf_counter()
+            entry = measure(arch, width, args, device)
+            entries.append(entry)
+            secs = entry["seconds"]
+            print(f"{arch:10s} width {width:<7g} batch {entry['batch_size']:<4d} "
+                  + " ".join(f"{k}={v:.4g}" for k, v in secs.items())
+                  + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if args.write:  # each entry as soon as it is measured: a long run keeps its progress
+                cal.merge(args.out, [entry])
+    print(json.dumps(entries, indent=1))
+    if args.write:
+        print(f"merged {len(entries)} entries into {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
