@@ -20,8 +20,9 @@ S2AP_NORMS = ("l2", "linf", "adaptive")
 #: train.loss (benchmark/losses.py)
 LOSSES = ("pgd_at", "trades", "clean")
 
-#: train.schedule (benchmark/training.py), stepped once per epoch
-SCHEDULES = ("cosine", "constant")
+#: train.schedule (benchmark/training.py), stepped once per epoch; step: x0.1 at 50 % and again at
+#: 75 % of the epochs (RST's published piecewise schedule)
+SCHEDULES = ("cosine", "constant", "step")
 
 #: evaluate.autoattack.version -> the attacks pyautoattack 0.2.0 runs for it, in its order
 #: (AutoAttack._set_version); evaluate.autoattack.attacks is a subset of its version's list

@@ -65,7 +65,7 @@ def test_schedules_are_the_training_code_s():
     for name in choices.SCHEDULES:
         training.build_scheduler(opt, training.TrainConfig(epochs=2, lr=0.1, schedule=name))
     with pytest.raises(ValueError):
-        training.build_scheduler(opt, training.TrainConfig(epochs=2, lr=0.1, schedule="step"))
+        training.build_scheduler(opt, training.TrainConfig(epochs=2, lr=0.1, schedule="linear"))
 
 
 def test_s2ap_norms_are_the_perturbation_s():
