@@ -43,7 +43,7 @@ AUTOATTACK_VERSIONS: dict[str, tuple[str, ...]] = {
     "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
     "rand": ("apgd-ce", "apgd-dlr"),
 }
-STRUCTURES = {"weight": "unstructured", "channel": "structured"}
+STRUCTURES = {"weight": "unstructured", "channel": "structured", "in_channel": "structured"}
 
 _EPS_REL = 1e-9
 # float32 pixels: x + eps - x is eps up to one rounding of a value in [0, 2]
@@ -335,13 +335,17 @@ def build_record(*, cell: Mapping[str, Any], structure: str, configs: Mapping[st
                  evaluation: Mapping[str, Any], sparsity: Mapping[str, Any],
                  timing: Mapping[str, float], diagnostics: Mapping[str, Any],
                  history: Mapping[str, Any], provenance: Mapping[str, Any],
-                 config_hash: str | None = None) -> dict[str, Any]:
+                 config_hash: str | None = None, search: Mapping[str, Any] | None = None,
+                 class_balance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A result record from its parts (not yet validated; write_result validates).
 
     ``evaluation`` is benchmark.evaluation.evaluate_model's output (metrics, flags, protocol),
     ``sparsity`` is benchmark.masking.measure_sparsity's, ``configs`` every stage's config by
     stage name, ``provenance`` benchmark.provenance.provenance()'s. ``config_hash`` defaults to
-    the cell's, else a hash of the configs without seeds.
+    the cell's, else a hash of the configs without seeds. ``search`` is the mask search's report
+    (whether the mask was learned; HARP: its budget and whether the rates were projected onto
+    it), ``class_balance`` the majority class's share of the validation slice and of the clean
+    test images; both are left out when not given (the dense model has no search).
     """
     if config_hash is None:
         config_hash = cell.get("config_hash")
@@ -365,6 +369,10 @@ def build_record(*, cell: Mapping[str, Any], structure: str, configs: Mapping[st
         "history": dict(history),
         "provenance": dict(provenance),
     }
+    if search is not None:
+        record["search"] = dict(search)
+    if class_balance is not None:
+        record["class_balance"] = dict(class_balance)
     return _plain(record)
 
 
