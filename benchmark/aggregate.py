@@ -236,6 +236,8 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
     rec["val_majority_share"] = balance.get("val_majority_share")
     rec["test_majority_share"] = balance.get("test_majority_share")
     rec["degenerate"] = "; ".join(degenerate_reasons(res))
+    s2ap_cfg = (res["config"].get("prune") or {}).get("s2ap") if isinstance(res["config"].get("prune"), dict) else None
+    rec["gamma_unselected"] = isinstance(s2ap_cfg, dict) and s2ap_cfg.get("gamma_status") == "unselected"
     noflip = (res.get("diagnostics") or {}).get("s2ap_noflip_fraction")
     rec["s2ap_inactive"] = noflip is not None and noflip > S2AP_INACTIVE_ABOVE
     return rec
@@ -351,6 +353,8 @@ def _pool(key: tuple, runs: list[dict]) -> dict[str, Any]:
         flags.append("dirty-tree")
     if row["stale"]:
         flags.append("stale-code")
+    if any(r["gamma_unselected"] for r in runs):
+        flags.append("gamma-unselected")
     for col, flag in (("degenerate", "degenerate"), ("projected", "projected"),
                       ("s2ap_inactive", "s2ap-inactive")):
         k = sum(1 for r in runs if r[col])
@@ -644,7 +648,8 @@ def _header(df: pd.DataFrame, preset: str, records: list[dict]) -> str:
         "points above always answering the majority class): shown here, left out of the S2AP "
         "comparison; projected:K/N = K HARP searches ended over budget and their rates were "
         "projected onto it (not the mask the search learned); s2ap-inactive:K/N = in K S2AP "
-        "searches the score step flipped no mask entry in more than half of its steps",
+        "searches the score step flipped no mask entry in more than half of its steps; "
+        "gamma-unselected = S2AP ran with a gamma no sweep selected for this setting (a default)",
         "- Measured (%): zero Conv2d/Linear weights of the evaluated model",
         "",
     ]

@@ -17,6 +17,11 @@ S2AP_NA = "n/a"
 #: (formulas beside the code that computes it)
 S2AP_NORMS = ("l2", "linf", "adaptive")
 
+#: s2ap.gamma_status: whether the preset's S2AP gamma was chosen by a gamma sweep on its own
+#: dataset and architecture (selected) or carried over from elsewhere (unselected: the paper's
+#: values are not public); a label, it changes nothing in training, the leaderboard shows it
+S2AP_GAMMA_STATUS = ("selected", "unselected")
+
 #: train.loss (benchmark/losses.py)
 LOSSES = ("pgd_at", "trades", "clean")
 

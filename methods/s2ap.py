@@ -42,6 +42,7 @@ import math
 import torch
 import torch.nn as nn
 
+from benchmark.choices import S2AP_GAMMA_STATUS
 from benchmark.masking import masked_layers
 from benchmark.score_perturbation import NORMS, perturbation
 from benchmark.training import TrainHook
@@ -53,8 +54,11 @@ def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
 
 class ScoreSharpness(TrainHook):
     overrides_backward = True
-    # gamma 0.01: chosen on validation by the gamma sweep (results/offline/gamma_sweep.md)
-    defaults = {"gamma": 0.01, "warmup": 0.25, "norm": "l2", "regenerate": False}
+    # gamma 0.01: a default, not a selection (the paper's values are not public); presets store the
+    # value their own gamma sweep chose per method (methods.<name>.s2ap, results/offline/gamma_sweep.md)
+    # gamma_status (selected / unselected) labels where gamma came from; it changes nothing here
+    defaults = {"gamma": 0.01, "warmup": 0.25, "norm": "l2", "regenerate": False,
+                "gamma_status": "unselected"}
     # the paper of the plug-in (RobustBench export; read from source by benchmark.papers)
     paper = {"key": "Piras2025S2AP",
              "name": "S2AP: Score-space Sharpness Minimization for Adversarial Pruning",
@@ -69,6 +73,8 @@ class ScoreSharpness(TrainHook):
             raise ValueError(f"unknown s2ap options {sorted(unknown)}; valid: {sorted(self.defaults)}")
         if cfg["norm"] not in NORMS:
             raise ValueError(f"unknown S2AP norm {cfg['norm']!r}; valid choices: {', '.join(NORMS)}")
+        if cfg["gamma_status"] not in S2AP_GAMMA_STATUS:
+            raise ValueError(f"s2ap.gamma_status must be one of {S2AP_GAMMA_STATUS}, got {cfg['gamma_status']!r}")
         if not 0.0 <= float(cfg["warmup"]) <= 1.0:
             raise ValueError(f"s2ap.warmup is a fraction of the search epochs in [0, 1], got {cfg['warmup']}")
         self.gamma = float(cfg["gamma"])

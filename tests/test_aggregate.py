@@ -486,3 +486,61 @@ def test_plots_written_and_diagnostics_optional(tmp_path):
     assert plot_diagnostics(df.drop(columns=[c for c in df if c.startswith("diag.")]),
                             tmp_path / "none") == []
     assert not (tmp_path / "none").exists()
+
+
+def _s2ap_search_summary(gamma: float) -> dict:
+    """S2AP's measurements from a real (short) 99 % HYDRA search of the offline preset's network."""
+    from torch.utils.data import TensorDataset
+
+    from benchmark.attacks import AttackConfig
+    from benchmark.datasets import get_info
+    from benchmark.models import build_model
+    from benchmark.training import Trainer, TrainConfig
+    from methods.base import RefreshMasks
+    from methods.s2ap import ScoreSharpness
+
+    torch.manual_seed(0)
+    net = masking.to_masked(build_model("small_cnn", get_info("fashion-mnist")))
+    masking.scaled_score_init(net)
+    masking.set_keep(net, 0.01)
+    masking.refresh_masks(net)
+    masking.set_mode(net, "search")
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.rand(64, 1, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+    cfg = TrainConfig(epochs=2, lr=0.1, weight_decay=1e-4, batch_size=16, loss="pgd_at",
+                      attack=AttackConfig(0.1, 1, 0.1), val_attack_steps=0)
+    hook = ScoreSharpness({"gamma": gamma, "warmup": 0.0}, total_epochs=2)
+    trainer = Trainer(net, [p for p in net.parameters() if p.requires_grad], cfg, train_set=data,
+                      val_set=None, device=torch.device("cpu"), seed=0, hooks=[RefreshMasks(), hook],
+                      log=lambda msg: None)
+    return hook.summary(trainer.fit())
+
+
+def test_an_s2ap_run_that_flips_nothing_is_flagged_inactive_and_one_at_the_chosen_gamma_is_not(tmp_path):
+    from benchmark import config as C
+
+    offline = C.load_preset(Path(__file__).resolve().parent.parent / "presets" / "offline.yaml")
+    chosen = offline["methods"]["hydra"]["s2ap"]["gamma"]
+    assert chosen > 0, "the sweep chose gamma 0: S2AP would be the plain method"
+    flagged = {}
+    for tag, gamma in (("tiny", 1e-9), ("chosen", chosen)):
+        diag = _s2ap_search_summary(gamma)
+        assert diag["s2ap_steps"] == 8
+        write_result(tmp_path / tag, s2ap="on", sparsity=99, diagnostics=diag, search=LEARNED)
+        df = aggregate(tmp_path / tag, tmp_path / f"out-{tag}")
+        flagged[tag] = df.iloc[0]["flag"]
+    assert "s2ap-inactive:1/1" in flagged["tiny"]
+    assert "s2ap-inactive" not in flagged["chosen"]
+
+
+def test_s2ap_with_an_unselected_gamma_is_flagged(tmp_path):
+    def s2ap(status):
+        return {"prune": {"s2ap": {"gamma": 0.01, "gamma_status": status}}}
+
+    write_result(tmp_path, method="hydra", s2ap="on", extra_config=s2ap("unselected"))
+    write_result(tmp_path, method="harp", s2ap="on", extra_config=s2ap("selected"))
+    write_result(tmp_path, method="lwm", s2ap="n/a", extra_config={"prune": {"s2ap": None}})
+    df = aggregate(tmp_path, tmp_path / "out")
+    flag = dict(zip(df["method"], df["flag"]))
+    assert "gamma-unselected" in flag["hydra"]
+    assert "gamma-unselected" not in flag["harp"] and "gamma-unselected" not in flag["lwm"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -629,3 +630,36 @@ def test_structured_search_starts_dense_and_the_flops_projection_meets_the_targe
     for name, m in masking.get_masks(model).items():
         cols = m.transpose(0, 1).flatten(1)
         assert bool((cols.all(1) | ~cols.any(1)).all()), name
+
+
+@pytest.mark.e2e
+def test_the_offline_harp_99_percent_search_meets_its_budget_without_projection(tmp_path):
+    """The offline preset's HARP search at 99 %, with S2AP on (the harder case: the score step
+    runs too): its data, epochs, steps per epoch, learning-rate schedule, weight decays, gamma and
+    the 010_uni start, through the real prune stage. Two things are cheaper than in the study, so
+    that the test takes seconds: the attack has 2 steps instead of 10 and the dense model trained
+    for one epoch. The budget must be met by the hinge, with no projection."""
+    from benchmark import config as C
+    from benchmark import stages
+
+    cfg = C.validate(C.load_preset(Path(__file__).resolve().parent.parent / "presets" / "offline.yaml"))
+    cfg["data"]["root"] = str(tmp_path / "data")
+    for stage in C.TRAIN_STAGES:
+        cfg[stage]["attack"] = {**cfg[stage]["attack"], "steps": 2, "step_size": 0.06}
+        cfg[stage]["val_attack_steps"] = 2
+    cfg["pretrain"]["epochs"] = 1
+    kw = dict(dataset="fashion-mnist", arch="small_cnn")
+    dense = tmp_path / "dense.pt"
+    stages.pretrain(C.stage_config(cfg, "pretrain", method="harp", **kw), seed=0, out=dense, **kw)
+    prune_cfg = C.stage_config(cfg, "prune", method="harp", s2ap="on", **kw)
+    prune_cfg["diagnostics"] = None
+    meta = stages.prune(prune_cfg, method="harp", s2ap="on", sparsity=99.0, seed=0, dense=dense,
+                        out=tmp_path / "search.pt", **kw)
+    report, last = meta["search_report"], meta["history"][-1]
+    assert report["projected"] is False, (report, meta["history"])
+    assert report["realised"] <= report["target"] * 1.01
+    assert last["harp_frozen"] is True and last["harp_hinge"] < 1e-3
+    # the classifier kept a weight for every class, and the search learned a usable mask
+    masks = torch.load(tmp_path / "search.pt", weights_only=True)["masks"]
+    assert bool((masks["net.classifier.3"].sum(1) >= 1).all())
+    assert meta["mask_val"]["val_clean"] > 0.3
