@@ -103,6 +103,14 @@ def _markdown(table: pd.DataFrame, score: pd.DataFrame, chosen: dict, rows: pd.D
                     "Sparsities": int(at["sparsities"]), "Seeds": seeds,
                     "Status": "selected" if seeds >= MIN_SEEDS else "provisional (one seed)"})
     lines += [pd.DataFrame(sel).to_markdown(index=False, disable_numparse=True), ""]
+    lines += ["The preset lines that store the selection (under `methods:`; a provisional one stays "
+              "`unselected`):", "", "```yaml"]
+    for key, gamma in sorted(chosen.items()):
+        status = "selected" if next(s for s in sel if s["Method"] == key[2] and s["Dataset"] == key[0]
+                                    and s["Arch"] == key[1])["Status"] == "selected" else "unselected"
+        lines += [f"  {key[2]}:  # {key[0]} / {key[1]}",
+                  f"    s2ap: {{gamma: {gamma:g}, gamma_status: {status}}}"]
+    lines += ["```", ""]
     shown = table.copy()
     for col in ("val_pgd", "val_pgd_sd", "val_clean", "mask_val_pgd"):
         shown[col] = (100 * shown[col]).round(2)

@@ -44,15 +44,19 @@ def test_one_gamma_per_method_from_the_mean_over_seeds_then_sparsities(tmp_path)
     seeds = pd.read_csv(tmp_path / "sweep_seeds.csv")
     assert len(seeds) == 16 and set(seeds["seed"]) == {0, 1}
     md = (tmp_path / "sweep.md").read_text()
-    assert "## Selected gamma per method" in md and "provisional" not in md
+    assert "## Selected gamma per method" in md and "provisional (one seed)" not in md
     hydra_line = next(line for line in md.splitlines() if "| hydra" in line)
     assert "| 0.02 " in hydra_line and "| selected" in hydra_line
+    # the lines a preset stores the selection with
+    assert "  hydra:  # fashion-mnist / small_cnn\n    s2ap: {gamma: 0.02, gamma_status: selected}" in md
+    assert "    s2ap: {gamma: 0, gamma_status: selected}" in md
 
 
 def test_a_selection_from_one_seed_is_provisional(tmp_path):
     files = [fake_model(tmp_path / "a.pt", 0.0, 0.5), fake_model(tmp_path / "b.pt", 0.05, 0.6)]
     sweep_report(files, tmp_path / "s.csv")
-    assert "provisional (one seed)" in (tmp_path / "s.md").read_text()
+    md = (tmp_path / "s.md").read_text()
+    assert "provisional (one seed)" in md and "s2ap: {gamma: 0.05, gamma_status: unselected}" in md
 
 
 def test_ties_go_to_the_smaller_gamma(tmp_path):
