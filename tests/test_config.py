@@ -397,11 +397,12 @@ def test_offline_preset_is_the_s2ap_study_of_issue_9():
     sweep = cfg["gamma_sweep"]
     assert set(sweep["methods"]) == {"hydra", "harp"} and len(sweep["seeds"]) >= 2
     assert sweep["gammas"][0] == 0.0 and sum(g > 0.01 for g in sweep["gammas"]) >= 2
-    # the chosen gamma is stored per method and labelled selected; the default stays unselected
+    # gamma is stored per method (the sweep's selection, labelled selected once it has run); the
+    # preset-wide default stays unselected
     for method in ("hydra", "harp"):
-        s2ap = C.stage_config(cfg, "prune", dataset="fashion-mnist", arch="small_cnn", method=method,
-                              s2ap="on")["s2ap"]
-        assert s2ap["gamma_status"] == "selected" and s2ap["gamma"] in sweep["gammas"]
+        own = cfg["methods"][method]["s2ap"]
+        assert own["gamma"] in sweep["gammas"] and own["gamma"] > 0
+        assert own["gamma_status"] in ("selected", "unselected")
     assert cfg["s2ap"]["gamma_status"] == "unselected"
     # HARP's recipe: PGD-AT and weight decay 5e-4 in every stage; RST's schedule and attack mode
     for stage in C.TRAIN_STAGES:
