@@ -42,9 +42,28 @@ its interval, Δ vs Orig., Published AA when there is a published run, flags as 
 legend of the letters it uses; every other column is in the CSV. No timestamp: the same inputs
 give the same bytes, which ``python -m benchmark publish`` checks.
 
-The S2AP table (paper layout: Orig. AA, S2AP AA, delta) appears when some cell has both s2ap
-'off' and 'on' results. Its p-value is an exact McNemar test on the per-image AutoAttack flags of
-the seeds both sides share (flags of seed s of 'off' paired with seed s of 'on', concatenated).
+Failed runs are shown but are not data points. A result is ``degenerate`` when its final clean
+accuracy, or (for a learned mask only) its mask's clean accuracy on the validation slice right
+after the search, is at most ``DEGENERATE_MARGIN`` (2 points) above the share of the most frequent
+class in that set (the result records both shares): such a model learned nothing. Fixed-rule masks
+(magnitude, LAMP, random) are judged after finetuning only. Rows count them (``degenerate:K/N``);
+a HARP search that ended over budget and was projected onto it is flagged ``projected:K/N``; an S2AP
+search whose score step flipped no mask entry in more than half of its post-warm-up steps is
+flagged ``s2ap-inactive:K/N`` (it did nothing there: under the straight-through estimator a step
+that flips nothing is the plain method's step).
+
+The S2AP table (paper layout: Orig., S2AP, delta) appears when some cell has both s2ap 'off' and
+'on' results, for AutoAttack and for PGD. Degenerate seeds are left out of it (and listed). Orig.
+and S2AP are the means over the remaining seeds, delta their difference. Two statistics stand
+beside it, for two different questions:
+
+- the seed-level t-interval (95 %) of the mean of the per-seed differences (seed s of 'on' minus
+  seed s of 'off'), "—" below 3 paired seeds: whether S2AP changes the METHOD's accuracy, the
+  variation between searches and dense models included. This is the one to read for the effect;
+- an exact McNemar test on the per-image flags of the seeds both sides share (concatenated):
+  whether these particular models differ on these test images. With 10,000 images it calls
+  differences of a point "significant" that the next seed reverses; it measures test-image noise
+  only.
 """
 from __future__ import annotations
 
@@ -63,9 +82,13 @@ from benchmark.provenance import stage_code_digest
 from benchmark.published import add_published, load_published, published_cell
 from benchmark.reference import add_reference, load_reference
 from benchmark.results import ResultError, pgd_broken_aa_robust, read_result
-from benchmark.stats import mcnemar, wilson_interval
+from benchmark.stats import mcnemar, seed_interval, wilson_interval
 
 METRICS = ("clean", "pgd", "autoattack")
+# a model whose accuracy is at most this far above always answering the majority class is degenerate
+DEGENERATE_MARGIN = 0.02
+# an S2AP search whose score step flipped nothing in more than this share of its steps is inactive
+S2AP_INACTIVE_ABOVE = 0.5
 WILSON_METRICS = ("clean", "autoattack")
 S2AP_ORDER = {"n/a": 0, "off": 1, "on": 2}
 DASH = "—"
@@ -225,7 +248,36 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
     diag: dict[str, float] = {}
     _flatten_numeric(res.get("diagnostics") or {}, "diag", diag)
     rec["diagnostics"] = diag
+    search, balance = res.get("search") or {}, res.get("class_balance") or {}
+    rec["learns_scores"] = search.get("learns_scores")
+    rec["projected"] = bool(search.get("projected", False))
+    rec["val_majority_share"] = balance.get("val_majority_share")
+    rec["test_majority_share"] = balance.get("test_majority_share")
+    rec["degenerate"] = "; ".join(degenerate_reasons(res))
+    s2ap_cfg = (res["config"].get("prune") or {}).get("s2ap") if isinstance(res["config"].get("prune"), dict) else None
+    rec["gamma_unselected"] = isinstance(s2ap_cfg, dict) and s2ap_cfg.get("gamma_status") == "unselected"
+    noflip = (res.get("diagnostics") or {}).get("s2ap_noflip_fraction")
+    rec["s2ap_inactive"] = noflip is not None and noflip > S2AP_INACTIVE_ABOVE
     return rec
+
+
+def degenerate_reasons(res: dict) -> list[str]:
+    """Why a result is a failed run rather than a data point (empty when it is not): its final
+    clean accuracy, or its learned mask's clean accuracy on the validation slice, is at most
+    DEGENERATE_MARGIN above the majority class's share of that set. A fixed-rule mask (learns no
+    scores) is not judged before finetuning; a result without the shares is not judged."""
+    out = []
+    search, balance = res.get("search") or {}, res.get("class_balance") or {}
+    val, test = balance.get("val_majority_share"), balance.get("test_majority_share")
+    mask = (res.get("diagnostics") or {}).get("mask_clean_acc")
+    if search.get("learns_scores") and mask is not None and val is not None \
+            and mask <= val + DEGENERATE_MARGIN:
+        out.append(f"searched mask {100 * mask:.1f} % clean on the validation slice, majority class "
+                   f"{100 * val:.1f} %")
+    clean = res["metrics"]["clean"]["acc"]
+    if test is not None and clean <= test + DEGENERATE_MARGIN:
+        out.append(f"final clean accuracy {100 * clean:.1f} %, majority class {100 * test:.1f} %")
+    return out
 
 
 # ---------------------------------------------------------------- pooling
@@ -328,6 +380,14 @@ def _pool(key: tuple, runs: list[dict]) -> dict[str, Any]:
         outside = sorted({c for r in runs for c in r["claims_outside"]})
         if outside:
             flags.append("claim-outside:" + "+".join(outside))
+    if any(r["gamma_unselected"] for r in runs):
+        flags.append("gamma-unselected")
+    for col, flag in (("degenerate", "degenerate"), ("projected", "projected"),
+                      ("s2ap_inactive", "s2ap-inactive")):
+        k = sum(1 for r in runs if r[col])
+        row[f"{col}_seeds"] = k
+        if k:
+            flags.append(f"{flag}:{k}/{len(runs)}")
     row["flag"] = "; ".join(flags)
     row["config_hash"] = chash
     row["structure"] = runs[0]["structure"]
@@ -357,19 +417,69 @@ def _comparable(a: dict, b: dict) -> None:
                 f"{ra['file']} vs {rb[field]!r} in {rb['file']})")
 
 
-def _paired_p(off: dict, on: dict) -> tuple[float, int, int | None, int | None]:
-    by_seed_off = {str(r["seed"]): r["autoattack_flags"] for r in off["_runs"]}
-    by_seed_on = {str(r["seed"]): r["autoattack_flags"] for r in on["_runs"]}
-    common = sorted(s for s in set(by_seed_off) & set(by_seed_on)
-                    if by_seed_off[s] and by_seed_on[s] and len(by_seed_off[s]) == len(by_seed_on[s]))
-    if not common:
-        return math.nan, 0, None, None
-    res = mcnemar("".join(by_seed_off[s] for s in common), "".join(by_seed_on[s] for s in common))
-    return res["p_value"], len(common), res["b"], res["c"]
+def _acc(r: dict, metric: str) -> float:
+    n = r[f"{metric}_n"]
+    return 100.0 * r[f"{metric}_correct"] / n if n else math.nan
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _compare(off: dict, on: dict, metric: str) -> dict[str, Any]:
+    """Orig., S2AP and delta of one metric over the non-degenerate seeds; the per-seed deltas of
+    the seeds both sides share, their t-interval, and McNemar on their per-image flags."""
+    offs = [r for r in off["_runs"] if not r["degenerate"]]
+    ons = [r for r in on["_runs"] if not r["degenerate"]]
+    orig, new = _mean([_acc(r, metric) for r in offs]), _mean([_acc(r, metric) for r in ons])
+    by_off, by_on = {str(r["seed"]): r for r in offs}, {str(r["seed"]): r for r in ons}
+    common = sorted(s for s in set(by_off) & set(by_on)
+                    if by_off[s][f"{metric}_flags"] and by_on[s][f"{metric}_flags"]
+                    and len(by_off[s][f"{metric}_flags"]) == len(by_on[s][f"{metric}_flags"]))
+    deltas = [_acc(by_on[s], metric) - _acc(by_off[s], metric) for s in common]
+    mean, lo, hi = seed_interval(deltas)
+    p, b, c = math.nan, None, None
+    if common:
+        res = mcnemar("".join(by_off[s][f"{metric}_flags"] for s in common),
+                      "".join(by_on[s][f"{metric}_flags"] for s in common))
+        p, b, c = res["p_value"], res["b"], res["c"]
+    return {"orig": orig, "s2ap": new, "delta": new - orig, "seed_mean": mean, "lo": lo, "hi": hi,
+            "seed_deltas": " ".join(f"{d:+.2f}" for d in deltas), "p": p, "b": b, "c": c,
+            "paired": len(common)}
+
+
+_PAIR_COLUMNS = {  # output column -> (metric, key of _compare)
+    "orig_aa": ("autoattack", "orig"), "s2ap_aa": ("autoattack", "s2ap"),
+    "delta": ("autoattack", "delta"), "p_value": ("autoattack", "p"),
+    "paired_seeds": ("autoattack", "paired"), "b": ("autoattack", "b"), "c": ("autoattack", "c"),
+    "delta_seed_mean": ("autoattack", "seed_mean"), "delta_lo": ("autoattack", "lo"),
+    "delta_hi": ("autoattack", "hi"), "seed_deltas": ("autoattack", "seed_deltas"),
+    "orig_pgd": ("pgd", "orig"), "s2ap_pgd": ("pgd", "s2ap"), "delta_pgd": ("pgd", "delta"),
+    "p_value_pgd": ("pgd", "p"), "paired_seeds_pgd": ("pgd", "paired"), "b_pgd": ("pgd", "b"),
+    "c_pgd": ("pgd", "c"), "delta_pgd_seed_mean": ("pgd", "seed_mean"),
+    "delta_pgd_lo": ("pgd", "lo"), "delta_pgd_hi": ("pgd", "hi"),
+    "seed_deltas_pgd": ("pgd", "seed_deltas"),
+}
+
+
+def _empty_pair() -> dict[str, Any]:
+    out: dict[str, Any] = {k: math.nan for k in _PAIR_COLUMNS}
+    out.update(paired_seeds=0, paired_seeds_pgd=0, b=None, c=None, b_pgd=None, c_pgd=None,
+               seed_deltas="", seed_deltas_pgd="")
+    return out
+
+
+def _left_out(side: str, row: dict | None) -> str:
+    if row is None:
+        return ""
+    seeds = [str(r["seed"]) for r in row["_runs"] if r["degenerate"]]
+    return f"{side}: seed {', '.join(seeds)}" if seeds else ""
 
 
 def s2ap_pairs(rows: list[dict]) -> pd.DataFrame | None:
-    """Paper layout: per (dataset, arch, method, sparsity) Orig. AA, S2AP AA, delta, McNemar p.
+    """Paper layout: per (dataset, arch, method, sparsity) Orig., S2AP, delta for AutoAttack and
+    PGD, with the seed-level interval and McNemar p; degenerate seeds left out (module docstring).
     None when no cell has both s2ap 'off' and 'on'."""
     cells: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
@@ -384,32 +494,28 @@ def s2ap_pairs(rows: list[dict]) -> pd.DataFrame | None:
         sides = cells[key]
         base = {"dataset": dataset, "arch": arch, "method": method, "sparsity": sparsity}
         for row in sides.get("n/a", []):
-            out.append({**base, "s2ap_applicable": False, "orig_aa": row["autoattack"],
-                        "s2ap_aa": math.nan, "delta": math.nan, "p_value": math.nan,
-                        "paired_seeds": 0, "b": None, "c": None,
+            out.append({**base, "s2ap_applicable": False, **_empty_pair(),
+                        "orig_aa": row["autoattack"], "orig_pgd": row["pgd"],
+                        "left_out": _left_out("n/a", row), "s2ap_inactive_seeds": 0,
                         "orig_config": row["config_hash"], "s2ap_config": None})
         offs, ons = sides.get("off", []), sides.get("on", [])
-        if offs and ons:
-            for off in offs:
-                for on in ons:
-                    _comparable(off, on)
-                    p, k, b, c = _paired_p(off, on)
-                    out.append({**base, "s2ap_applicable": True,
-                                "orig_aa": off["autoattack"], "s2ap_aa": on["autoattack"],
-                                "delta": on["autoattack"] - off["autoattack"], "p_value": p,
-                                "paired_seeds": k, "b": b, "c": c,
-                                "orig_config": off["config_hash"], "s2ap_config": on["config_hash"]})
-        else:
-            for off in offs:
-                out.append({**base, "s2ap_applicable": True,
-                            "orig_aa": off["autoattack"], "s2ap_aa": math.nan,
-                            "delta": math.nan, "p_value": math.nan, "paired_seeds": 0, "b": None,
-                            "c": None, "orig_config": off["config_hash"], "s2ap_config": None})
-            for on in ons:
-                out.append({**base, "s2ap_applicable": True,
-                            "orig_aa": math.nan, "s2ap_aa": on["autoattack"],
-                            "delta": math.nan, "p_value": math.nan, "paired_seeds": 0, "b": None,
-                            "c": None, "orig_config": None, "s2ap_config": on["config_hash"]})
+        pairs = [(off, on) for off in offs for on in ons] if offs and ons else             [(off, None) for off in offs] + [(None, on) for on in ons]
+        for off, on in pairs:
+            entry = {**base, "s2ap_applicable": True, **_empty_pair()}
+            if off is not None and on is not None:
+                _comparable(off, on)
+                compared = {m: _compare(off, on, m) for m in ("autoattack", "pgd")}
+                entry.update({col: compared[m][k] for col, (m, k) in _PAIR_COLUMNS.items()})
+            else:
+                kept = [r for r in (off or on)["_runs"] if not r["degenerate"]]
+                side = "orig" if off is not None else "s2ap"
+                entry[f"{side}_aa"] = _mean([_acc(r, "autoattack") for r in kept])
+                entry[f"{side}_pgd"] = _mean([_acc(r, "pgd") for r in kept])
+            entry["left_out"] = "; ".join(x for x in (_left_out("off", off), _left_out("on", on)) if x)
+            entry["s2ap_inactive_seeds"] = 0 if on is None else on["s2ap_inactive_seeds"]
+            entry["orig_config"] = None if off is None else off["config_hash"]
+            entry["s2ap_config"] = None if on is None else on["config_hash"]
+            out.append(entry)
     return pd.DataFrame(out)
 
 
@@ -484,19 +590,39 @@ def _aa_label(r: Any) -> str:
     return r["aa_version"] if r["aa_standard"] else f"{r['aa_version']}[{r['aa_attacks']}]"
 
 
+def _signed(v: Any) -> str:
+    return DASH if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
+
+
+def _interval(lo: Any, hi: Any) -> str:
+    if lo is None or hi is None or any(isinstance(v, float) and math.isnan(v) for v in (lo, hi)):
+        return DASH
+    return f"[{lo:+.2f}, {hi:+.2f}]"
+
+
+def _p(v: Any) -> str:
+    return DASH if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+
+
 def _pairs_md(pairs: pd.DataFrame) -> str:
     rows = []
     for _, r in pairs.iterrows():
         na = not r["s2ap_applicable"]
-        rows.append({
-            "Dataset": r["dataset"], "Arch": r["arch"], "Method": r["method"],
-            "Sparsity (%)": _fmt_sparsity(r["sparsity"]),
-            "Orig. AA (%)": _num(r["orig_aa"]),
-            "S2AP AA (%)": "n/a" if na else _num(r["s2ap_aa"]),
-            "Δ (pp)": "n/a" if na else (DASH if math.isnan(r["delta"]) else f"{r['delta']:+.2f}"),
-            "McNemar p": "n/a" if na else (DASH if math.isnan(r["p_value"]) else f"{r['p_value']:.3g}"),
-            "Paired seeds": "n/a" if na else int(r["paired_seeds"]),
-        })
+        row = {"Dataset": r["dataset"], "Arch": r["arch"], "Method": r["method"],
+               "Sparsity (%)": _fmt_sparsity(r["sparsity"])}
+        for label, suffix in (("AA", ""), ("PGD", "_pgd")):
+            orig = r["orig_aa"] if label == "AA" else r["orig_pgd"]
+            new = r["s2ap_aa"] if label == "AA" else r["s2ap_pgd"]
+            row[f"Orig. {label} (%)"] = _num(orig)
+            row[f"S2AP {label} (%)"] = "n/a" if na else _num(new)
+            row[f"Δ {label} (pp)"] = "n/a" if na else _signed(r[f"delta{suffix}"])
+            row[f"Δ {label} 95% CI, seeds"] = "n/a" if na else _interval(r[f"delta{suffix}_lo"],
+                                                                          r[f"delta{suffix}_hi"])
+            row[f"McNemar p, {label}"] = "n/a" if na else _p(r[f"p_value{suffix}"])
+        row["Paired seeds"] = "n/a" if na else int(r["paired_seeds_pgd"])
+        row["Left out (degenerate)"] = r["left_out"] or ""
+        row["S2AP inactive"] = "" if na or not r["s2ap_inactive_seeds"] else int(r["s2ap_inactive_seeds"])
+        rows.append(row)
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
@@ -624,10 +750,17 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
                "only where dataset, architecture, method, structure, sparsity, eps and the number "
                "of AutoAttack images all match (benchmark/reference.py); — where nothing does.", ""]
     if pairs is not None:
-        md += ["## S2AP: original vs S2AP (AutoAttack accuracy)", "",
-               "Δ = S2AP − original in percentage points; McNemar p: exact test on per-image "
-               "AutoAttack flags over the seeds both sides share; n/a: the method learns no "
-               "scores, so S2AP does not apply.", "", _pairs_md(pairs), ""]
+        md += ["## S2AP: original vs S2AP (AutoAttack and PGD accuracy)", "",
+               "Δ = S2AP − original in percentage points, over the seeds that are not degenerate "
+               "(left-out seeds are listed). Which number to trust: the 95% CI over seeds (a "
+               "Student-t interval of the mean of the per-seed Δs, — below 3 paired seeds) is the "
+               "evidence for or against a METHOD effect, because it includes how much a result "
+               "moves from one seed (dense model, search) to the next. The McNemar p (exact test "
+               "on the per-image flags of the paired seeds) only says whether these particular "
+               "models differ on these test images; with thousands of images it is tiny for "
+               "differences the next seed reverses, so do not read it as the effect of S2AP. "
+               "n/a: the method learns no scores, so S2AP does not apply.", "",
+               _pairs_md(pairs), ""]
     if excluded:
         md += _excluded_md(excluded)
     return df, pairs, "\n".join(md)

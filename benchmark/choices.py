@@ -17,11 +17,17 @@ S2AP_NA = "n/a"
 #: (formulas beside the code that computes it)
 S2AP_NORMS = ("l2", "linf", "adaptive")
 
+#: s2ap.gamma_status: whether the preset's S2AP gamma was chosen by a gamma sweep on its own
+#: dataset and architecture (selected) or carried over from elsewhere (unselected: the paper's
+#: values are not public); a label, it changes nothing in training, the leaderboard shows it
+S2AP_GAMMA_STATUS = ("selected", "unselected")
+
 #: train.loss (benchmark/losses.py)
 LOSSES = ("pgd_at", "trades", "clean")
 
-#: train.schedule (benchmark/training.py), stepped once per epoch
-SCHEDULES = ("cosine", "constant")
+#: train.schedule (benchmark/training.py), stepped once per epoch; step: x0.1 at 50 % and again at
+#: 75 % of the epochs (RST's published piecewise schedule)
+SCHEDULES = ("cosine", "constant", "step")
 
 #: evaluate.autoattack.version -> the attacks pyautoattack 0.2.0 runs for it, in its order
 #: (AutoAttack._set_version); evaluate.autoattack.attacks is a subset of its version's list

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sweep-report", help="select S2AP's gamma on validation numbers")
     p.add_argument("--models", required=True, nargs="+", help="model.pt files of the sweep")
-    p.add_argument("--out", required=True, help="CSV; a markdown table is written beside it")
+    p.add_argument("--out", required=True, help="CSV; a markdown report and the per-seed CSV "
+                   "(<stem>_seeds.csv) are written beside it")
 
     p = command("aggregate", help="leaderboard tables and plots from result JSONs")
     p.add_argument("--runs", required=True, nargs="+",

@@ -95,7 +95,10 @@ DEFAULTS: dict[str, Any] = {
     "prune": dict(TRAIN_DEFAULTS, epochs=20, lr=0.1),
     "finetune": dict(TRAIN_DEFAULTS, epochs=100, lr=0.01),
     "methods": {},
-    "s2ap": {"gamma": 0.01, "warmup": 0.25, "norm": "l2", "regenerate": False},
+    # gamma 0.01 is no one's selection outside the setting it was swept on: labelled unselected
+    # until a preset's own sweep selects it (methods.<name>.s2ap)
+    "s2ap": {"gamma": 0.01, "warmup": 0.25, "norm": "l2", "regenerate": False,
+             "gamma_status": "unselected"},
     "awp": {"gamma": 0.01, "warmup_epochs": 0, "proxy_lr": 0.01},
     "evaluate": {
         "eps": None,
@@ -285,6 +288,7 @@ def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
         "arch": _registry.ARCHITECTURES.names(),
         "s2ap_value": list(choices.S2AP_GRID_VALUES),
         "s2ap_norm": list(choices.S2AP_NORMS),
+        "gamma_status": list(choices.S2AP_GAMMA_STATUS),
         "loss": list(choices.LOSSES),
         "schedule": list(choices.SCHEDULES),
         "autoattack_version": list(choices.AUTOATTACK_VERSIONS),

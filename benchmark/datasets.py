@@ -435,6 +435,36 @@ def missing_files(name: str, root: str | Path, *, download: bool = False,
 
 
 # ------------------------------------------------------------------------------- splits
+def labels_of(ds) -> list[int]:
+    """The labels of a dataset in item order, read without decoding an image where the dataset
+    holds them (torchvision's ``targets``/``labels``, a Subset of such, a TensorDataset)."""
+    import numpy as np
+    from torch.utils.data import Subset, TensorDataset
+
+    if isinstance(ds, Subset):
+        inner = labels_of(ds.dataset)
+        return [inner[int(i)] for i in ds.indices]
+    if isinstance(ds, TensorDataset):
+        return [int(v) for v in ds.tensors[1].tolist()]
+    for attr in ("targets", "labels"):
+        values = getattr(ds, attr, None)
+        if values is not None:
+            return [int(v) for v in np.asarray(values).reshape(-1).tolist()]
+    return [int(ds[i][1]) for i in range(len(ds))]
+
+
+def majority_share(ds) -> float | None:
+    """The fraction of the set's images in its most frequent class: the accuracy of a model that
+    always answers that class (None for an empty set). A model no better than this has learned
+    nothing; the leaderboard flags such results as degenerate."""
+    from collections import Counter
+
+    labels = labels_of(ds)
+    if not labels:
+        return None
+    return max(Counter(labels).values()) / len(labels)
+
+
 def split_indices(n: int, val_size: int, seed: int = 0) -> tuple[list[int], list[int]]:
     """(train_indices, val_indices) of a training set of n images: a seeded permutation whose
     first val_size entries are validation. Depends only on (n, val_size, seed)."""

@@ -33,6 +33,18 @@ LEGEND: tuple[Flag, ...] = (
     Flag("U", "no-revision", "unknown revision", "made outside a git checkout: the revision is unknown."),
     Flag("X", "stale-code", "stale code",
          "made by stage code other than the current one: rerun it to get today's number."),
+    Flag("G", "gamma-unselected", "gamma not selected",
+         "S2AP ran with a gamma no sweep selected for this setting (a default)."),
+    Flag("F", "degenerate", "failed seeds",
+         "K of N seeds are failed runs (clean accuracy, or a learned mask's validation accuracy, "
+         "at most 2 points above always answering the majority class): shown, left out of the "
+         "S2AP comparison."),
+    Flag("J", "projected", "projected onto budget",
+         "K of N HARP searches ended over budget and their rates were projected onto it: not the "
+         "mask the search learned."),
+    Flag("I", "s2ap-inactive", "S2AP inactive",
+         "in K of N S2AP searches the score step flipped no mask entry in more than half of its "
+         "steps (such a step is the plain method's step)."),
     Flag("Y", "synthetic-data", "synthetic data",
          "stand-in images of the dataset's shape (a smoke run, data.synthetic), not the dataset: "
          "the numbers say nothing about it."),

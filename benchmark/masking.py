@@ -66,6 +66,22 @@ def topk_mask_count(scores: torch.Tensor, count: int) -> torch.Tensor:
     return (above | keep_tied).to(torch.float32).view_as(scores)
 
 
+def topk_mask_rows(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Like ``topk_mask_count``, but every row (dim 0: a classifier's class) keeps its entry of
+    largest |score| (lowest index on ties) whenever ``count`` allows one per row; the other
+    ``count - rows`` entries are the largest of the rest. When top-k already keeps something in
+    every row, this is exactly top-k: a row's best entry is then among the kept."""
+    rows = scores.shape[0]
+    if count < rows or scores.dim() < 2:
+        return topk_mask_count(scores, count)
+    a = scores.detach().abs().flatten(1)
+    best = torch.zeros_like(a, dtype=torch.bool)
+    best[torch.arange(rows, device=a.device), a.argmax(1)] = True
+    # lift each row's best above every other entry, so the one top-k keeps all of them
+    lifted = a + best.to(a.dtype) * (a.max() + 1.0)
+    return topk_mask_count(lifted.view_as(scores), count)
+
+
 def topk_mask(scores: torch.Tensor, keep: float) -> torch.Tensor:
     """Mask keeping HYDRA's count (``kept_count``) of largest |score| at keep fraction ``keep``."""
     return topk_mask_count(scores, kept_count(scores.numel(), keep))
@@ -104,10 +120,11 @@ class MaskedMixin:
     weight: nn.Parameter
 
     def _setup_mask(self, granularity: str = "weight") -> None:
-        if granularity not in ("weight", "channel"):
-            raise ValueError(f"granularity must be 'weight' or 'channel', got {granularity!r}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.granularity = granularity
-        shape = self.weight.shape if granularity == "weight" else self.weight.shape[:1]
+        axis = _SCORE_AXIS[granularity]
+        shape = self.weight.shape if axis is None else self.weight.shape[axis:axis + 1]
         self.scores = nn.Parameter(torch.zeros(shape, dtype=self.weight.dtype,
                                                device=self.weight.device), requires_grad=False)
         self.register_buffer("mask", torch.ones(shape, dtype=self.weight.dtype, device=self.weight.device))
@@ -117,6 +134,9 @@ class MaskedMixin:
         self.rate_logit: nn.Parameter | None = None
         self.rate_floor = 0.0
         self.score_grad = False  # True only while the scores are being trained outside an attack
+        # every row (a classifier's class) keeps at least one weight when the count allows it
+        # (HARP sets it on the classifier; ``topk_mask_rows``)
+        self.one_per_row = False
         self._folded: tuple | None = None
 
     # -- keep fraction -------------------------------------------------------------------------
@@ -133,13 +153,17 @@ class MaskedMixin:
 
     @torch.no_grad()
     def refresh_mask(self) -> None:
-        self.mask.copy_(topk_mask_count(self.scores, self.kept_target()).to(self.mask.dtype))
+        select = topk_mask_rows if self.one_per_row and self.granularity == "weight" else topk_mask_count
+        self.mask.copy_(select(self.scores, self.kept_target()).to(self.mask.dtype))
 
     # -- forward -------------------------------------------------------------------------------
     def _broadcast(self, t: torch.Tensor) -> torch.Tensor:
-        if self.granularity == "channel":
-            return t.view(-1, *([1] * (self.weight.dim() - 1)))
-        return t
+        axis = _SCORE_AXIS[self.granularity]
+        if axis is None:
+            return t
+        shape = [1] * self.weight.dim()
+        shape[axis] = -1
+        return t.view(shape)
 
     def effective_weight(self) -> torch.Tensor:
         if self.mode == "dense":
@@ -183,11 +207,21 @@ class _StraightThroughMask(torch.autograd.Function):
         g_mask = grad * weight
         g_scores = g_keep = None
         if ctx.needs_input_grad[2]:
-            g_s = g_mask if scores.dim() == weight.dim() else g_mask.flatten(1).sum(1)
+            if scores.dim() == weight.dim():
+                g_s = g_mask
+            else:  # one score per channel: the channel's weights' gradients add up
+                dims = [d for d in range(weight.dim()) if mask.shape[d] == 1]
+                g_s = g_mask.sum(dim=dims).reshape(scores.shape)
             g_scores = g_s * torch.sign(scores)
         if ctx.has_keep and ctx.needs_input_grad[3]:
             g_keep = g_mask.sum()
         return g_weight, None, g_scores, g_keep
+
+
+#: mask granularities: one score per weight, per output channel (dim 0 of the weight), or per
+#: input channel (dim 1: the public HARP code's channel pruning)
+GRANULARITIES = ("weight", "channel", "in_channel")
+_SCORE_AXIS = {"weight": None, "channel": 0, "in_channel": 1}
 
 
 class MaskedConv2d(MaskedMixin, nn.Conv2d):
@@ -318,6 +352,8 @@ def scaled_score_init(model: nn.Module) -> None:
         w = layer.weight.detach()
         if layer.granularity == "channel":
             w = w.flatten(1).norm(dim=1)
+        elif layer.granularity == "in_channel":
+            w = w.transpose(0, 1).flatten(1).norm(dim=1)
         denom = w.abs().max().clamp_min(1e-12)
         layer.scores.copy_(math.sqrt(6.0 / fan_in(layer)) * w / denom)
 
@@ -348,6 +384,8 @@ def load_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         m = masks[name].to(layer.mask.device)
         if layer.granularity == "channel":
             m = m.flatten(1).any(dim=1)
+        elif layer.granularity == "in_channel":
+            m = m.transpose(0, 1).flatten(1).any(dim=1)
         layer.mask.copy_(m.to(layer.mask.dtype))
 
 
@@ -447,11 +485,12 @@ def measure_sparsity(model: nn.Module, masks: dict[str, torch.Tensor] | None = N
                     f"layer {name}: {outside} weight(s) outside its mask are non-zero; the model "
                     f"is not the pruned model its masks describe (a dense model with a mask "
                     f"attached?). Export it with benchmark.masking.export_state_dict")
-            if granularity == "channel":
-                rows = m.flatten(1)
+            if granularity in ("channel", "in_channel"):
+                rows = m.flatten(1) if granularity == "channel" else m.transpose(0, 1).flatten(1)
                 if not bool((rows.all(dim=1) | ~rows.any(dim=1)).all()):
+                    which = "an output" if granularity == "channel" else "an input"
                     raise SparsityError(f"layer {name}: the model is declared channel-pruned but "
-                                        f"its mask prunes part of an output channel")
+                                        f"its mask prunes part of {which} channel")
             entry["mask_kept"] = int(m.sum())
             kept += entry["mask_kept"]
             kept_zero += int((is_zero & m).sum())

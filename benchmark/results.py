@@ -50,7 +50,7 @@ AUTOATTACK_VERSIONS: dict[str, tuple[str, ...]] = {
     "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
     "rand": ("apgd-ce", "apgd-dlr"),
 }
-STRUCTURES = {"weight": "unstructured", "channel": "structured"}
+STRUCTURES = {"weight": "unstructured", "channel": "structured", "in_channel": "structured"}
 
 _EPS_REL = 1e-9
 # float32 pixels: x + eps - x is eps up to one rounding of a value in [0, 2]
@@ -410,7 +410,8 @@ def build_record(*, cell: Mapping[str, Any], structure: str, configs: Mapping[st
                  timing: Mapping[str, float], diagnostics: Mapping[str, Any],
                  history: Mapping[str, Any], provenance: Mapping[str, Any],
                  config_hash: str | None = None, model: Mapping[str, Any] | None = None,
-                 submission: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 submission: Mapping[str, Any] | None = None, search: Mapping[str, Any] | None = None,
+                 class_balance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A result record from its parts (not yet validated; write_result validates).
 
     ``evaluation`` is benchmark.evaluation.evaluate_model's output (metrics, flags, protocol),
@@ -419,6 +420,10 @@ def build_record(*, cell: Mapping[str, Any], structure: str, configs: Mapping[st
     the cell's, else a hash of the configs without seeds. ``model``: {"path", "sha256"} of the
     evaluated file; ``submission``: an external submission's block without ``measured`` and
     ``outside``, which are filled in here from the evaluation.
+    ``search`` is the mask search's report
+    (whether the mask was learned; HARP: its budget and whether the rates were projected onto
+    it), ``class_balance`` the majority class's share of the validation slice and of the clean
+    test images; both are left out when not given (the dense model has no search).
     """
     if config_hash is None:
         config_hash = cell.get("config_hash")
@@ -444,6 +449,10 @@ def build_record(*, cell: Mapping[str, Any], structure: str, configs: Mapping[st
     }
     if model is not None:
         record["model"] = dict(model)
+    if search is not None:
+        record["search"] = dict(search)
+    if class_balance is not None:
+        record["class_balance"] = dict(class_balance)
     record = _plain(record)
     if submission is not None:
         sub = _plain(dict(submission))

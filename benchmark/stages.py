@@ -236,26 +236,33 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
                            weights_generator=torch.Generator().manual_seed(dense_seed))
     masking.set_mode(model, "search", train_bn=tcfg.train_bn)
     history: list = []
+    hooks: list[TrainHook] = []
     if m.learns_scores and tcfg.epochs > 0:
         hooks = m.search_hooks(model, tcfg)
         if s2ap in S2AP_SEARCH:
             hooks.append(m.s2ap_search_hook(cfg.get("s2ap") or {}, tcfg.epochs))
         history = run.trainer(model, m.search_params(model, tcfg), hooks).fit()
     m.finalize_search(model)
+    # what the method says about its search (HARP: the budget, and whether the rates were
+    # projected onto it); a learned mask is judged on the validation slice, a fixed rule is not
+    search_report = {"learns_scores": bool(m.learns_scores), **m.search_report()}
     # "mask robust accuracy": the searched mask on the frozen weights, before any finetune
     attack = AttackConfig(tcfg.attack.eps, max(tcfg.val_attack_steps, 1), tcfg.attack.step_size)
     val_loader = torch.utils.data.DataLoader(splits[1], batch_size=256)
     mask_val = validate(model, val_loader, attack, device) if len(splits[1]) else {}
     t_diag = time.perf_counter()
     diag = {}
+    for hook in hooks:  # what the hooks measured during the search (S2AP: the flips it caused)
+        diag.update(hook.summary(history))
     if cfg.get("diagnostics") is not None:
         from .diagnostics import search_diagnostics
 
-        diag = search_diagnostics(model, splits[1], cfg["diagnostics"], attack, device, seed)
+        diag.update(search_diagnostics(model, splits[1], cfg["diagnostics"], attack, device, seed))
     diag_s = time.perf_counter() - t_diag
     masks = masking.get_masks(model)
     meta = _meta(cfg, "prune", dmeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
                  sparsity=sparsity, seed=dense_seed, search_seed=seed, history=history, mask_val=mask_val,
+                 search_report=search_report, val_majority_share=_majority_share(splits[1]),
                  sparsity_report=masking.sparsity_report(masks), diagnostics=diag,
                  timing={**upstream_timing, "prune_s": time.perf_counter() - t0 - diag_s,
                          "diagnostics_s": diag_s})
@@ -302,7 +309,9 @@ def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, spar
     masks = masking.get_masks(model)
     meta = _meta(cfg, "finetune", smeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
                  sparsity=sparsity, seed=seed, granularity=m.granularity, width=float(cfg.get("model", {}).get("width", 1.0)),
-                 history=history, search=dict(mask_val=smeta.get("mask_val"), history=smeta.get("history")),
+                 history=history, search=dict(mask_val=smeta.get("mask_val"), history=smeta.get("history"),
+                                              report=smeta.get("search_report"),
+                                              val_majority_share=smeta.get("val_majority_share")),
                  diagnostics=smeta.get("diagnostics") or {},
                  timing={**smeta.get("timing", {}), "finetune_s": time.perf_counter() - t0})
     atomic_torch_save({"state_dict": masking.export_state_dict(model), "masks": masks,
@@ -361,6 +370,7 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
     ecfg = stage_config(cfg["evaluate"], info.eps,
                         Path(state_dir) / "autoattack" if state_dir else None)
     evaluation = evaluate_model(model, test_set, ecfg, device)
+    search = meta.get("search") or {}
     record = results.build_record(
         cell=cell, structure=results.structure_of(granularity),
         configs={**meta.get("configs", {}), "evaluate": cfg}, evaluation=evaluation,
@@ -368,12 +378,29 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
         timing={**meta.get("timing", {}), **evaluation["timing"],
                 "evaluate_s": time.perf_counter() - t0},
         diagnostics=_diagnostics(meta, extra_diagnostics),
-        history={"train": meta.get("history"), "search": (meta.get("search") or {}).get("history")},
-        provenance=provenance(),
+        history={"train": meta.get("history"), "search": search.get("history")},
+        provenance=provenance(), search=search.get("report"),
+        class_balance=_class_balance(search.get("val_majority_share"), test_set, evaluation),
         # the exports publish this file: they check it is still the one evaluated
         model={"path": str(model_path), "sha256": sha256_file(model_path)})
     results.write_result(out, record)
     return record
+
+
+def _majority_share(ds) -> float | None:
+    from .datasets import majority_share
+
+    return majority_share(ds) if ds is not None and len(ds) else None
+
+
+def _class_balance(val_share: float | None, test_set, evaluation: dict) -> dict:
+    """The majority class's share of the validation slice (where the mask was judged) and of the
+    test images the clean accuracy was measured on: what a model that learned nothing scores."""
+    from torch.utils.data import Subset
+
+    n = evaluation["metrics"]["clean"]["n"]
+    clean_set = test_set if n >= len(test_set) else Subset(test_set, range(n))
+    return {"val_majority_share": val_share, "test_majority_share": _majority_share(clean_set)}
 
 
 def _diagnostics(meta: dict, extra_files=()) -> dict:

@@ -1,7 +1,14 @@
 """Confidence intervals and paired tests on per-image correctness flags.
 
-Torch-free (the aggregation step imports this without paying for torch) and scipy-free: the
-exact binomial tail is summed with integers (math.comb), so it stays exact for any n.
+Torch-free (the aggregation step imports this without paying for torch). The exact binomial tail
+of McNemar's test is summed with integers (math.comb), so it stays exact for any n; the
+t-interval over seeds takes Student's t quantile from scipy (imported when first needed).
+
+Two questions, two tools. McNemar's test asks whether two given models differ on these test
+images: its only noise is which images were drawn. A method effect (S2AP against the plain method)
+also varies from one seed to the next (another dense model, another search), usually far more than
+the test images vary; the t-interval over the per-seed differences (``seed_interval``) measures
+that, and it is the one to read for "does S2AP help".
 
 Flags travel between stages as strings of '0'/'1', one character per test image in test order.
 """
@@ -29,6 +36,26 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     lo = 0.0 if correct == 0 else max(0.0, centre - half)
     hi = 1.0 if correct == n else min(1.0, centre + half)
     return lo, hi
+
+
+def seed_interval(values: Sequence[float], level: float = 0.95,
+                  min_seeds: int = 3) -> tuple[float, float, float]:
+    """(mean, low, high): the two-sided Student-t interval of the mean of per-seed values,
+    mean -+ t_{(1 + level) / 2, n - 1} * sd / sqrt(n) with the sample sd (n - 1). NaN bounds for
+    fewer than ``min_seeds`` values (two seeds give an interval too wide to say anything, and
+    one none); NaN mean for no values."""
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = sum(vals) / n
+    if n < max(min_seeds, 2):
+        return mean, math.nan, math.nan
+    from scipy.stats import t
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    half = float(t.ppf((1.0 + level) / 2.0, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def _as_bools(flags: Any) -> list[bool]:

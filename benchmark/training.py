@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .attacks import AttackConfig, pgd_linf
+from .choices import SCHEDULES
 from .errors import ConfigError, Interrupted
 from .io import atomic_torch_save, load_checkpoint
 from .losses import AdvBatch, RobustLoss
@@ -108,6 +109,11 @@ class TrainHook:
 
     def load_state_dict(self, state: dict) -> None: ...
 
+    def summary(self, history: list[dict]) -> dict:
+        """What the hook measured over the whole fit (from the epoch records it wrote), for the
+        stage's diagnostics; computed from ``history`` so it survives a resume."""
+        return {}
+
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
                 num_workers: int = 0, drop_last: bool = False) -> DataLoader:
@@ -125,16 +131,32 @@ def build_optimizer(params: Sequence, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
-    # stepped once per epoch, as HYDRA and HARP do
+    # stepped once per epoch, as HYDRA, HARP and RST do
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=_one)
-    raise ConfigError(f"unknown schedule {cfg.schedule!r}; valid choices: cosine, constant")
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=StepDecay(cfg.epochs))
+    raise ConfigError(f"unknown schedule {cfg.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
 
 
 def _one(_epoch: int) -> float:
     return 1.0
+
+
+class StepDecay:
+    """RST's piecewise schedule (its CIFAR configs: lr x0.1 at epochs 80 and 120 of 160): epoch e
+    (0-based) trains at lr * 0.1 ** (number of milestones 0.5 * epochs, 0.75 * epochs that e has
+    reached). A callable object, not a closure, so the scheduler's state_dict can hold it."""
+
+    MILESTONES = (0.5, 0.75)
+
+    def __init__(self, epochs: int):
+        self.epochs = int(epochs)
+
+    def __call__(self, epoch: int) -> float:
+        return 0.1 ** sum(epoch >= f * self.epochs for f in self.MILESTONES)
 
 
 def rng_state() -> dict:

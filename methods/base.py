@@ -144,6 +144,12 @@ class PruningMethod:
     def finalize_search(self, model: nn.Module) -> None:
         refresh_masks(model)
 
+    def search_report(self) -> dict[str, Any]:
+        """What ``finalize_search`` did, recorded with the result (JSON values). A method that can
+        end its search off its budget reports ``projected``: True when the mask was moved onto
+        the budget after the search (the leaderboard flags such results)."""
+        return {}
+
     # -- finetune ----------------------------------------------------------------------------
     def finetune_hooks(self, model: nn.Module, cfg: TrainConfig) -> list[TrainHook]:
         """The method's own hooks of the finetune (AWP is added by the stage)."""

@@ -24,6 +24,14 @@ Score step (``ScoreSharpness``), one SAM-style ascent step per optimiser step:
   time; one extra forward/backward is about 9 % of a PGD-10 step), and with gamma = 0 it is
   bit-for-bit the base method (tested).
 
+Does the step act? Under the straight-through estimator the score gradient at s + z equals the one
+at s unless M(s + z) differs from M(s): a step whose perturbation flips no mask entry changes
+nothing. Every post-warm-up step therefore counts the kept weights the perturbation flips,
+|M(s + z) xor M(s)| / 2 over the kept count (a flip moves one weight out and one in), and whether it
+flipped none; the counts stay on the device and are read once per epoch (epoch records
+``s2ap_flip_fraction``, ``s2ap_noflip_steps``, ``s2ap_steps``; the search's diagnostics sum them
+up, and the leaderboard flags a run "S2AP inactive" when more than half of its steps flip nothing).
+
 Finetune step (``AWP``): Wu et al.'s adversarial weight perturbation, restricted to kept weights.
 """
 from __future__ import annotations
@@ -34,6 +42,7 @@ import math
 import torch
 import torch.nn as nn
 
+from benchmark.choices import S2AP_GAMMA_STATUS
 from benchmark.masking import masked_layers
 from benchmark.score_perturbation import NORMS, perturbation
 from benchmark.training import TrainHook
@@ -45,8 +54,11 @@ def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
 
 class ScoreSharpness(TrainHook):
     overrides_backward = True
-    # gamma 0.01: chosen on validation by the gamma sweep (results/offline/gamma_sweep.md)
-    defaults = {"gamma": 0.01, "warmup": 0.25, "norm": "l2", "regenerate": False}
+    # gamma 0.01: a default, not a selection (the paper's values are not public); presets store the
+    # value their own gamma sweep chose per method (methods.<name>.s2ap, results/offline/gamma_sweep.md)
+    # gamma_status (selected / unselected) labels where gamma came from; it changes nothing here
+    defaults = {"gamma": 0.01, "warmup": 0.25, "norm": "l2", "regenerate": False,
+                "gamma_status": "unselected"}
     # the paper of the plug-in (RobustBench export; read from source by benchmark.papers)
     paper = {"key": "Piras2025S2AP",
              "name": "S2AP: Score-space Sharpness Minimization for Adversarial Pruning",
@@ -61,6 +73,8 @@ class ScoreSharpness(TrainHook):
             raise ValueError(f"unknown s2ap options {sorted(unknown)}; valid: {sorted(self.defaults)}")
         if cfg["norm"] not in NORMS:
             raise ValueError(f"unknown S2AP norm {cfg['norm']!r}; valid choices: {', '.join(NORMS)}")
+        if cfg["gamma_status"] not in S2AP_GAMMA_STATUS:
+            raise ValueError(f"s2ap.gamma_status must be one of {S2AP_GAMMA_STATUS}, got {cfg['gamma_status']!r}")
         if not 0.0 <= float(cfg["warmup"]) <= 1.0:
             raise ValueError(f"s2ap.warmup is a fraction of the search epochs in [0, 1], got {cfg['warmup']}")
         self.gamma = float(cfg["gamma"])
@@ -69,9 +83,48 @@ class ScoreSharpness(TrainHook):
         # the paper switches S2AP on after 5 of 20 search epochs; a fraction keeps short presets alike
         self.warmup_epochs = int(math.floor(float(cfg["warmup"]) * total_epochs + 1e-9))
         self.active = False
+        self._reset_counts()
+
+    def _reset_counts(self) -> None:
+        # device tensors, created at the first active step: no host sync per step
+        self._flip_sum: torch.Tensor | None = None  # sum over steps of the flipped fraction
+        self._noflip: torch.Tensor | None = None  # steps that flipped nothing
+        self._steps = 0
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
         self.active = epoch >= self.warmup_epochs
+        self._reset_counts()
+
+    def _count_flips(self, layers, saved_masks) -> None:
+        flipped = sum((layer.mask != m).sum() for layer, m in zip(layers, saved_masks))
+        kept = sum(m.sum() for m in saved_masks)
+        fraction = flipped.double() / (2.0 * kept.double()).clamp_min(1.0)
+        none = (flipped == 0).to(torch.int64)
+        if self._flip_sum is None:
+            self._flip_sum, self._noflip = fraction, none
+        else:
+            self._flip_sum = self._flip_sum + fraction
+            self._noflip = self._noflip + none
+        self._steps += 1
+
+    def on_epoch_end(self, trainer, epoch: int, record: dict) -> None:
+        if not self.active or not self._steps:
+            return
+        record.update({"s2ap_flip_fraction": float(self._flip_sum) / self._steps,
+                       "s2ap_noflip_steps": int(self._noflip), "s2ap_steps": self._steps})
+
+    def summary(self, history: list[dict]) -> dict:
+        """Over the post-warm-up epochs: steps, steps without a flip (count and fraction), the mean
+        flipped fraction per step, and that fraction per epoch (None during the warm-up)."""
+        active = [r for r in history if "s2ap_steps" in r]
+        steps = sum(r["s2ap_steps"] for r in active)
+        if not steps:
+            return {"s2ap_gamma": self.gamma, "s2ap_steps": 0}
+        noflip = sum(r["s2ap_noflip_steps"] for r in active)
+        return {"s2ap_gamma": self.gamma, "s2ap_steps": steps, "s2ap_noflip_steps": noflip,
+                "s2ap_noflip_fraction": noflip / steps,
+                "s2ap_flip_fraction": sum(r["s2ap_flip_fraction"] * r["s2ap_steps"] for r in active) / steps,
+                "s2ap_flip_fraction_by_epoch": [r.get("s2ap_flip_fraction") for r in history]}
 
     def backward(self, trainer, batch) -> torch.Tensor:
         model = trainer.model
@@ -95,6 +148,7 @@ class ScoreSharpness(TrainHook):
             for layer in layers:
                 layer.scores.add_(perturbation(layer.scores, layer.scores.grad, self.gamma, self.norm))
                 layer.refresh_mask()
+            self._count_flips(layers, saved_masks)
         try:
             # replay the RNG pass 1 saw: same dropout masks, and pass 2 consumes nothing
             torch.set_rng_state(rng_before)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from benchmark import masking, results
-from benchmark.aggregate import AggregationError, aggregate, read_leaderboard
+from benchmark.aggregate import AggregationError, aggregate, build_tables, read_leaderboard
 from benchmark.evaluation import evaluate_model, prepare_for_eval
 from benchmark.plots import plot_diagnostics, plot_leaderboard
 from benchmark.provenance import provenance
@@ -85,7 +85,7 @@ def write_result(root, dataset="cifar10", arch="resnet18", method="hydra", s2ap=
                  sparsity=90, seed=0, clean=80, pgd=50, aa=40, n=100, eps=0.031,
                  version="standard", attacks=STANDARD, warnings=(), lowered_by=(), aa_flags=None,
                  pgd_flags=None, diagnostics=None, extra_config=None, structure="unstructured",
-                 config_hash=None, prov=None):
+                 config_hash=None, prov=None, search=None, class_balance=None):
     ecfg, ev = copy.deepcopy(_evaluation(n, eps, tuple(attacks), version))
     aa_f = aa_flags if aa_flags is not None else flags(n, aa)
     pgd_f = pgd_flags if pgd_flags is not None else _union_filled(aa_f, pgd)
@@ -102,7 +102,8 @@ def write_result(root, dataset="cifar10", arch="resnet18", method="hydra", s2ap=
     record = results.build_record(
         cell=cell, structure=structure, configs=configs, evaluation=ev,
         sparsity=_sparsity(sparsity), timing={}, diagnostics=diagnostics or {}, history={},
-        provenance=prov or provenance(), config_hash=config_hash)
+        provenance=prov or provenance(), config_hash=config_hash, search=search,
+        class_balance=class_balance)
     s2ap_dir = s2ap.replace("/", "-")
     path = Path(root) / dataset / arch / method / s2ap_dir / f"sp{sparsity}" / f"seed{seed}.json"
     results.write_result(path, record)
@@ -225,6 +226,93 @@ def test_s2ap_paired_table_with_mcnemar(tmp_path):
     assert "S2AP: original vs S2AP" in md and "Orig. AA" in md
     lwm_line = next(line for line in md.split("S2AP: original")[1].splitlines() if "| lwm" in line)
     assert "n/a" in lwm_line
+
+
+def test_the_seed_level_interval_of_three_seeds_equals_a_hand_computation(tmp_path):
+    from scipy import stats as scipy_stats
+
+    runs, n = tmp_path / "runs", 400
+    aa = {"off": (100, 140, 120), "on": (110, 130, 150)}
+    pgd = {"off": (150, 190, 170), "on": (160, 200, 175)}
+    for side in ("off", "on"):
+        for seed in range(3):
+            write_result(runs, s2ap=side, seed=seed, n=n, clean=300, pgd=pgd[side][seed],
+                         aa=aa[side][seed], aa_flags=flags(n, aa[side][seed], offset=7 * seed))
+    aggregate(runs, tmp_path / "out")
+    pair = read_leaderboard(tmp_path / "out" / "s2ap_paired.csv").iloc[0]
+    for metric, suffix in ((aa, ""), (pgd, "_pgd")):
+        deltas = [100 * (metric["on"][s] - metric["off"][s]) / n for s in range(3)]
+        mean = sum(deltas) / 3
+        sd = math.sqrt(sum((d - mean) ** 2 for d in deltas) / 2)
+        half = scipy_stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+        assert pair[f"delta{suffix}_seed_mean"] == pytest.approx(mean)
+        assert pair[f"delta{suffix}_lo"] == pytest.approx(mean - half)
+        assert pair[f"delta{suffix}_hi"] == pytest.approx(mean + half)
+        assert pair[f"delta{suffix}"] == pytest.approx(mean)  # every seed paired
+    assert pair["seed_deltas"] == "+2.50 -2.50 +7.50"
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert f"[{mean - half:+.2f}, {mean + half:+.2f}]" in md
+    assert "95% CI over seeds" in md and "McNemar p" in md and "do not read it as the effect" in md
+
+
+def test_fewer_than_three_paired_seeds_give_no_interval(tmp_path):
+    for side in ("off", "on"):
+        for seed in range(2):
+            write_result(tmp_path, s2ap=side, seed=seed, aa=40 + seed + 5 * (side == "on"))
+    _, pairs, md = build_tables(tmp_path)
+    assert math.isnan(pairs.iloc[0]["delta_lo"]) and pairs.iloc[0]["delta_seed_mean"] == pytest.approx(5.0)
+    line = next(line for line in md.split("S2AP: original")[1].splitlines() if "| hydra" in line)
+    assert "| —" in line
+
+
+BALANCE = {"val_majority_share": 0.11, "test_majority_share": 0.10}
+LEARNED = {"learns_scores": True, "projected": False}
+
+
+def test_a_degenerate_seed_is_flagged_and_left_out_of_the_delta_table(tmp_path):
+    runs, n = tmp_path / "runs", 100
+    for seed in range(3):
+        write_result(runs, s2ap="off", seed=seed, n=n, clean=80, pgd=50, aa=40, search=LEARNED,
+                     class_balance=BALANCE, diagnostics={"mask_clean_acc": 0.6})
+    # seed 1 of 'on': its search left a mask no better than the majority class (a failed run), and
+    # its finetune could not repair it
+    write_result(runs, s2ap="on", seed=0, n=n, clean=80, pgd=52, aa=42, search=LEARNED,
+                 class_balance=BALANCE, diagnostics={"mask_clean_acc": 0.6})
+    write_result(runs, s2ap="on", seed=1, n=n, clean=11, pgd=0, aa=0, search=LEARNED,
+                 class_balance=BALANCE, diagnostics={"mask_clean_acc": 0.12})
+    write_result(runs, s2ap="on", seed=2, n=n, clean=80, pgd=54, aa=44, search=LEARNED,
+                 class_balance=BALANCE, diagnostics={"mask_clean_acc": 0.6})
+    # a fixed-rule mask is not judged before its finetune; a learned one is, even if the finetune
+    # brought it back
+    write_result(runs, method="lwm", s2ap="n/a", n=n, clean=70, pgd=40, aa=30, class_balance=BALANCE,
+                 search={"learns_scores": False}, diagnostics={"mask_clean_acc": 0.1})
+    write_result(runs, method="harp", s2ap="off", n=n, clean=70, pgd=40, aa=30, class_balance=BALANCE,
+                 search=LEARNED, diagnostics={"mask_clean_acc": 0.12})
+    df = aggregate(runs, tmp_path / "out")
+    flag = dict(zip(zip(df["method"], df["s2ap"]), df["flag"]))
+    assert "degenerate:1/3" in flag[("hydra", "on")] and "degenerate" not in flag[("hydra", "off")]
+    assert "degenerate" not in flag[("lwm", "n/a")] and "degenerate:1/1" in flag[("harp", "off")]
+    # shown in the leaderboard, mean over every seed ...
+    on_row = df[(df["method"] == "hydra") & (df["s2ap"] == "on")].iloc[0]
+    assert on_row["autoattack"] == pytest.approx((42 + 0 + 44) / 3) and on_row["degenerate_seeds"] == 1
+    # ... but not in the comparison: seeds 0 and 2 only
+    pair = read_leaderboard(tmp_path / "out" / "s2ap_paired.csv")
+    pair = pair[pair["method"] == "hydra"].iloc[0]
+    assert pair["s2ap_aa"] == pytest.approx(43.0) and pair["orig_aa"] == pytest.approx(40.0)
+    assert pair["paired_seeds"] == 2 and pair["seed_deltas"] == "+2.00 +4.00"
+    assert pair["left_out"] == "on: seed 1"
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "on: seed 1" in md.split("S2AP: original")[1]
+
+
+def test_a_projected_search_is_flagged(tmp_path):
+    write_result(tmp_path, method="harp", search={"learns_scores": True, "projected": True,
+                                                  "realised_before": 0.039, "target": 0.01})
+    write_result(tmp_path, method="hydra", search=LEARNED)
+    df = aggregate(tmp_path, tmp_path / "out")
+    flag = dict(zip(df["method"], df["flag"]))
+    assert "projected:1/1" in flag["harp"] and "projected" not in flag["hydra"]
+    assert "projected:K/N" in (tmp_path / "out" / "leaderboard.md").read_text()
 
 
 def test_s2ap_pair_refuses_different_attack_sets(tmp_path):
@@ -399,3 +487,61 @@ def test_plots_written_and_diagnostics_optional(tmp_path):
     assert plot_diagnostics(df.drop(columns=[c for c in df if c.startswith("diag.")]),
                             tmp_path / "none") == []
     assert not (tmp_path / "none").exists()
+
+
+def _s2ap_search_summary(gamma: float) -> dict:
+    """S2AP's measurements from a real (short) 99 % HYDRA search of the offline preset's network."""
+    from torch.utils.data import TensorDataset
+
+    from benchmark.attacks import AttackConfig
+    from benchmark.datasets import get_info
+    from benchmark.models import build_model
+    from benchmark.training import Trainer, TrainConfig
+    from methods.base import RefreshMasks
+    from methods.s2ap import ScoreSharpness
+
+    torch.manual_seed(0)
+    net = masking.to_masked(build_model("small_cnn", get_info("fashion-mnist")))
+    masking.scaled_score_init(net)
+    masking.set_keep(net, 0.01)
+    masking.refresh_masks(net)
+    masking.set_mode(net, "search")
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.rand(64, 1, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+    cfg = TrainConfig(epochs=2, lr=0.1, weight_decay=1e-4, batch_size=16, loss="pgd_at",
+                      attack=AttackConfig(0.1, 1, 0.1), val_attack_steps=0)
+    hook = ScoreSharpness({"gamma": gamma, "warmup": 0.0}, total_epochs=2)
+    trainer = Trainer(net, [p for p in net.parameters() if p.requires_grad], cfg, train_set=data,
+                      val_set=None, device=torch.device("cpu"), seed=0, hooks=[RefreshMasks(), hook],
+                      log=lambda msg: None)
+    return hook.summary(trainer.fit())
+
+
+def test_an_s2ap_run_that_flips_nothing_is_flagged_inactive_and_one_at_the_chosen_gamma_is_not(tmp_path):
+    from benchmark import config as C
+
+    offline = C.load_preset(Path(__file__).resolve().parent.parent / "presets" / "offline.yaml")
+    chosen = offline["methods"]["hydra"]["s2ap"]["gamma"]
+    assert chosen > 0, "the sweep chose gamma 0: S2AP would be the plain method"
+    flagged = {}
+    for tag, gamma in (("tiny", 1e-9), ("chosen", chosen)):
+        diag = _s2ap_search_summary(gamma)
+        assert diag["s2ap_steps"] == 8
+        write_result(tmp_path / tag, s2ap="on", sparsity=99, diagnostics=diag, search=LEARNED)
+        df = aggregate(tmp_path / tag, tmp_path / f"out-{tag}")
+        flagged[tag] = df.iloc[0]["flag"]
+    assert "s2ap-inactive:1/1" in flagged["tiny"]
+    assert "s2ap-inactive" not in flagged["chosen"]
+
+
+def test_s2ap_with_an_unselected_gamma_is_flagged(tmp_path):
+    def s2ap(status):
+        return {"prune": {"s2ap": {"gamma": 0.01, "gamma_status": status}}}
+
+    write_result(tmp_path, method="hydra", s2ap="on", extra_config=s2ap("unselected"))
+    write_result(tmp_path, method="harp", s2ap="on", extra_config=s2ap("selected"))
+    write_result(tmp_path, method="lwm", s2ap="n/a", extra_config={"prune": {"s2ap": None}})
+    df = aggregate(tmp_path, tmp_path / "out")
+    flag = dict(zip(df["method"], df["flag"]))
+    assert "gamma-unselected" in flag["hydra"]
+    assert "gamma-unselected" not in flag["harp"] and "gamma-unselected" not in flag["lwm"]

@@ -308,7 +308,7 @@ def test_cell_config_hash_excludes_seed_only(quick):
 # ------------------------------------------------------------------ grid and method traits
 def test_grid_gives_n_a_to_methods_without_scores():
     cfg = C.load_preset(PRESETS / "offline.yaml")  # three sparsities
-    cfg["grid"].update(s2ap=["off", "on", "awp"], seeds=[0, 1])
+    cfg["grid"].update(methods=["hydra", "lwm"], s2ap=["off", "on", "awp"], seeds=[0, 1])
     cells = C.grid_cells(C.validate(cfg))
     lwm = [c for c in cells if c["method"] == "lwm"]
     hydra = [c for c in cells if c["method"] == "hydra"]
@@ -389,12 +389,34 @@ def test_quick_preset_meets_the_issue():
     assert aa["n_images"] >= 100 and aa["version"] == "standard" and aa["attacks"] is None
 
 
-def test_offline_preset_covers_every_builtin_method_with_seed_stability():
+def test_offline_preset_is_the_s2ap_study_of_issue_9():
     cfg = C.validate(C.load_preset(PRESETS / "offline.yaml"))
-    assert set(cfg["grid"]["methods"]) == set(method_registry().names())
-    assert sorted(map(float, cfg["grid"]["sparsities"])) == [90, 95, 99]
-    assert set(cfg["grid"]["s2ap"]) == {"off", "on"} and cfg["diagnostics"]["seed_stability"] is True
-    assert cfg["gamma_sweep"]["gammas"][0] == 0.0  # the sweep includes the plain method
+    grid = cfg["grid"]
+    assert set(grid["methods"]) == {"hydra", "harp"} and set(grid["s2ap"]) == {"off", "on"}
+    assert sorted(map(float, grid["sparsities"])) == [90, 95, 99] and len(grid["seeds"]) >= 3
+    ev = cfg["evaluate"]
+    assert ev["pgd_n"] is None and ev["clean_n"] is None and ev["pgd_steps"] == 50
+    assert cfg["data"]["test_subset"] is None  # PGD-50 on all 10,000 test images
+    assert ev["autoattack"]["n_images"] >= 100 and ev["autoattack"]["attacks"] is None
+    # the gamma sweep: per method, at least two seeds, the plain method and values above 0.01
+    sweep = cfg["gamma_sweep"]
+    assert set(sweep["methods"]) == {"hydra", "harp"} and len(sweep["seeds"]) >= 2
+    assert sweep["gammas"][0] == 0.0 and sum(g > 0.01 for g in sweep["gammas"]) >= 2
+    # gamma is stored per method (the sweep's selection, labelled selected once it has run); the
+    # preset-wide default stays unselected
+    for method in ("hydra", "harp"):
+        own = cfg["methods"][method]["s2ap"]
+        assert own["gamma"] in sweep["gammas"] and own["gamma"] > 0
+        assert own["gamma_status"] in ("selected", "unselected")
+    assert cfg["s2ap"]["gamma_status"] == "unselected"
+    # HARP's recipe: PGD-AT and weight decay 5e-4 in every stage; RST's schedule and attack mode
+    for stage in C.TRAIN_STAGES:
+        train = C.stage_config(cfg, stage, dataset="fashion-mnist", arch="small_cnn", method="harp",
+                               s2ap="off")["train"]
+        assert train["loss"] == "pgd_at" and train["weight_decay"] == 5e-4, stage
+    rst = C.stage_config(cfg, "prune", dataset="fashion-mnist", arch="small_cnn", method="rst",
+                         s2ap="off")["train"]
+    assert rst["schedule"] == "step" and rst["adv_eval_mode"] is False
 
 
 def test_tiny_preset_labels_its_attack_subset():

@@ -43,6 +43,7 @@ def test_every_schema_enum_is_a_code_list():
         "/$defs/method": registry.names(),
         "/$defs/s2ap_value": list(choices.S2AP_GRID_VALUES),
         "/$defs/s2ap_norm": list(choices.S2AP_NORMS),
+        "/$defs/gamma_status": list(choices.S2AP_GAMMA_STATUS),
         "/$defs/loss": list(choices.LOSSES),
         "/$defs/schedule": list(choices.SCHEDULES),
         "/$defs/autoattack_version": list(choices.AUTOATTACK_VERSIONS),
@@ -66,7 +67,7 @@ def test_schedules_are_the_training_code_s():
     for name in choices.SCHEDULES:
         training.build_scheduler(opt, training.TrainConfig(epochs=2, lr=0.1, schedule=name))
     with pytest.raises(ValueError):
-        training.build_scheduler(opt, training.TrainConfig(epochs=2, lr=0.1, schedule="step"))
+        training.build_scheduler(opt, training.TrainConfig(epochs=2, lr=0.1, schedule="linear"))
 
 
 def test_s2ap_norms_are_the_perturbation_s():

@@ -269,7 +269,19 @@ def test_structured_label_survives_from_the_method_to_the_leaderboard(trained, t
                       sparsity=50)
     evaluate(cfg, dense, runs / "dense.json")
     assert record["structure"] == "structured"
-    assert record["sparsity"]["measured"] > 0.3  # whole filters are zero in the exported model
+    assert record["sparsity"]["measured"] > 0.3  # whole channels are zero in the exported model
+    # the search's report travels to the result: a learned mask, projected or not, and on what
+    assert record["search"]["learns_scores"] is True and record["search"]["budget"] == "flops"
+    assert isinstance(record["search"]["projected"], bool)
+    # the majority class's share of the validation slice and of the clean test images
+    _, val, test = build_splits(DATASET, cfg["data"]["root"], val_size=cfg["data"]["val_size"],
+                                train_subset=cfg["data"]["train_subset"], augment=False)
+    n = record["metrics"]["clean"]["n"]
+    test_labels = [int(test[i][1]) for i in range(n)]
+    val_labels = [int(val[i][1]) for i in range(len(val))]
+    assert record["class_balance"] == {
+        "val_majority_share": max(map(val_labels.count, set(val_labels))) / len(val_labels),
+        "test_majority_share": max(map(test_labels.count, set(test_labels))) / n}
     aggregate(runs, tmp_path / "out")
     board = read_leaderboard(tmp_path / "out" / "leaderboard.csv")
     assert dict(zip(board["method"], board["structure"])) == {"dense": "unstructured",

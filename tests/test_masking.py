@@ -203,3 +203,56 @@ def test_attack_forward_follows_every_mask_refresh():
         expected = net(x)
     assert not torch.equal(before, after)
     torch.testing.assert_close(after, expected)
+
+
+def test_one_per_row_keeps_every_class_and_equals_topk_when_topk_already_does():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(10, 64, generator=g)
+    plain = masking.topk_mask_count(scores, 200)
+    assert bool((plain.sum(1) >= 1).all())
+    assert torch.equal(masking.topk_mask_rows(scores, 200), plain)
+    scores[0] += 100.0  # a plain top-12 would keep class 0 only
+    plain = masking.topk_mask_count(scores, 12)
+    assert int((plain.sum(1) > 0).sum()) == 1
+    rows = masking.topk_mask_rows(scores, 12)
+    assert int(rows.sum()) == 12 and bool((rows.sum(1) >= 1).all())
+    assert int(rows[0].sum()) == 3  # one per row, the other two are the largest of the rest
+    for r in range(1, 10):
+        assert bool(rows[r, scores[r].abs().argmax()] == 1)
+    # fewer kept than rows: plain top-k (one per row is impossible)
+    assert torch.equal(masking.topk_mask_rows(scores, 5), masking.topk_mask_count(scores, 5))
+
+
+def test_input_channel_masks_prune_whole_columns_and_round_trip():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 5))
+    masking.to_masked(net, "in_channel")
+    masking.scaled_score_init(net)
+    masking.set_keep(net, 0.5)
+    masking.refresh_masks(net)
+    conv, lin = net[0], net[3]
+    assert conv.scores.shape == (4,) and lin.scores.shape == (96,)
+    masks = masking.get_masks(net)
+    assert masks["0"].shape == conv.weight.shape
+    assert int(masks["0"][:, :, 0, 0].any(0).sum()) == 2  # 2 of 4 input channels, every filter alike
+    # the score of an input channel follows the norm of its weights (scaled init)
+    norms = conv.weight.detach().transpose(0, 1).flatten(1).norm(dim=1)
+    assert torch.equal(conv.mask.bool(), norms >= norms.sort().values[2])
+    other = masking.to_masked(nn.Sequential(nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(),
+                                            nn.Linear(6 * 4 * 4, 5)), "in_channel")
+    masking.load_masks(other, masks)
+    assert torch.equal(other[0].mask, conv.mask) and torch.equal(other[3].mask, lin.mask)
+    masking.set_mode(net, "finetune")
+    masking.apply_masks_to_weights(net)
+    plain = nn.Sequential(nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 5))
+    plain.load_state_dict(masking.export_state_dict(net))
+    x = torch.rand(2, 4, 6, 6)
+    torch.testing.assert_close(plain(x), net(x))
+    assert masking.measure_sparsity(plain, masks, "in_channel")["measured"] == pytest.approx(0.5)
+    half = {k: v.clone() for k, v in masks.items()}
+    keep_col = int(conv.mask.nonzero()[0])
+    half["0"][0, keep_col] = False  # part of a column
+    with torch.no_grad():
+        plain[0].weight[0, keep_col] = 0.0
+    with pytest.raises(masking.SparsityError, match="part of an input channel"):
+        masking.measure_sparsity(plain, half, "in_channel")

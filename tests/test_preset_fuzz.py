@@ -119,7 +119,7 @@ VARIANTS = [
     v("s2ap_norm_elementwise", {"s2ap.norm": "elementwise"}, "s2ap.norm"),
     v("diagnostics_norm_elementwise", {"diagnostics.norm": "elementwise"}, "diagnostics.norm"),
     v("unknown_loss", {"pretrain.loss": "hinge"}, "pretrain.loss"),
-    v("unknown_schedule", {"finetune.schedule": "step"}, "finetune.schedule"),
+    v("unknown_schedule", {"finetune.schedule": "linear"}, "finetune.schedule"),
     v("autoattack_version_custom", {"evaluate.autoattack.version": "custom"}, "evaluate.autoattack.version"),
     v("attack_outside_its_version", {"evaluate.autoattack.attacks": ["apgd-dlr"]},
       "evaluate.autoattack.attacks"),

@@ -131,6 +131,58 @@ def test_second_pass_leaves_bn_buffers_and_non_score_grads_from_pass_one():
     assert any(not torch.equal(p.grad, ref_tr_grads[n]) for n, p in net.named_parameters() if n.endswith("scores"))
 
 
+def _flip_count_by_hand(net, hook_gamma):
+    """|M(s + z) xor M(s)| / 2 over the kept count, from the formulas, for one batch."""
+    x, y = data(16).tensors
+    tr = Trainer(net, [p for p in net.parameters() if p.requires_grad], cfg(1), train_set=data(),
+                 val_set=None, device=torch.device("cpu"), seed=0)
+    batch = tr.robust_loss.prepare(net, x, y)
+    tr.compute_loss(batch).backward()
+    layers = [layer for _, layer in masking.masked_layers(net)]
+    flipped = kept = 0
+    for layer in layers:
+        before = layer.mask.clone()
+        z = perturbation(layer.scores.detach(), layer.scores.grad, hook_gamma)
+        after = masking.topk_mask_count(layer.scores.detach() + z, layer.kept_target())
+        flipped += int((after != before).sum())
+        kept += int(before.sum())
+    return flipped / 2 / kept, batch
+
+
+def test_the_flipped_fraction_of_one_step_is_the_hand_computed_one():
+    net = search_model()
+    expected, batch = _flip_count_by_hand(copy.deepcopy(net), 0.3)
+    assert expected > 0
+    hook = ScoreSharpness({"gamma": 0.3, "warmup": 0.0}, total_epochs=1)
+    tr = Trainer(net, [p for p in net.parameters() if p.requires_grad], cfg(1), train_set=data(),
+                 val_set=None, device=torch.device("cpu"), seed=0, hooks=[hook])
+    hook.on_epoch_start(tr, 0)
+    hook.backward(tr, batch)
+    record = {}
+    hook.on_epoch_end(tr, 0, record)
+    assert record == {"s2ap_flip_fraction": pytest.approx(expected), "s2ap_noflip_steps": 0,
+                      "s2ap_steps": 1}
+
+
+@pytest.mark.parametrize("gamma,active", [(1e-9, False), (0.3, True)])
+def test_flips_are_recorded_per_epoch_and_summed_up_after_the_warmup(gamma, active):
+    hook = ScoreSharpness({"gamma": gamma, "warmup": 0.34}, total_epochs=3)
+    tr = run_search(search_model(), [RefreshMasks(), hook], epochs=3)
+    assert "s2ap_steps" not in tr.history[0]  # the warm-up epoch takes no score step
+    steps = len(tr.train_loader)
+    for record in tr.history[1:]:
+        assert record["s2ap_steps"] == steps
+        assert (record["s2ap_noflip_steps"] == steps) is not active
+        assert (record["s2ap_flip_fraction"] > 0) is active
+    summary = hook.summary(tr.history)
+    assert summary["s2ap_steps"] == 2 * steps and summary["s2ap_gamma"] == gamma
+    assert summary["s2ap_flip_fraction_by_epoch"][0] is None
+    if active:
+        assert summary["s2ap_noflip_fraction"] < 0.5 and summary["s2ap_flip_fraction"] > 0
+    else:
+        assert summary["s2ap_noflip_fraction"] == 1.0 and summary["s2ap_flip_fraction"] == 0.0
+
+
 def test_warmup_is_a_fraction_of_the_search_epochs():
     assert ScoreSharpness({"warmup": 0.25}, total_epochs=20).warmup_epochs == 5
     assert ScoreSharpness({"warmup": 0.25}, total_epochs=4).warmup_epochs == 1

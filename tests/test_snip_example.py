@@ -120,4 +120,6 @@ def test_snip_example_runs_the_tiny_preset_with_s2ap_off_and_on(tmp_path):
     assert {("snip_adv", "off"), ("snip_adv", "on"), ("dense", "n/a")} <= {(r["method"], r["s2ap"]) for r in rows}
     with open(results / "s2ap_paired.csv") as fh:
         pair = {p["method"]: p for p in csv.DictReader(fh)}["snip_adv"]
-    assert pair["s2ap_applicable"] == "True" and pair["delta"] != ""
+    # the tiny preset's models may have learned nothing: then they are listed as left out
+    # (degenerate) instead of giving a delta
+    assert pair["s2ap_applicable"] == "True" and (pair["delta"] != "") != bool(pair["left_out"])

@@ -154,7 +154,7 @@ def test_plugin_method_without_pretrain_gets_no_dense_model(tmp_path):
             pass
         """))
     preset = write_preset(tmp_path / "p.yaml", "offline.yaml", grid__methods=["scratch", "lwm"],
-                          grid__s2ap=["off", "on"], method_files=["scratch.py"])
+                          grid__s2ap=["off", "on"], grid__seeds=[0], method_files=["scratch.py"])
     jobs = dry_run_jobs("--configfile", preset, cwd=tmp_path)
     prune = [j for j in jobs if j["rule"] == "prune"]
     scratch = [j for j in prune if j["wildcards"]["method"] == "scratch"]

@@ -302,10 +302,14 @@ def quoted_inputs(wc, input):
 
 
 def sweep_config(stage, wc):
-    """The sweep's prune or finetune config: the grid value "score" at the path's gamma."""
+    """The sweep's prune or finetune config: the grid value "score" at the path's gamma, which
+    wins over the preset's gamma and over the method's own (methods.<name>.s2ap.gamma)."""
     sub = copy.deepcopy(CFG)
     sub["s2ap"]["gamma"] = float(wc.gamma)
     sub["s2ap"].update(SWEEP.get("s2ap") or {})
+    own = (sub.get("methods") or {}).get(wc.method) or {}
+    if own.get("s2ap"):
+        own["s2ap"]["gamma"] = float(wc.gamma)
     return cell_stage_config(stage, wc, s2ap="score", cfg=sub)
 
 
@@ -317,6 +321,8 @@ if SWEEP:
         apcfg.canonical_sparsity(s) for s in (SWEEP.get("sparsities") or CFG["grid"]["sparsities"])
     ]
     SWEEP_GAMMAS = [str(float(g)) for g in SWEEP["gammas"]]
+    # the selection is an average over seeds: one seed's noise is as large as the effect
+    SWEEP_SEEDS = list(SWEEP.get("seeds") or CFG["grid"]["seeds"])
     SWEEP_MODELS = [
         f"{WORK}/sweep/gamma{g}/finetune/{d}/{a}/{m}/sp{sp}/seed{seed}/model.pt"
         for g in SWEEP_GAMMAS
@@ -324,7 +330,7 @@ if SWEEP:
         for a in CFG["grid"]["archs"]
         for m in SWEEP_METHODS
         for sp in SWEEP_SPARSITIES
-        for seed in CFG["grid"]["seeds"]
+        for seed in SWEEP_SEEDS
     ]
 
 

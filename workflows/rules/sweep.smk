@@ -1,9 +1,10 @@
 # S2AP gamma sweep: `snakemake gamma_sweep --configfile presets/<preset>.yaml`.
 #
-# For every gamma in gamma_sweep.gammas: the mask search with the score step at that gamma (the
-# grid value "score": no AWP, so the sweep isolates the score-space step; gamma 0 runs the same
-# two-pass path and equals the plain method), then the plain finetune. The report selects a
-# gamma per (dataset, arch, method, sparsity) on the validation slice only (benchmark/sweep.py).
+# For every gamma in gamma_sweep.gammas, method, sparsity and seed (gamma_sweep.seeds, default the
+# grid's): the mask search with the score step at that gamma (the grid value "score": no AWP, so
+# the sweep isolates the score-space step; gamma 0 runs the same two-pass path and equals the plain
+# method), then the plain finetune. The report selects one gamma per (dataset, arch, method) on
+# the validation slice only: mean over seeds, then over sparsities (benchmark/sweep.py).
 
 
 if SWEEP:
@@ -55,6 +56,7 @@ if SWEEP:
             SWEEP_MODELS,
         output:
             csv=f"{RESULTS}/gamma_sweep.csv",
+            seeds=f"{RESULTS}/gamma_sweep_seeds.csv",
             md=f"{RESULTS}/gamma_sweep.md",
         log:
             f"{WORK}/logs/gamma_sweep.log",
