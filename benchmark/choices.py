@@ -17,6 +17,10 @@ S2AP_NA = "n/a"
 #: (formulas beside the code that computes it)
 S2AP_NORMS = ("l2", "linf", "adaptive")
 
+#: purpose: what a preset's numbers are for; "plumbing" (the tiny preset: every stage runs, the
+#: numbers mean nothing) heads its leaderboard with a note saying so (benchmark/aggregate.py)
+PURPOSES = ("benchmark", "plumbing")
+
 #: train.loss (benchmark/losses.py)
 LOSSES = ("pgd_at", "trades", "clean")
 

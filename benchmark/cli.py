@@ -28,6 +28,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .choices import PURPOSES
 from .errors import DEBUG_ENV, Interrupted, MissingFileError, UserError
 from .registry import UnknownNameError
 from .signals import raise_on_stop_signals
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, help="published reference CSV to show beside")
     p.add_argument("--exclude-invalid", action="store_true",
                    help="list result files that break a rule as excluded instead of stopping")
+    p.add_argument("--purpose", default="benchmark", choices=PURPOSES,
+                   help="the preset's purpose; 'plumbing' heads the leaderboard with a note that "
+                        "its numbers mean nothing")
 
     p = command("methods", help="list registered methods")
     _method_file_arg(p)
@@ -191,9 +195,19 @@ def _report(args: argparse.Namespace, exc: BaseException, message: str, code: in
     return code
 
 
+# the commands that train or attack a model: on a multi-GPU workstation each claims a card of its
+# own before CUDA starts (benchmark.gpu_slots; APBENCH_GPU_SLOTS, set by the workflow)
+GPU_COMMANDS = ("pretrain", "prune", "finetune", "evaluate", "autoattack-shard")
+
+
 def run(args: argparse.Namespace) -> int:
     """The command's work; expected failures propagate as UserError."""
     from .cli_publish import COMMANDS as PUBLISH_COMMANDS, run as run_publish
+
+    if args.command in GPU_COMMANDS:
+        from .gpu_slots import claim_from_env
+
+        claim_from_env()
 
     if args.command in PUBLISH_COMMANDS:
         return run_publish(args)
@@ -225,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         runs = args.runs[0] if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else args.runs
         try:
             table = aggregate(runs, args.out, reference_csv=args.reference,
-                              exclude_invalid=args.exclude_invalid)
+                              exclude_invalid=args.exclude_invalid, purpose=args.purpose)
         except FileNotFoundError as exc:
             raise MissingFileError(str(exc)) from exc
         print(f"leaderboard: {len(table)} rows -> {Path(args.out) / 'leaderboard.md'}")

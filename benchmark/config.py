@@ -60,6 +60,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 DEFAULTS: dict[str, Any] = {
     "name": None,
     "description": "",
+    "purpose": "benchmark",
     "grid": {
         "datasets": ["fashion-mnist"],
         "archs": ["small_cnn"],
@@ -238,6 +239,7 @@ def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
         "schedule": list(choices.SCHEDULES),
         "autoattack_version": list(choices.AUTOATTACK_VERSIONS),
         "autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
+        "purpose": list(choices.PURPOSES),
     }
     if registry is not None:
         enums["method"] = registry.names()

@@ -47,6 +47,7 @@ def test_every_schema_enum_is_a_code_list():
         "/$defs/schedule": list(choices.SCHEDULES),
         "/$defs/autoattack_version": list(choices.AUTOATTACK_VERSIONS),
         "/$defs/autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
+        "/$defs/purpose": list(choices.PURPOSES),
     }
     assert dict(_enums(C.load_schema(registry))) == expected
     # every placeholder the file marks as filled is filled

@@ -14,5 +14,6 @@ rule aggregate:
         runs=quoted_inputs,
         out=lambda wc, output: os.path.dirname(output.csv),
         reference=f"--reference {shlex.quote(REFERENCE_CSV)}" if REFERENCE_CSV else "",
+        purpose=CFG["purpose"],
     shell:
         AGGREGATE_CMD

@@ -18,6 +18,31 @@ SWEEP = CFG.get("gamma_sweep") or {}
 # the grid's methods, and those only the gamma sweep uses
 TRAITS = {m: METHODS.traits(m) for m in [*CFG["grid"]["methods"], *(SWEEP.get("methods") or [])]}
 THREADS = int(CFG["runtime"]["threads"])
+
+
+def _run_resource(name):
+    """This run's global resource (--cores, --resources NAME=N) as an int, or None."""
+    res = workflow.global_resources.get(name)
+    value = getattr(res, "value", res)
+    return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+# Pretraining runs before anything else can (every other job needs a dense model), so on one
+# machine the pretrain jobs share all of its cores instead of leaving all but runtime.threads idle.
+# (A thread count changes the last bits of a training run, never its hash: the count used is
+# recorded in the model's meta and the result.) On a cluster each job has its own node share.
+PRETRAIN_TARGETS = {(c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in DENSE} | {
+    (c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in CELLS if c["recipe"] is not None
+}
+RUN_CORES = _run_resource("_cores")
+PRETRAIN_THREADS = (
+    max(THREADS, RUN_CORES // max(1, len(PRETRAIN_TARGETS)))
+    if workflow.local_exec and RUN_CORES
+    else THREADS
+)
+# A multi-GPU workstation (workflows/profiles/local-gpu, --resources gpu=N): every job that
+# trains or attacks claims one of the N cards for itself (benchmark/gpu_slots.py).
+GPU_SLOTS = _run_resource("gpu") if workflow.local_exec else None
 REFERENCE_CSV = (
     apcfg.resolve_file(CFG["reference_csv"], SEARCH_DIRS, field="reference_csv")
     if CFG.get("reference_csv")
@@ -74,7 +99,8 @@ def method_file_args(wc):
 _PYTHON = shlex.quote(sys.executable)
 _BENCH = (
     f"PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
-    f"OMP_NUM_THREADS={{threads}} APBENCH_THREADS={{threads}} {_PYTHON} -m benchmark"
+    + (f"APBENCH_GPU_SLOTS={GPU_SLOTS} " if GPU_SLOTS else "")
+    + f"OMP_NUM_THREADS={{threads}} APBENCH_THREADS={{threads}} {_PYTHON} -m benchmark"
 )
 
 
@@ -106,7 +132,10 @@ EVALUATE_CMD = bench(
     " --out {output:q} --state-dir {params.state:q} {params.extra}"
 )
 SEED_STABILITY_CMD = bench("stability --a {input.a:q} --b {input.b:q} --out {output:q}")
-AGGREGATE_CMD = bench("aggregate --runs {params.runs} --out {params.out:q} {params.reference}")
+AGGREGATE_CMD = bench(
+    "aggregate --runs {params.runs} --out {params.out:q} {params.reference}"
+    " --purpose {params.purpose}"
+)
 SWEEP_REPORT_CMD = bench("sweep-report --models {params.models} --out {output.csv:q}")
 
 
