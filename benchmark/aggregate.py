@@ -591,8 +591,9 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
     preset = next((r["preset"] for r in records if r.get("preset")), None) or (
         "" if folder is None else folder.parent.name if folder.name == "runs" else folder.name)
     md = [_header(df, preset, records) if not df.empty else f"# Leaderboard: {preset}\n\nNo results.\n"]
-    if purpose in PURPOSE_NOTES:
-        md.insert(1, PURPOSE_NOTES[purpose].format(preset=preset) + "\n")
+    if purpose in PURPOSE_NOTES:  # right under the title, before any number
+        title, _, rest = md[0].partition("\n")
+        md[0] = f"{title}\n\n{PURPOSE_NOTES[purpose].format(preset=preset)}\n{rest}"
     if not df.empty:
         md += ["## Leaderboard", "", _leaderboard_md(df, reference_csv is not None), ""]
     if ref_note is not None:

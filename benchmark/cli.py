@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-diagnostics", action="append", default=[],
                    help="JSON file of diagnostics to record with the result (seed stability)")
 
+    p = command("autoattack-shard", help="one AutoAttack shard of an evaluation (a GPU's share); "
+                                         "the evaluate command then finds it done")
+    p.add_argument("--config", type=_json_arg, required=True, help="the evaluate stage's config")
+    p.add_argument("--model", required=True)
+    p.add_argument("--cell", type=_json_arg, required=True, help="the evaluate command's --cell")
+    p.add_argument("--shard", type=int, required=True, help="shard index, from 0")
+    p.add_argument("--state-dir", required=True, help="the evaluate command's --state-dir")
+    p.add_argument("--out", required=True, help="a receipt (JSON) for the workflow")
+
     p = command("stability", help="seed stability: compare the masks of two mask searches")
     p.add_argument("--a", required=True, help="search.pt of the first search seed")
     p.add_argument("--b", required=True, help="search.pt of the second search seed")
@@ -274,6 +283,11 @@ def run(args: argparse.Namespace) -> int:
                                  state_dir=args.state_dir, extra_diagnostics=args.extra_diagnostics)
         parts = [f"{k}={v['acc']:.4f}" for k, v in record["metrics"].items() if v]
         print(" ".join(parts + [f"sparsity={record['sparsity']['measured']:.4f}"]))
+    elif args.command == "autoattack-shard":
+        receipt = stages.autoattack_shard(args.config, model_path=args.model, cell=args.cell,
+                                          shard=args.shard, out=args.out, state_dir=args.state_dir)
+        print(f"AutoAttack shard {args.shard}: {'done' if receipt['shards'] else 'no images'} "
+              f"({receipt['seconds']:.1f} s)")
     return 0
 
 

@@ -84,7 +84,8 @@ DEFAULTS: dict[str, Any] = {
         "split_seed": 0,
     },
     "model": {"width": 1.0},
-    "runtime": {"device": "auto", "threads": 2, "bf16": False, "channels_last": False},
+    "runtime": {"device": "auto", "threads": 2, "bf16": False, "channels_last": False,
+                "autoattack_shard_jobs": False},
     "pretrain": dict(TRAIN_DEFAULTS, epochs=100, lr=0.1),
     "prune": dict(TRAIN_DEFAULTS, epochs=20, lr=0.1),
     "finetune": dict(TRAIN_DEFAULTS, epochs=100, lr=0.01),
@@ -120,7 +121,7 @@ DEFAULTS: dict[str, Any] = {
 # Fields that change how fast a job runs, or where its inputs live, but not what it computes: left
 # out of every hash (and of Snakemake's rerun check), so moving a preset from a laptop to a GPU
 # node, to another data folder or another thread count reuses the dense models.
-_NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last"),
+_NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last", "autoattack_shard_jobs"),
                 "data": ("num_workers", "root", "download", "imagenet_root")}
 
 

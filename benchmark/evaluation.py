@@ -318,6 +318,43 @@ def _clean_pass(model: nn.Module, data: Any, dev: torch.device, batch_size: int,
     return torch.cat(flags), torch.cat(sums), torch.cat(labels)
 
 
+def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, protocol: dict, aa_cfg: dict,
+                dev: torch.device, progress: bool, shards=None) -> dict[str, Any]:
+    aa = protocol["autoattack"]
+    return run_autoattack(model, x, y, eps=protocol["eps"], version=aa["version"],
+                          attacks=aa_cfg.get("attacks"), seed=aa["seed"], batch_size=aa["batch_size"],
+                          shard_size=aa["shard_size"], state_dir=aa_cfg.get("state_dir"), device=dev,
+                          progress=progress, shards=shards)
+
+
+def autoattack_shard_count(cfg: dict, total: int) -> int:
+    """How many AutoAttack shards evaluate_model runs on a test set of ``total`` images."""
+    aa = _protocol(cfg, total)["autoattack"]
+    if aa is None:
+        return 0
+    shard = aa["shard_size"] or aa["n_images"]
+    return -(-aa["n_images"] // int(shard))
+
+
+def autoattack_shards(model: nn.Module, test_set: Any, cfg: dict, shards, device=None,
+                      progress: bool = True) -> dict[str, Any]:
+    """Only the AutoAttack shards ``shards`` (indices) of what evaluate_model(model, test_set, cfg)
+    attacks (the same images, batches, seed), written into cfg's autoattack.state_dir, where
+    evaluate_model then finds them done: the work of one shard job on a multi-GPU machine."""
+    _check_cfg(cfg)
+    assert_eval_ready(model)
+    dev = _device_of(model, device)
+    protocol = _protocol(cfg, _length(test_set))
+    if protocol["autoattack"] is None:
+        raise ValueError("the evaluation config runs no AutoAttack: there are no shards to run")
+    aa_cfg = cfg.get("autoattack") or {}
+    if not aa_cfg.get("state_dir"):
+        raise ValueError("AutoAttack shards are written into autoattack.state_dir: set it")
+    _resolve_batch_sizes(protocol, model, test_set, dev)
+    x, y = first_n(test_set, protocol["autoattack"]["n_images"], protocol["batch_size"])
+    return _autoattack(model, x, y, protocol, aa_cfg, dev, progress, shards=list(shards))
+
+
 def evaluate_model(model: nn.Module, test_set: Any, cfg: dict, device: str | torch.device | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Clean, PGD and AutoAttack on the first N test images; see the module docstring for cfg.
@@ -363,10 +400,7 @@ def evaluate_model(model: nn.Module, test_set: Any, cfg: dict, device: str | tor
     if aa_proto is not None:
         t0 = time.perf_counter()
         x, y = first_n(test_set, aa_proto["n_images"], bs)
-        aa = run_autoattack(model, x, y, eps=eps, version=aa_proto["version"],
-                            attacks=aa_cfg.get("attacks"), seed=aa_proto["seed"],
-                            batch_size=aa_proto["batch_size"], shard_size=aa_proto["shard_size"],
-                            state_dir=aa_cfg.get("state_dir"), device=dev, progress=progress)
+        aa = _autoattack(model, x, y, protocol, aa_cfg, dev, progress)
         timing["autoattack_s"] = time.perf_counter() - t0
         aa_flags = aa.pop("flags")
         aa["images_digest"] = images_digest(image_sums(x), y)

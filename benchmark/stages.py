@@ -160,10 +160,12 @@ class StageTraining:
 
 def _meta(cfg: dict, stage: str, upstream: dict | None = None, **extra) -> dict:
     """Stage metadata; ``configs`` accumulates every upstream stage's config, so the final result
-    records the whole recipe that produced it."""
+    records the whole recipe that produced it; ``threads`` the CPU threads each stage ran on (a
+    thread count changes the last bits of a CPU run, never its hash)."""
     configs = dict((upstream or {}).get("configs", {}))
     configs[stage] = cfg
-    return {"stage": stage, "configs": configs, **extra}
+    threads = {**(upstream or {}).get("threads", {}), stage: torch.get_num_threads()}
+    return {"stage": stage, "configs": configs, "threads": threads, **extra}
 
 
 # ---------------------------------------------------------------- stages
@@ -367,9 +369,31 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
                 "evaluate_s": time.perf_counter() - t0},
         diagnostics=_diagnostics(meta, extra_diagnostics),
         history={"train": meta.get("history"), "search": (meta.get("search") or {}).get("history")},
-        provenance=provenance())
+        provenance={**provenance(),
+                    "threads": {**meta.get("threads", {}), "evaluate": torch.get_num_threads()}})
     results.write_result(out, record)
     return record
+
+
+def autoattack_shard(cfg: dict, *, model_path: str | Path, cell: dict, shard: int, out: str | Path,
+                     state_dir: str | Path) -> dict:
+    """One AutoAttack shard of ``evaluate`` (same config, model and state_dir), written where
+    ``evaluate`` finds it done; ``out`` receives a receipt for the workflow. A shard index past
+    the last image writes a receipt with no shard."""
+    from .evaluation import autoattack_shards, prepare_for_eval, stage_config
+
+    t0 = time.perf_counter()
+    device = apply_runtime(cfg.get("runtime"))
+    info = dataset_info(cell["dataset"])
+    model, _, _ = load_exported(model_path, cell["arch"], info, cfg.get("model"))
+    model = prepare_for_eval(model.to(device))
+    _, _, test_set = load_splits(cell["dataset"], cfg.get("data", {}), augment=False)
+    ecfg = stage_config(cfg["evaluate"], info.eps, Path(state_dir) / "autoattack")
+    done = autoattack_shards(model, test_set, ecfg, [int(shard)], device)
+    receipt = {**done, "shard": int(shard), "model": str(model_path),
+               "seconds": time.perf_counter() - t0}
+    atomic_write_json(out, receipt)
+    return receipt
 
 
 def _diagnostics(meta: dict, extra_files=()) -> dict:

@@ -62,6 +62,28 @@ class Ledger:
         self.counter = PassCounter()
         self.seconds: dict[str, float] = defaultdict(float)
         self.results: dict[str, dict] = {}
+        self.stages: list[str] = []
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({
+            "seconds": self.seconds, "results": self.results, "stages": self.stages,
+            "counts": [[lab, kind, b, n] for (lab, kind, b), n in self.counter.counts.items()]}))
+
+    @classmethod
+    def load(cls, path: Path) -> "Ledger":
+        data = json.loads(path.read_text())
+        ledger = cls()
+        ledger.seconds.update(data["seconds"])
+        ledger.results, ledger.stages = data["results"], data["stages"]
+        for lab, kind, b, n in data["counts"]:
+            ledger.counter.counts[(lab, kind, b)] = n
+        return ledger
+
+    @contextlib.contextmanager
+    def stage(self, label: str):
+        self.stages.append(label)
+        with instrumented(self, label), self.section(label):
+            yield
 
     @contextlib.contextmanager
     def section(self, label: str):
@@ -143,35 +165,35 @@ def run_cells(cfg: dict, cells: list[tuple[str, str, str]], work: Path, ledger: 
     work.mkdir(parents=True, exist_ok=True)
     dense = work / "dense.pt"
     label = "pretrain"
-    with instrumented(ledger, label), ledger.section(label):
+    with ledger.stage(label):
         stages.pretrain(C.stage_config(cfg, "pretrain", dataset=dataset, arch=arch), dataset=dataset,
                         arch=arch, seed=seed, out=dense)
     ecfg = C.stage_config(cfg, "evaluate", dataset=dataset, arch=arch)
     label = "evaluate/dense"
-    with instrumented(ledger, label), ledger.section(label):
+    with ledger.stage(label):
         ledger.results[label] = stages.evaluate(
-            ecfg, model_path=dense, out=work / "dense.json",
+            ecfg, model_path=dense, out=work / "result_dense.json",
             cell={"dataset": dataset, "arch": arch, "method": "dense", "s2ap": "n/a",
                   "sparsity": 0.0, "seed": seed, "preset": cfg["name"]})
     for method, s2ap, sparsity in cells:
         traits = _traits(method)
-        tag = f"{method}/{s2ap}/{sparsity}"
+        tag = f"{method}/{C.s2ap_to_path(s2ap)}/{sparsity}"
         search, model = work / f"search_{method}_{s2ap}_{sparsity}.pt", work / f"model_{method}_{s2ap}_{sparsity}.pt"
         label = f"prune/{tag}"
-        with instrumented(ledger, label), ledger.section(label):
+        with ledger.stage(label):
             stages.prune(C.stage_config(cfg, "prune", dataset=dataset, arch=arch, method=method,
                                         s2ap=s2ap, traits=traits),
                          dataset=dataset, arch=arch, method=method, s2ap=s2ap,
                          sparsity=float(sparsity), seed=seed,
                          dense=dense if traits["needs_pretrain"] else None, out=search)
         label = f"finetune/{tag}"
-        with instrumented(ledger, label), ledger.section(label):
+        with ledger.stage(label):
             stages.finetune(C.stage_config(cfg, "finetune", dataset=dataset, arch=arch, method=method,
                                            s2ap=s2ap, traits=traits),
                             dataset=dataset, arch=arch, method=method, s2ap=s2ap,
                             sparsity=float(sparsity), seed=seed, search=search, out=model)
         label = f"evaluate/{tag}"
-        with instrumented(ledger, label), ledger.section(label):
+        with ledger.stage(label):
             ledger.results[label] = stages.evaluate(
                 ecfg, model_path=model, out=work / f"result_{method}_{s2ap}_{sparsity}.json",
                 cell={"dataset": dataset, "arch": arch, "method": method, "s2ap": s2ap,
@@ -194,6 +216,66 @@ def startup_seconds(reps: int = 3) -> tuple[float, float]:
         cpus.append((after.children_user - before.children_user)
                     + (after.children_system - before.children_system))
     return statistics.median(walls), statistics.median(cpus)
+
+
+def snakemake_startup(preset: str) -> float:
+    """Wall seconds of Snakemake's own start (parse, validation, DAG) before the first job: a
+    dry run in an empty folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n",
+                        "--cores", "2", "--configfile", str(Path(preset).resolve())],
+                       cwd=tmp, check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+
+def aggregate_seconds(results: list[Path]) -> float:
+    """CPU seconds of the aggregate job (a real one, start-up included) on the results made here."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        before = os.times()
+        subprocess.run([sys.executable, "-m", "benchmark", "aggregate", "--runs",
+                        *[str(r) for r in results], "--out", tmp], check=True, cwd=REPO,
+                       capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        after = os.times()
+    return (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def thread_speedup(build, input_shape, num_classes, cores: int, steps: int, attack_steps: int,
+                   batch: int, rounds: int = 5) -> tuple[float, float, float]:
+    """(1-thread, cores-thread, speed-up) wall seconds of one PGD-AT training step of this model,
+    interleaved rounds, medians: what giving the lone pretraining every core buys."""
+    from torch.utils.data import TensorDataset
+
+    from benchmark.attacks import AttackConfig
+    from benchmark.training import Trainer, TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((batch, *input_shape), generator=g)
+    y = torch.randint(0, num_classes, (batch,), generator=g)
+    model = build()
+    cfg = TrainConfig(epochs=1, lr=0.01, batch_size=batch, attack=AttackConfig(0.1, attack_steps, 0.025),
+                      val_attack_steps=0)
+    trainer = Trainer(model, list(model.parameters()), cfg, train_set=TensorDataset(x, y), val_set=None,
+                      device=torch.device("cpu"), seed=0)
+    old = torch.get_num_threads()
+    times = {1: [], cores: []}
+    try:
+        for r in range(rounds):
+            for t in ((1, cores) if r % 2 else (cores, 1)):
+                torch.set_num_threads(t)
+                trainer.train_step(x, y)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    trainer.train_step(x, y)
+                times[t].append((time.perf_counter() - t0) / steps)
+    finally:
+        torch.set_num_threads(old)
+    one, many = statistics.median(times[1]), statistics.median(times[cores])
+    return one, many, one / many
 
 
 # ---------------------------------------------------------------- the DAG and its schedule
@@ -246,7 +328,7 @@ def job_cost(job: dict, measured: dict[str, float]) -> tuple[float, str]:
     same = [k for k in measured if k.startswith(f"{stage}/{job['method']}/")]
     if not same:
         return float("nan"), f"no measured {stage} job of {job['method']}"
-    exact_s2ap = [k for k in same if k.split("/")[2] == job["s2ap"]]
+    exact_s2ap = [k for k in same if k.split("/")[2] == C.s2ap_to_path(job["s2ap"])]
     pool = exact_s2ap or same
     key = min(pool, key=lambda k: abs(float(k.split("/")[3]) - job["sparsity"]))
     return measured[key], key
@@ -354,6 +436,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=str(REPO / "data"))
     ap.add_argument("--check-images", type=int, default=20,
                     help="images of the fast-vs-reference AutoAttack comparison")
+    ap.add_argument("--from-ledger", action="store_true",
+                    help="reuse the stage measurements saved in --work by an earlier run")
     ap.add_argument("--pretrain-speedup", type=float, default=None,
                     help="speed-up of the lone pretraining on every core (default: measured)")
     args = ap.parse_args(argv)
@@ -378,14 +462,22 @@ def main(argv=None) -> int:
 
     # 1. start-up
     start_wall, start_cpu = startup_seconds()
-    print(f"\n[1] job start-up (python + imports of a stage command): {start_cpu:.2f} s CPU, "
-          f"{start_wall:.2f} s wall", flush=True)
+    snake_s = snakemake_startup(args.preset)
+    print(f"\n[1] job start-up (python + imports of a stage command, torch most of it): "
+          f"{start_cpu:.2f} s CPU, {start_wall:.2f} s wall; Snakemake's own start (parse, "
+          f"validate, DAG): {snake_s:.1f} s wall", flush=True)
 
     # 2-3. the stages
-    ledger = Ledger()
-    t_all = time.perf_counter()
-    run_cells(cfg, cells, work, ledger, dataset, arch)
-    print(f"    (stages ran in {time.perf_counter() - t_all:.0f} s wall)", flush=True)
+    ledger_file = work / "ledger.json"
+    if args.from_ledger and ledger_file.exists():
+        ledger = Ledger.load(ledger_file)
+        print(f"    (stages not rerun: the measurements of {ledger_file})", flush=True)
+    else:
+        ledger = Ledger()
+        t_all = time.perf_counter()
+        run_cells(cfg, cells, work, ledger, dataset, arch)
+        ledger.save(ledger_file)
+        print(f"    (stages ran in {time.perf_counter() - t_all:.0f} s wall)", flush=True)
     from benchmark.datasets import get_info
     from benchmark.models import build_model
 
@@ -397,9 +489,7 @@ def main(argv=None) -> int:
         return build_model(arch, info, width=width)
 
     prices = PassPrices(build, (info.in_channels, info.image_size, info.image_size), info.num_classes)
-    stage_labels = sorted({k.split("/autoattack")[0] for k in ledger.seconds if k.count("/") >= 0
-                           and not any(k.endswith(s) for s in ("/clean", "/pgd", "/validate"))
-                           and "/autoattack" not in k})
+    stage_labels = list(ledger.stages)
     measured: dict[str, float] = {}
     print("\n[2] seconds per stage (CPU, one thread) beside the floor of its model passes")
     print(f"    {'stage':34s} {'seconds':>8s} {'floor':>8s} {'beyond':>7s}   images fwd / attack / train")
@@ -455,13 +545,26 @@ def main(argv=None) -> int:
 
     # 5. the schedule
     jobs = preset_jobs(cfg)
-    speedup = args.pretrain_speedup or 1.0
+    if args.pretrain_speedup is None:
+        train = cfg["pretrain"]
+        one, many, speedup = thread_speedup(build, (info.in_channels, info.image_size, info.image_size),
+                                            info.num_classes, args.cores, 2,
+                                            int(train["attack"]["steps"] or info.steps),
+                                            int(train["batch_size"]))
+        speedup = min(max(speedup, 1.0), float(args.cores))
+        print(f"\n    lone pretraining: a training step takes {1e3 * one:.0f} ms on 1 thread, "
+              f"{1e3 * many:.0f} ms on {args.cores} (wall, interleaved medians): speed-up "
+              f"{one / many:.2f}, used {speedup:.2f}")
+    else:
+        speedup = args.pretrain_speedup
     costs, sources = {}, {}
     for j in jobs:
         costs[j["key"]], sources[j["key"]] = job_cost(j, measured)
-    costs["aggregate"] = start_cpu + 1.0
+    results = sorted(work.glob("result_*.json"))
+    costs["aggregate"] = aggregate_seconds(results) if results else start_cpu
     threads_of = {j["key"]: (args.cores, speedup) for j in jobs if j["stage"] == "pretrain"}
     wall = simulate(jobs, costs, args.cores, threads_of)
+    wall += snake_s
     total = sum(costs.values())
     n_models = sum(1 for j in jobs if j["stage"] == "evaluate")
     print(f"\n[5] predicted wall time of the whole preset on {args.cores} cores: {len(jobs)} jobs, "
@@ -474,7 +577,8 @@ def main(argv=None) -> int:
               f"{start_cpu:.1f} s each included)")
     print(f"    total {total:.0f} s CPU / {args.cores} cores = {total / args.cores:.0f} s; pretraining alone "
           f"first ({costs[jobs[0]['key']]:.0f} s CPU, speed-up {speedup:.2f} on {args.cores} cores); "
-          f"greedy schedule: {wall:.0f} s = {wall / 60:.1f} min (budget {args.budget:.0f} s)")
+          f"greedy schedule + Snakemake's start: {wall:.0f} s = {wall / 60:.1f} min (budget "
+          f"{args.budget:.0f} s)")
     unmeasured = sorted({s for s in sources.values() if s.startswith("no measured")})
     for s in unmeasured:
         print(f"    WARNING: {s}")
@@ -539,7 +643,7 @@ def _default_cells(cfg) -> list[tuple[str, str, str]]:
         cells.append((learners[0], "off", str(sps[0])))
     for m in others:
         cells.append((m, "n/a", str(sps[0])))
-    return cells
+    return list(dict.fromkeys(cells))
 
 
 def _stage_order(labels):

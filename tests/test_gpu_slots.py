@@ -137,3 +137,15 @@ def test_the_gpu_profile_covers_every_rule_that_trains_or_attacks():
     for name, body in workflow_rules().items():
         if any(cmd in body for cmd in GPU_COMMANDS):
             assert resources.get(name, {}).get("gpu") == 1, f"{name} trains or attacks without a GPU slot"
+
+
+def test_the_runner_turns_gpus_into_a_gpu_resource():
+    from benchmark.runner import gpu_arguments
+
+    args = ["--profile", "p", "--gpus", "auto", "--configfile", "x.yaml"]
+    # in place: --configfile takes every word after it
+    assert gpu_arguments(args, {"CUDA_VISIBLE_DEVICES": "0,3,4"}) == [
+        "--profile", "p", "--resources", "gpu=3", "--configfile", "x.yaml"]
+    assert gpu_arguments(["--gpus=8"], {}) == ["--resources", "gpu=8"]
+    with pytest.raises(ValueError, match="no GPU"):
+        gpu_arguments(["--gpus", "auto"], {"CUDA_VISIBLE_DEVICES": ""})

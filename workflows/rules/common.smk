@@ -131,6 +131,10 @@ EVALUATE_CMD = bench(
     "evaluate --config {params.cfg:q} --model {input.model:q} --cell {params.cell:q}"
     " --out {output:q} --state-dir {params.state:q} {params.extra}"
 )
+AUTOATTACK_SHARD_CMD = bench(
+    "autoattack-shard --config {params.cfg:q} --model {input.model:q} --cell {params.cell:q}"
+    " --shard {wildcards.shard} --state-dir {params.state:q} --out {output:q}"
+)
 SEED_STABILITY_CMD = bench("stability --a {input.a:q} --b {input.b:q} --out {output:q}")
 AGGREGATE_CMD = bench(
     "aggregate --runs {params.runs} --out {params.out:q} {params.reference}"
@@ -197,6 +201,42 @@ CELL_BY_KEY = {
     ): c
     for c in CELLS
 }
+
+
+# AutoAttack shards as jobs of their own (runtime.autoattack_shard_jobs): one model's AutoAttack
+# spreads over the free GPUs; the evaluation then finds every shard done. The count comes from
+# n_images before the data is read; a shard past the end of a smaller test set does nothing.
+AA_SHARD_JOBS = bool(CFG["runtime"].get("autoattack_shard_jobs")) and bool(
+    (CFG["evaluate"].get("autoattack") or {}).get("n_images")
+)
+if AA_SHARD_JOBS:
+    _AA = CFG["evaluate"]["autoattack"]
+    N_AA_SHARDS = -(-int(_AA["n_images"]) // int(_AA["shard_size"] or _AA["n_images"]))
+else:
+    N_AA_SHARDS = 0
+
+
+def autoattack_shard_receipts(wc):
+    """The shard jobs an evaluation waits for (none unless runtime.autoattack_shard_jobs)."""
+    method, s2ap, sparsity = (
+        (wc.method, wc.s2ap, wc.sparsity) if "method" in wc.keys() else ("dense", "n-a", "0")
+    )
+    return [
+        f"{WORK}/autoattack_shards/{wc.dataset}/{wc.arch}/{method}/{s2ap}/"
+        f"sp{sparsity}/seed{wc.seed}/shard{i}.json"
+        for i in range(N_AA_SHARDS)
+    ]
+
+
+def shard_model(wc):
+    """The model an AutoAttack shard job attacks: the dense model or a finetuned one."""
+    if wc.method == "dense":
+        return dense_path(wc.dataset, wc.arch, dense_cell(wc)["recipe"], wc.seed)
+    return evaluated_model(wc)
+
+
+def shard_cell(wc):
+    return dense_cell(wc) if wc.method == "dense" else pruned_cell(wc)
 
 
 # ---------------------------------------------------------------- the rules' inputs and configs
