@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +65,13 @@ def resolve_device(runtime: dict) -> torch.device:
 
 
 def apply_runtime(runtime: dict) -> torch.device:
-    # the threads the scheduler actually granted this job win over the preset's wish
-    threads = os.environ.get("APBENCH_THREADS") or (runtime or {}).get("threads")
+    # the threads the scheduler granted this job win over the preset's wish, extra ones only
+    # while their cores are idle (benchmark/threads.py)
+    from .threads import job_threads
+
+    threads = job_threads(runtime)
     if threads:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     return resolve_device(runtime)
 
 

@@ -53,6 +53,9 @@ def test_shard_jobs_then_the_evaluation_give_the_numbers_of_one_evaluation(tiny)
     assert sharded["flags"] == alone["flags"]
     for key in ("correct", "n", "robust_after", "perturbed", "batch_size", "attack_params"):
         assert aa[key] == alone["metrics"]["autoattack"][key], key
+    # every stage's CPU thread count is recorded (it changes the last bits of a CPU run)
+    threads = sharded["provenance"]["threads"]
+    assert set(threads) == {"pretrain", "evaluate"} and all(t >= 1 for t in threads.values())
 
 
 def test_the_workflow_runs_one_job_per_shard_before_each_evaluation(tmp_path):

@@ -149,3 +149,4 @@ def test_the_runner_turns_gpus_into_a_gpu_resource():
     assert gpu_arguments(["--gpus=8"], {}) == ["--resources", "gpu=8"]
     with pytest.raises(ValueError, match="no GPU"):
         gpu_arguments(["--gpus", "auto"], {"CUDA_VISIBLE_DEVICES": ""})
+

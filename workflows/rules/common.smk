@@ -28,9 +28,10 @@ def _run_resource(name):
 
 
 # Pretraining runs before anything else can (every other job needs a dense model), so on one
-# machine the pretrain jobs share all of its cores instead of leaving all but runtime.threads idle.
-# (A thread count changes the last bits of a training run, never its hash: the count used is
-# recorded in the model's meta and the result.) On a cluster each job has its own node share.
+# machine the pretrain jobs share all of its cores instead of leaving all but runtime.threads idle;
+# a job takes the extra threads only while those cores are idle (benchmark/threads.py). A thread
+# count changes the last bits of a training run, never its hash: the count used is recorded in
+# the model's meta and the result. On a cluster each job has its own node share.
 PRETRAIN_TARGETS = {(c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in DENSE} | {
     (c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in CELLS if c["recipe"] is not None
 }
