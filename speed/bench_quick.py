@@ -178,7 +178,8 @@ def run_cells(cfg: dict, cells: list[tuple[str, str, str]], work: Path, ledger: 
     for method, s2ap, sparsity in cells:
         traits = _traits(method)
         tag = f"{method}/{C.s2ap_to_path(s2ap)}/{sparsity}"
-        search, model = work / f"search_{method}_{s2ap}_{sparsity}.pt", work / f"model_{method}_{s2ap}_{sparsity}.pt"
+        name = tag.replace("/", "_")
+        search, model = work / f"search_{name}.pt", work / f"model_{name}.pt"
         label = f"prune/{tag}"
         with ledger.stage(label):
             stages.prune(C.stage_config(cfg, "prune", dataset=dataset, arch=arch, method=method,
@@ -195,7 +196,7 @@ def run_cells(cfg: dict, cells: list[tuple[str, str, str]], work: Path, ledger: 
         label = f"evaluate/{tag}"
         with ledger.stage(label):
             ledger.results[label] = stages.evaluate(
-                ecfg, model_path=model, out=work / f"result_{method}_{s2ap}_{sparsity}.json",
+                ecfg, model_path=model, out=work / f"result_{name}.json",
                 cell={"dataset": dataset, "arch": arch, "method": method, "s2ap": s2ap,
                       "sparsity": float(sparsity), "seed": seed, "preset": cfg["name"]})
 
@@ -328,6 +329,16 @@ def job_cost(job: dict, measured: dict[str, float]) -> tuple[float, str]:
     same = [k for k in measured if k.startswith(f"{stage}/{job['method']}/")]
     if not same:
         return float("nan"), f"no measured {stage} job of {job['method']}"
+    if stage == "evaluate":
+        # AutoAttack's cost follows the robust images, i.e. the sparsity, not the S2AP value:
+        # linear between the nearest measured sparsities
+        points = sorted({float(k.split("/")[3]): measured[k] for k in same}.items())
+        sp = job["sparsity"]
+        below = [p for p in points if p[0] <= sp] or points[:1]
+        above = [p for p in points if p[0] >= sp] or points[-1:]
+        (s0, c0), (s1, c1) = below[-1], above[0]
+        cost = c0 if s1 == s0 else c0 + (c1 - c0) * (sp - s0) / (s1 - s0)
+        return cost, f"evaluate/{job['method']} at sp {s0:g}..{s1:g}"
     exact_s2ap = [k for k in same if k.split("/")[2] == C.s2ap_to_path(job["s2ap"])]
     pool = exact_s2ap or same
     key = min(pool, key=lambda k: abs(float(k.split("/")[3]) - job["sparsity"]))
@@ -441,6 +452,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=str(REPO / "data"))
     ap.add_argument("--check-images", type=int, default=20,
                     help="images of the fast-vs-reference AutoAttack comparison")
+    ap.add_argument("--results", default=None,
+                    help="result JSONs of a full run of the preset (default: results/<preset>/runs "
+                         "when it exists) for the per-sparsity separation goals")
     ap.add_argument("--from-ledger", action="store_true",
                     help="reuse the stage measurements saved in --work by an earlier run")
     ap.add_argument("--pretrain-speedup", type=float, default=None,
@@ -452,6 +466,8 @@ def main(argv=None) -> int:
     cfg = C.validate(C.with_defaults(C.load_preset(args.preset)))
     cfg = copy.deepcopy(cfg)
     cfg["data"]["root"] = args.data_root
+    if args.results is None and (REPO / "results" / cfg["name"] / "runs").is_dir():
+        args.results = str(REPO / "results" / cfg["name"] / "runs")
     dataset, arch = cfg["grid"]["datasets"][0], cfg["grid"]["archs"][0]
     threads = int(cfg["runtime"]["threads"])
     torch.set_num_threads(threads)
@@ -620,19 +636,40 @@ def _goals(cfg, jobs, ev, wall, args, same) -> list[str]:
         out.append(_goal(lo >= 0.25, f"dense AutoAttack accuracy {100 * m['acc']:.0f} % "
                                      f"(Wilson [{100 * lo:.1f}, {100 * hi:.1f}]) far above chance "
                                      f"(10 %): lower bound >= 25 %"))
-    # HYDRA vs the baselines: the least-separated pair measured (score method at its sparsest,
-    # baseline at its densest) bounds every sparsity when accuracy falls with sparsity
-    learners = [k for k in ev if k.startswith("evaluate/") and k.split("/")[1] in ("hydra", "harp")]
-    baselines = [k for k in ev if k.startswith("evaluate/") and k.split("/")[1] in ("random", "lwm")]
-    for b in baselines:
+    # the score-learning method above every baseline at each sparsity both were run at
+    out += _separation(ev.values(), "measured here")
+    if args.results and Path(args.results).is_dir():
+        from benchmark.results import read_result
+
+        records = [read_result(p) for p in sorted(Path(args.results).rglob("*.json"))]
+        out += _separation(records, f"{args.results}")
+    return out
+
+
+def _separation(records, where: str) -> list[str]:
+    """A goal line per (score-learning cell, sparsity): its AutoAttack Wilson interval lies above
+    the interval of every baseline (learns no scores) at the same sparsity."""
+    from benchmark.registry import method_registry
+
+    registry = method_registry()
+    by_sp: dict[float, list[dict]] = defaultdict(list)
+    for r in records:
+        if r["cell"]["method"] != "dense" and r["metrics"].get("autoattack"):
+            by_sp[float(r["cell"]["sparsity"])].append(r)
+    out = []
+    for sp, recs in sorted(by_sp.items()):
+        learners = [r for r in recs if registry.get(r["cell"]["method"]).learns_scores]
+        baselines = [r for r in recs if not registry.get(r["cell"]["method"]).learns_scores]
         for h in learners:
-            mh, mb = ev[h]["metrics"]["autoattack"], ev[b]["metrics"]["autoattack"]
-            lh, uh = wilson_interval(mh["correct"], mh["n"])
-            lb, ub = wilson_interval(mb["correct"], mb["n"])
-            out.append(_goal(lh > ub, f"{h.split('/', 1)[1]} AA {100 * mh['acc']:.0f} % "
-                                      f"[{100 * lh:.1f}, {100 * uh:.1f}] above {b.split('/', 1)[1]} "
-                                      f"AA {100 * mb['acc']:.0f} % [{100 * lb:.1f}, {100 * ub:.1f}]: "
-                                      f"intervals do not overlap"))
+            for b in baselines:
+                mh, mb = h["metrics"]["autoattack"], b["metrics"]["autoattack"]
+                lh, uh = wilson_interval(mh["correct"], mh["n"])
+                lb, ub = wilson_interval(mb["correct"], mb["n"])
+                out.append(_goal(lh > ub, (
+                    f"{where}, sp{sp:g}: {h['cell']['method']} (S2AP {h['cell']['s2ap']}) AA "
+                    f"{100 * mh['acc']:.0f} % [{100 * lh:.1f}, {100 * uh:.1f}] above "
+                    f"{b['cell']['method']} AA {100 * mb['acc']:.0f} % [{100 * lb:.1f}, "
+                    f"{100 * ub:.1f}]: the Wilson intervals do not overlap")))
     return out
 
 
@@ -648,8 +685,9 @@ def _default_cells(cfg) -> list[tuple[str, str, str]]:
         s2 = [s for s in cfg["grid"]["s2ap"] if s != "off"]
         cells.append((learners[0], s2[0] if s2 else "off", str(sps[-1])))
         cells.append((learners[0], "off", str(sps[0])))
-    for m in others:
+    for m in others:  # the baseline at both ends, so each end has a pair to compare
         cells.append((m, "n/a", str(sps[0])))
+        cells.append((m, "n/a", str(sps[-1])))
     return list(dict.fromkeys(cells))
 
 
