@@ -14,7 +14,7 @@ EXTRAS ?= test,lint,cluster
 SNAKEMAKE = $(VENV)/bin/snakemake
 RUN       = $(VENV)/bin/python -m benchmark.runner --profile workflows/profiles/local
 
-.PHONY: install quick run dry-run test test-fast lint clean-work publish
+.PHONY: install quick run run-gpu dry-run test test-fast lint clean-work publish
 .DELETE_ON_ERROR:
 
 install: $(VENV)/.installed
@@ -31,6 +31,11 @@ quick: install
 # any preset: make run PRESET=tiny
 run: install
 	$(RUN) --cores $(CORES) --configfile presets/$(PRESET).yaml
+
+# every GPU of a workstation busy, one job per card: make run-gpu PRESET=paper_cifar10_hydra
+run-gpu: install
+	$(VENV)/bin/python -m benchmark.runner --profile workflows/profiles/local-gpu --gpus auto \
+		--cores $(CORES) --configfile presets/$(PRESET).yaml
 
 dry-run: install
 	$(SNAKEMAKE) -n --profile workflows/profiles/local --configfile presets/$(PRESET).yaml

@@ -20,7 +20,9 @@ and configuration hash (config without seed). Seeds of one row are pooled:
   markdown for a single seed);
 - a Wilson 95 % interval on the counts pooled over seeds (clean and AutoAttack);
 - pooling is refused (ValueError) when the seeds differ in eps, AutoAttack version or attack set,
-  or the number of images: their numbers measure different things.
+  the number of images, or the batching of their attacks (batch sizes chosen from free memory
+  differ between machines, and AutoAttack's random draws follow its batches): their numbers
+  measure different things.
 
 Sparsity: ``sparsity`` is the nominal value of the cell (percent, sp90), ``sparsity_measured`` the
 zero weights of the evaluated model, ``sparsity_mask`` the mask count, both in percent.
@@ -234,7 +236,9 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
         rec[f"{name}_images"] = None if m is None else m["images_digest"]
         rec[f"{name}_flags"] = flags.get(name)
     rec["pgd_steps"] = metrics["pgd"]["steps"]
+    rec["pgd_batching"] = min(int(metrics["pgd"]["batch_size"]), max(1, int(metrics["pgd"]["n"])))
     aa = metrics.get("autoattack")
+    rec["aa_batching"] = None if aa is None else aa_batching(aa)
     if aa is not None:
         rec["aa_version"] = aa["version"]
         rec["aa_attacks"] = tuple(aa["attacks"])
@@ -299,10 +303,21 @@ def _same(runs: list[dict], field: str, what: str, key: tuple) -> Any:
     return runs[0][field]
 
 
+def aa_batching(aa: dict) -> list[int]:
+    """[images per shard, images per attack batch]: what groups pyautoattack's random draws. A
+    batch larger than its shard is the whole shard, so it only matters up to the shard size."""
+    shard = int(aa["shard_size"] or aa["n"] or 1)
+    return [shard, min(int(aa["batch_size"]), shard)]
+
+
 def _check_poolable(runs: list[dict], key: tuple) -> None:
     _same(runs, "eps", "eps", key)
     _same(runs, "aa_version", "AutoAttack version", key)
     _same(runs, "aa_attacks", "AutoAttack attack set", key)
+    # batch sizes chosen from free memory differ between machines without changing the config
+    # hash; AutoAttack's random draws and a convolution's rounding follow the batches
+    _same(runs, "aa_batching", "AutoAttack batching ([images per shard, per attack batch])", key)
+    _same(runs, "pgd_batching", "PGD batch size", key)
     for name in METRICS:
         _same(runs, f"{name}_n", f"number of images ({name})", key)
     seeds = [r["seed"] for r in runs]
@@ -699,8 +714,20 @@ def _excluded_md(excluded: list[dict[str, str]]) -> list[str]:
 
 
 # ---------------------------------------------------------------- entry point
+# The leaderboard's first words for a preset whose numbers are not results (the preset's
+# ``purpose``), so that nobody quotes them.
+PURPOSE_NOTES = {
+    "plumbing": ("> **Plumbing only.** Preset `{preset}` checks that every stage runs end to end "
+                 "(a few hundred images, one epoch per stage, an AutoAttack subset on a handful "
+                 "of images): its numbers mean nothing and must not be compared or quoted. For a "
+                 "meaningful result in minutes run `make run PRESET=standard`; for robustness "
+                 "against sparsity, `make quick`."),
+}
+
+
 def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None = None, *,
-                 exclude_invalid: bool = False, published_csv: str | Path | None = None
+                 exclude_invalid: bool = False, published_csv: str | Path | None = None,
+                 purpose: str = "benchmark"
                  ) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
     """(leaderboard, S2AP paired table or None, markdown text) without writing anything.
 
@@ -739,6 +766,9 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
         "" if folder is None else folder.parent.name if folder.name == "runs" else folder.name)
     md = [_header(df, preset, records, published_note) if not df.empty
           else f"# Leaderboard: {preset}\n\nNo results.\n"]
+    if purpose in PURPOSE_NOTES:  # right under the title, before any number
+        title, _, rest = md[0].partition("\n")
+        md[0] = f"{title}\n\n{PURPOSE_NOTES[purpose].format(preset=preset)}\n{rest}"
     if not df.empty:
         table, used = _leaderboard_md(df, reference_csv is not None, pairs, published_note is not None)
         md += ["## Leaderboard", "", table]
@@ -768,13 +798,14 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
 
 def aggregate(runs_dir: str | Path | list, out_dir: str | Path,
               reference_csv: str | Path | None = None, *,
-              exclude_invalid: bool = False, published_csv: str | Path | None = None) -> pd.DataFrame:
+              exclude_invalid: bool = False, published_csv: str | Path | None = None,
+              purpose: str = "benchmark") -> pd.DataFrame:
     """Reads the result JSONs under runs_dir, writes leaderboard.csv and leaderboard.md (and
     s2ap_paired.csv when S2AP pairs exist, excluded.csv when files were excluded) atomically into
     out_dir; returns the leaderboard. Raises AggregationError (a ValueError) rather than pool
     incomparable results or believe a file that breaks a rule; nothing is written then."""
     df, pairs, md = build_tables(runs_dir, reference_csv, exclude_invalid=exclude_invalid,
-                                 published_csv=published_csv)
+                                 published_csv=published_csv, purpose=purpose)
     excluded = df.attrs.get("excluded") or []
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "leaderboard.csv", df.to_csv(index=False))

@@ -5,7 +5,9 @@ eps-ball around x and to [0, 1].
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -26,6 +28,25 @@ class AttackConfig:
 
 def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+
+
+@contextlib.contextmanager
+def input_gradient_only(model: nn.Module) -> Iterator[None]:
+    """Parameters stop requiring grad for the block and get their flags back afterwards.
+
+    An attack differentiates with respect to its input only, and the numbers do not depend on
+    these flags; but autograd then records no edges to the weights, and layers whose input
+    gradient has a cheaper kernel when their parameters are constant (BatchNorm in eval mode,
+    benchmark.models.norm) take it.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
@@ -53,13 +74,14 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConf
             with torch.no_grad():
                 x_ref_logits = model(x)
         p_ref = F.softmax(x_ref_logits.detach().float(), dim=1)
-    for _ in range(cfg.steps):
-        x_adv.requires_grad_(True)
-        logits = model(x_adv)
-        if loss == "kl":
-            obj = F.kl_div(F.log_softmax(logits.float(), dim=1), p_ref, reduction="sum")
-        else:
-            obj = F.cross_entropy(logits.float(), y, reduction="sum")
-        (grad,) = torch.autograd.grad(obj, x_adv)
-        x_adv = _project(x_adv.detach() + cfg.step_size * grad.sign(), x, cfg.eps)
+    with input_gradient_only(model):
+        for _ in range(cfg.steps):
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)
+            if loss == "kl":
+                obj = F.kl_div(F.log_softmax(logits.float(), dim=1), p_ref, reduction="sum")
+            else:
+                obj = F.cross_entropy(logits.float(), y, reduction="sum")
+            (grad,) = torch.autograd.grad(obj, x_adv)
+            x_adv = _project(x_adv.detach() + cfg.step_size * grad.sign(), x, cfg.eps)
     return x_adv.detach()

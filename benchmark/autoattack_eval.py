@@ -237,7 +237,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
                    norm: str = "Linf", version: str = "standard",
                    attacks: Sequence[str] | None = None, seed: int = 0, batch_size: int = 250,
                    shard_size: int | None = None, state_dir: str | Path | None = None,
-                   device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
+                   device: str | torch.device = "cpu", progress: bool = True,
+                   shards: Sequence[int] | None = None) -> dict[str, Any]:
     """AutoAttack on the images x (in [0, 1], test order) with labels y.
 
     Returns {flags (BoolTensor, per image), correct, n, acc (fraction), version, attacks,
@@ -247,6 +248,10 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     held}), max_perturbation (largest L-inf distance of an adversarial image from its original),
     seconds (the whole call), attack_seconds (inside pyautoattack's run_standard_evaluation;
     seconds - attack_seconds is our overhead)}.
+
+    ``shards`` (indices) runs only those shards and writes their files into ``state_dir``: a shard
+    job of a multi-GPU run; it returns {shards, n_shards, resumed_shards, seconds}, and the
+    evaluation that follows finds every shard done.
 
     Progress (per shard, and per attack and batch as pyautoattack reports it) goes to this
     module's logger at INFO (DEBUG with progress=False). The model must already be on
@@ -272,12 +277,18 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     level = logging.INFO if progress else logging.DEBUG
 
     state = Path(state_dir) if state_dir is not None else None
+    if shards is not None and state is None:
+        raise ValueError("running only some shards needs a state_dir to write them into")
     fingerprint = None
     if state is not None:
         state.mkdir(parents=True, exist_ok=True)
+        # a batch larger than the shard attacks the whole shard at once, as the shard's size
+        # does: only the effective batch shapes the draws (a shard job and the evaluation may
+        # choose different batch sizes from their free memory)
         fingerprint = {"format": SHARD_FORMAT, "eps": float(eps), "norm": norm, "version": version,
-                       "attacks": attacks_run, "seed": int(seed), "batch_size": int(batch_size),
-                       "shard_size": shard, "n": n, "model": model_digest(model)}
+                       "attacks": attacks_run, "seed": int(seed),
+                       "batch_size": min(int(batch_size), shard), "shard_size": shard, "n": n,
+                       "model": model_digest(model)}
 
     flags = torch.zeros(n, dtype=torch.bool)
     perturbed = {a: 0 for a in attacks_run}
@@ -291,6 +302,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     log.log(level, "AutoAttack %s (%s), eps %g, %d images in %d shard(s)", version,
             ", ".join(attacks_run), eps, n, len(bounds))
     for i, (start, end) in enumerate(bounds):
+        if shards is not None and i not in shards:
+            continue
         xs, ys = x[start:end], y[start:end]
         label = f"AutoAttack shard {i + 1}/{len(bounds)} (images {start}-{end})"
         path = _shard_path(state, start, end) if state is not None else None
@@ -342,6 +355,10 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         eta = elapsed / done * (len(bounds) - done)
         log.log(level, "%s: %d/%d robust; %d/%d shards done, %.0f s elapsed, ETA %.0f s", label,
                 int(flags[start:end].sum()), end - start, done, len(bounds), elapsed, eta)
+
+    if shards is not None:
+        return {"shards": sorted(i for i in shards if 0 <= i < len(bounds)), "n_shards": len(bounds),
+                "resumed_shards": resumed, "seconds": time.perf_counter() - t_start}
 
     correct = int(flags.sum())
     robust_after, remaining = {}, correct

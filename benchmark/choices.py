@@ -21,6 +21,9 @@ S2AP_NORMS = ("l2", "linf", "adaptive")
 #: dataset and architecture (selected) or carried over from elsewhere (unselected: the paper's
 #: values are not public); a label, it changes nothing in training, the leaderboard shows it
 S2AP_GAMMA_STATUS = ("selected", "unselected")
+#: purpose: what a preset's numbers are for; "plumbing" (the tiny preset: every stage runs, the
+#: numbers mean nothing) heads its leaderboard with a note saying so (benchmark/aggregate.py)
+PURPOSES = ("benchmark", "plumbing")
 
 #: train.loss (benchmark/losses.py)
 LOSSES = ("pgd_at", "trades", "clean")

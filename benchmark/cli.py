@@ -31,6 +31,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .choices import PURPOSES
 from .errors import DEBUG_ENV, Interrupted, MissingFileError, UserError
 from .registry import UnknownNameError
 from .signals import raise_on_stop_signals
@@ -108,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-diagnostics", action="append", default=[],
                    help="JSON file of diagnostics to record with the result (seed stability)")
 
+    p = command("autoattack-shard", help="one AutoAttack shard of an evaluation (a GPU's share); "
+                                         "the evaluate command then finds it done")
+    p.add_argument("--config", type=_json_arg, required=True, help="the evaluate stage's config")
+    p.add_argument("--model", required=True)
+    p.add_argument("--cell", type=_json_arg, required=True, help="the evaluate command's --cell")
+    p.add_argument("--shard", type=int, required=True, help="shard index, from 0")
+    p.add_argument("--state-dir", required=True, help="the evaluate command's --state-dir")
+    p.add_argument("--out", required=True, help="a receipt (JSON) for the workflow")
+
     p = command("stability", help="seed stability: compare the masks of two mask searches")
     p.add_argument("--a", required=True, help="search.pt of the first search seed")
     p.add_argument("--b", required=True, help="search.pt of the second search seed")
@@ -129,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--published", default=None,
                    help="the published run's leaderboard.csv (results/published/<preset>/): "
                         "adds the 'published' columns, cell by cell")
+    p.add_argument("--purpose", default="benchmark", choices=PURPOSES,
+                   help="the preset's purpose; 'plumbing' heads the leaderboard with a note that "
+                        "its numbers mean nothing")
 
     p = command("table", help="one paper table or figure from result files (benchmark/tables.py)")
     p.add_argument("--spec", type=_json_arg, required=True,
@@ -226,9 +239,19 @@ def _report(args: argparse.Namespace, exc: BaseException, message: str, code: in
     return code
 
 
+# the commands that train or attack a model: on a multi-GPU workstation each claims a card of its
+# own before CUDA starts (benchmark.gpu_slots; APBENCH_GPU_SLOTS, set by the workflow)
+GPU_COMMANDS = ("pretrain", "prune", "finetune", "evaluate", "autoattack-shard")
+
+
 def run(args: argparse.Namespace) -> int:
     """The command's work; expected failures propagate as UserError."""
     from .cli_publish import COMMANDS as PUBLISH_COMMANDS, run as run_publish
+
+    if args.command in GPU_COMMANDS:
+        from .gpu_slots import claim_from_env
+
+        claim_from_env()
 
     if args.command in PUBLISH_COMMANDS:
         return run_publish(args)
@@ -285,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
             raise MissingFileError(f"--published {args.published}: no such file")
         try:
             table = aggregate(runs, args.out, reference_csv=args.reference,
-                              exclude_invalid=args.exclude_invalid, published_csv=args.published)
+                              exclude_invalid=args.exclude_invalid, published_csv=args.published,
+                              purpose=args.purpose)
         except FileNotFoundError as exc:
             raise MissingFileError(str(exc)) from exc
         print(f"leaderboard: {len(table)} rows -> {Path(args.out) / 'leaderboard.md'}")
@@ -322,6 +346,11 @@ def run(args: argparse.Namespace) -> int:
                                  state_dir=args.state_dir, extra_diagnostics=args.extra_diagnostics)
         parts = [f"{k}={v['acc']:.4f}" for k, v in record["metrics"].items() if v]
         print(" ".join(parts + [f"sparsity={record['sparsity']['measured']:.4f}"]))
+    elif args.command == "autoattack-shard":
+        receipt = stages.autoattack_shard(args.config, model_path=args.model, cell=args.cell,
+                                          shard=args.shard, out=args.out, state_dir=args.state_dir)
+        print(f"AutoAttack shard {args.shard}: {'done' if receipt['shards'] else 'no images'} "
+              f"({receipt['seconds']:.1f} s)")
     return 0
 
 

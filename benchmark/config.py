@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     # appended to the name: an overlay (presets/smoke.yaml) sends its run to results/<name><suffix>
     "name_suffix": "",
     "description": "",
+    "purpose": "benchmark",
     "grid": {
         "datasets": ["fashion-mnist"],
         "archs": ["small_cnn"],
@@ -90,7 +91,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"width": 1.0},
     # group_jobs: a cell's search, finetunes and evaluations go to a cluster as one job
     "runtime": {"device": "auto", "threads": 2, "bf16": False, "channels_last": False,
-                "group_jobs": False},
+                "group_jobs": False, "autoattack_shard_jobs": False},
     "pretrain": dict(TRAIN_DEFAULTS, epochs=100, lr=0.1),
     "prune": dict(TRAIN_DEFAULTS, epochs=20, lr=0.1),
     "finetune": dict(TRAIN_DEFAULTS, epochs=100, lr=0.01),
@@ -135,7 +136,8 @@ DEFAULTS: dict[str, Any] = {
 # Fields that change how fast a job runs, or where its inputs live, but not what it computes: left
 # out of every hash (and of Snakemake's rerun check), so moving a preset from a laptop to a GPU
 # node, to another data folder or another thread count reuses the dense models.
-_NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last", "group_jobs"),
+_NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last", "group_jobs",
+                             "autoattack_shard_jobs"),
                 "data": ("num_workers", "root", "download", "imagenet_root")}
 
 
@@ -294,6 +296,7 @@ def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
         "autoattack_version": list(choices.AUTOATTACK_VERSIONS),
         "autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
         "paper_table": list(choices.PAPER_TABLES),
+        "purpose": list(choices.PURPOSES),
     }
     if registry is not None:
         enums["method"] = registry.names()

@@ -13,9 +13,10 @@ evaluation (benchmark.readiness).
      "pgd_seed": int (default 0),        # random start of PGD
      "clean_n": int | None,              # None -> the whole test set
      "pgd_n": int | None,                # None -> the whole test set
-     "batch_size": int,                  # clean and PGD batches
+     "batch_size": int | None,           # clean and PGD batches; None: from free memory
      "autoattack": None | {"n_images": int | None, "version": "standard",
-                   "attacks": None | [...], "batch_size": int, "shard_size": int | None,
+                   "attacks": None | [...], "batch_size": int | None (from free memory),
+                   "shard_size": int | None,
                    "seed": int, "state_dir": path | None}}
 
 Besides the numbers, the evaluation returns its ``protocol`` (the configuration with every
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset, Ten
 
 from benchmark.attacks import AttackConfig, pgd_linf
 from benchmark.autoattack_eval import resolve_attacks, run_autoattack
+from benchmark.batching import SOURCE_MEMORY, SOURCE_PRESET, choose_batch_size
 from benchmark.readiness import assert_eval_ready, fork_devices, prepare_for_eval
 from benchmark.stats import flags_to_str
 
@@ -262,7 +264,9 @@ def _protocol(cfg: dict, total: int) -> dict[str, Any]:
         "pgd_steps": steps,
         "pgd_step_size": default_step_size(eps, steps) if step_size is None else float(step_size),
         "pgd_seed": int(cfg.get("pgd_seed", 0)),
-        "batch_size": int(cfg.get("batch_size") or 256),
+        # a key left out takes the old default; an explicit null is chosen from free memory
+        "batch_size": _batch_size(cfg, "batch_size", 256),
+        "batch_size_source": SOURCE_PRESET,
         "autoattack": None,
     }
     aa = cfg.get("autoattack")
@@ -272,8 +276,31 @@ def _protocol(cfg: dict, total: int) -> dict[str, Any]:
         protocol["autoattack"] = {
             "n_images": _n(aa.get("n_images")), "version": version, "attacks": attacks,
             "standard": standard, "seed": int(aa.get("seed", 0)),
-            "batch_size": int(aa.get("batch_size") or 250), "shard_size": aa.get("shard_size")}
+            "batch_size": _batch_size(aa, "batch_size", 250), "batch_size_source": SOURCE_PRESET,
+            "shard_size": aa.get("shard_size")}
     return protocol
+
+
+def _batch_size(cfg: dict, key: str, default: int) -> int | None:
+    if key not in cfg:
+        return default
+    return None if cfg[key] is None else int(cfg[key])
+
+
+def _resolve_batch_sizes(protocol: dict, model: nn.Module, test_set: Any, dev: torch.device) -> None:
+    """Fills the batch sizes the preset left null from the free memory (benchmark.batching)."""
+    aa = protocol["autoattack"]
+    if protocol["batch_size"] is not None and (aa is None or aa["batch_size"] is not None):
+        return
+    x, _ = first_n(test_set, 1)
+    example = x.to(dev)
+    if protocol["batch_size"] is None:
+        n = max(protocol["clean_n"], protocol["pgd_n"])
+        protocol["batch_size"] = choose_batch_size(model, example, n, backward=True)
+        protocol["batch_size_source"] = SOURCE_MEMORY
+    if aa is not None and aa["batch_size"] is None:
+        aa["batch_size"] = choose_batch_size(model, example, aa["n_images"], backward=True)
+        aa["batch_size_source"] = SOURCE_MEMORY
 
 
 def _clean_pass(model: nn.Module, data: Any, dev: torch.device, batch_size: int, n: int
@@ -291,6 +318,43 @@ def _clean_pass(model: nn.Module, data: Any, dev: torch.device, batch_size: int,
     return torch.cat(flags), torch.cat(sums), torch.cat(labels)
 
 
+def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, protocol: dict, aa_cfg: dict,
+                dev: torch.device, progress: bool, shards=None) -> dict[str, Any]:
+    aa = protocol["autoattack"]
+    return run_autoattack(model, x, y, eps=protocol["eps"], version=aa["version"],
+                          attacks=aa_cfg.get("attacks"), seed=aa["seed"], batch_size=aa["batch_size"],
+                          shard_size=aa["shard_size"], state_dir=aa_cfg.get("state_dir"), device=dev,
+                          progress=progress, shards=shards)
+
+
+def autoattack_shard_count(cfg: dict, total: int) -> int:
+    """How many AutoAttack shards evaluate_model runs on a test set of ``total`` images."""
+    aa = _protocol(cfg, total)["autoattack"]
+    if aa is None:
+        return 0
+    shard = aa["shard_size"] or aa["n_images"]
+    return -(-aa["n_images"] // int(shard))
+
+
+def autoattack_shards(model: nn.Module, test_set: Any, cfg: dict, shards, device=None,
+                      progress: bool = True) -> dict[str, Any]:
+    """Only the AutoAttack shards ``shards`` (indices) of what evaluate_model(model, test_set, cfg)
+    attacks (the same images, batches, seed), written into cfg's autoattack.state_dir, where
+    evaluate_model then finds them done: the work of one shard job on a multi-GPU machine."""
+    _check_cfg(cfg)
+    assert_eval_ready(model)
+    dev = _device_of(model, device)
+    protocol = _protocol(cfg, _length(test_set))
+    if protocol["autoattack"] is None:
+        raise ValueError("the evaluation config runs no AutoAttack: there are no shards to run")
+    aa_cfg = cfg.get("autoattack") or {}
+    if not aa_cfg.get("state_dir"):
+        raise ValueError("AutoAttack shards are written into autoattack.state_dir: set it")
+    _resolve_batch_sizes(protocol, model, test_set, dev)
+    x, y = first_n(test_set, protocol["autoattack"]["n_images"], protocol["batch_size"])
+    return _autoattack(model, x, y, protocol, aa_cfg, dev, progress, shards=list(shards))
+
+
 def evaluate_model(model: nn.Module, test_set: Any, cfg: dict, device: str | torch.device | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Clean, PGD and AutoAttack on the first N test images; see the module docstring for cfg.
@@ -305,6 +369,7 @@ def evaluate_model(model: nn.Module, test_set: Any, cfg: dict, device: str | tor
     dev = _device_of(model, device)
     level = logging.INFO if progress else logging.DEBUG
     protocol = _protocol(cfg, _length(test_set))
+    _resolve_batch_sizes(protocol, model, test_set, dev)
     eps, bs = protocol["eps"], protocol["batch_size"]
     clean_n, pgd_n = protocol["clean_n"], protocol["pgd_n"]
     aa_proto = protocol["autoattack"]
@@ -335,10 +400,7 @@ def evaluate_model(model: nn.Module, test_set: Any, cfg: dict, device: str | tor
     if aa_proto is not None:
         t0 = time.perf_counter()
         x, y = first_n(test_set, aa_proto["n_images"], bs)
-        aa = run_autoattack(model, x, y, eps=eps, version=aa_proto["version"],
-                            attacks=aa_cfg.get("attacks"), seed=aa_proto["seed"],
-                            batch_size=aa_proto["batch_size"], shard_size=aa_proto["shard_size"],
-                            state_dir=aa_cfg.get("state_dir"), device=dev, progress=progress)
+        aa = _autoattack(model, x, y, protocol, aa_cfg, dev, progress)
         timing["autoattack_s"] = time.perf_counter() - t0
         aa_flags = aa.pop("flags")
         aa["images_digest"] = images_digest(image_sums(x), y)

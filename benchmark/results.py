@@ -12,7 +12,8 @@ the file again and then checks the rules a schema cannot express (``check_record
   equal the result's eps; no adversarial image lies further than eps from its original;
 - protocol: what ran (image counts, PGD steps and step size, AutoAttack version, attack list,
   seed, batch and shard size) equals the resolved protocol, and the protocol equals the evaluate
-  config recorded with the result (the preset's);
+  config recorded with the result (the preset's); a batch size the preset sets is the one that
+  ran, one it leaves null was chosen from the free memory (``batch_size_source``);
 - sparsity: the measured sparsity is the zero count over the weight count, layer sums add up, and
   every weight the mask prunes is zero (zeros = pruned + kept_zero).
 
@@ -235,6 +236,7 @@ def _config_rules(rec: dict) -> Iterable[ResultError]:
     for key, want in checks:
         if not _same(proto[key], want):
             yield ResultError("config", f"protocol {key} {proto[key]!r}, the preset asks {want!r}")
+    yield from _batch_rules(cfg, proto, "")
     aa_cfg, aa = cfg.get("autoattack"), proto["autoattack"]
     wants_aa = bool(aa_cfg) and (aa_cfg.get("n_images") is None or int(aa_cfg["n_images"]) > 0)
     if wants_aa != (aa is not None):
@@ -253,6 +255,23 @@ def _config_rules(rec: dict) -> Iterable[ResultError]:
         if aa[key] != want:
             yield ResultError("config", f"protocol autoattack.{key} {aa[key]!r}, the preset asks "
                                         f"{want!r}")
+    yield from _batch_rules(aa_cfg, aa, "autoattack.")
+
+
+def _batch_rules(cfg: dict, proto: dict, where: str) -> Iterable[ResultError]:
+    """A batch size the preset sets is the one that ran; one it leaves null was chosen from the
+    free memory (benchmark.batching) and says so."""
+    if "batch_size" not in cfg:
+        return
+    source = proto.get("batch_size_source", "preset")
+    if cfg["batch_size"] is None:
+        if source != "free memory":
+            yield ResultError("config", f"protocol {where}batch_size {proto['batch_size']!r} comes "
+                                        f"from the {source}, but the preset leaves it null (to be "
+                                        f"chosen from the free memory)")
+    elif source != "preset" or proto["batch_size"] != int(cfg["batch_size"]):
+        yield ResultError("config", f"protocol {where}batch_size {proto['batch_size']!r} "
+                                    f"(from the {source}), the preset asks {cfg['batch_size']!r}")
 
 
 def _sparsity_rules(rec: dict) -> Iterable[ResultError]:

@@ -1,8 +1,10 @@
 """Run Snakemake so that a killed run resumes with the same command, without `snakemake --unlock`.
 
     python -m benchmark.runner --profile workflows/profiles/local --cores all --configfile presets/quick.yaml
+    python -m benchmark.runner --profile workflows/profiles/local-gpu --gpus auto --configfile ...
 
-Every argument goes to Snakemake unchanged. A Snakemake killed hard (SIGKILL, a power cut, the
+Every argument goes to Snakemake unchanged, except ``--gpus auto|N`` (a multi-GPU workstation:
+it becomes ``--resources gpu=N``, N counted by nvidia-smi for auto). A Snakemake killed hard (SIGKILL, a power cut, the
 OOM killer) leaves its lock in ``.snakemake/locks/`` and the next run refuses to start until
 someone runs ``--unlock``; but unlocking blindly would let two runs write the same files. So this
 runner records which process holds the lock (``.snakemake/apbench_run.json``: its pid and start
@@ -143,9 +145,55 @@ def record_run(workdir: Path) -> None:
     os.replace(tmp, snakemake_dir / RECORD)
 
 
+def count_gpus(environ: dict | None = None) -> int:
+    """Cards this machine offers: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L` (no torch
+    import: the runner starts Snakemake, not CUDA)."""
+    env = os.environ if environ is None else environ
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else 0
+
+
+def gpu_arguments(args: list[str], environ: dict | None = None) -> list[str]:
+    """``--gpus auto|N`` (ours, not Snakemake's) becomes ``--resources gpu=N``: with the local-gpu
+    profile every job that trains or attacks then takes one card of its own."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        value = None
+        if arg == "--gpus" and i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+        elif arg.startswith("--gpus="):
+            value, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        n = count_gpus(environ) if value == "auto" else int(value)
+        if n < 1:
+            raise ValueError("--gpus auto found no GPU (nvidia-smi -L lists none, or "
+                             "CUDA_VISIBLE_DEVICES is empty); run with --profile "
+                             "workflows/profiles/local instead")
+        out += ["--resources", f"gpu={n}"]
+        log.info("%d GPU(s): at most %d jobs at a time train or attack, one per card", n, n)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args = gpu_arguments(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     workdir = workdir_of(args)
     try:
         clear_stale_lock(workdir)

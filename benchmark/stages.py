@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +65,13 @@ def resolve_device(runtime: dict) -> torch.device:
 
 
 def apply_runtime(runtime: dict) -> torch.device:
-    # the threads the scheduler actually granted this job win over the preset's wish
-    threads = os.environ.get("APBENCH_THREADS") or (runtime or {}).get("threads")
+    # the threads the scheduler granted this job win over the preset's wish, extra ones only
+    # while their cores are idle (benchmark/threads.py)
+    from .threads import job_threads
+
+    threads = job_threads(runtime)
     if threads:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     return resolve_device(runtime)
 
 
@@ -161,10 +163,12 @@ class StageTraining:
 
 def _meta(cfg: dict, stage: str, upstream: dict | None = None, **extra) -> dict:
     """Stage metadata; ``configs`` accumulates every upstream stage's config, so the final result
-    records the whole recipe that produced it."""
+    records the whole recipe that produced it; ``threads`` the CPU threads each stage ran on (a
+    thread count changes the last bits of a CPU run, never its hash)."""
     configs = dict((upstream or {}).get("configs", {}))
     configs[stage] = cfg
-    return {"stage": stage, "configs": configs, **extra}
+    threads = {**(upstream or {}).get("threads", {}), stage: torch.get_num_threads()}
+    return {"stage": stage, "configs": configs, "threads": threads, **extra}
 
 
 # ---------------------------------------------------------------- stages
@@ -379,7 +383,9 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
                 "evaluate_s": time.perf_counter() - t0},
         diagnostics=_diagnostics(meta, extra_diagnostics),
         history={"train": meta.get("history"), "search": search.get("history")},
-        provenance=provenance(), search=search.get("report"),
+        provenance={**provenance(),
+                    "threads": {**meta.get("threads", {}), "evaluate": torch.get_num_threads()}},
+        search=search.get("report"),
         class_balance=_class_balance(search.get("val_majority_share"), test_set, evaluation),
         # the exports publish this file: they check it is still the one evaluated
         model={"path": str(model_path), "sha256": sha256_file(model_path)})
@@ -401,6 +407,27 @@ def _class_balance(val_share: float | None, test_set, evaluation: dict) -> dict:
     n = evaluation["metrics"]["clean"]["n"]
     clean_set = test_set if n >= len(test_set) else Subset(test_set, range(n))
     return {"val_majority_share": val_share, "test_majority_share": _majority_share(clean_set)}
+
+
+def autoattack_shard(cfg: dict, *, model_path: str | Path, cell: dict, shard: int, out: str | Path,
+                     state_dir: str | Path) -> dict:
+    """One AutoAttack shard of ``evaluate`` (same config, model and state_dir), written where
+    ``evaluate`` finds it done; ``out`` receives a receipt for the workflow. A shard index past
+    the last image writes a receipt with no shard."""
+    from .evaluation import autoattack_shards, prepare_for_eval, stage_config
+
+    t0 = time.perf_counter()
+    device = apply_runtime(cfg.get("runtime"))
+    info = dataset_info(cell["dataset"])
+    model, _, _ = load_exported(model_path, cell["arch"], info, cfg.get("model"))
+    model = prepare_for_eval(model.to(device))
+    _, _, test_set = load_splits(cell["dataset"], cfg.get("data", {}), augment=False)
+    ecfg = stage_config(cfg["evaluate"], info.eps, Path(state_dir) / "autoattack")
+    done = autoattack_shards(model, test_set, ecfg, [int(shard)], device)
+    receipt = {**done, "shard": int(shard), "model": str(model_path),
+               "seconds": time.perf_counter() - t0}
+    atomic_write_json(out, receipt)
+    return receipt
 
 
 def _diagnostics(meta: dict, extra_files=()) -> dict:

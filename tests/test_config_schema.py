@@ -49,6 +49,7 @@ def test_every_schema_enum_is_a_code_list():
         "/$defs/autoattack_version": list(choices.AUTOATTACK_VERSIONS),
         "/$defs/autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
         "/$defs/paper_table": list(choices.PAPER_TABLES),
+        "/$defs/purpose": list(choices.PURPOSES),
     }
     assert dict(_enums(C.load_schema(registry))) == expected
     # every placeholder the file marks as filled is filled

@@ -12,7 +12,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflows" / "rules").glob("*.smk"))]
-GPU_COMMANDS = ("PRETRAIN_CMD", "PRUNE_CMD", "FINETUNE_CMD", "EVALUATE_CMD", "SUBMIT_CMD")
+GPU_COMMANDS = ("PRETRAIN_CMD", "PRUNE_CMD", "FINETUNE_CMD", "EVALUATE_CMD", "SUBMIT_CMD",
+                "AUTOATTACK_SHARD_CMD")
 
 
 def workflow_rules() -> dict[str, str]:

@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmark.models.common import scaled, uses_cifar_stem
+from benchmark.models.norm import BatchNorm2d
+from benchmark.models.pooling import MaxPool2d
 
 
 class BasicBlock(nn.Module):
@@ -17,13 +19,13 @@ class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), BatchNorm2d(planes))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -41,8 +43,8 @@ class ResNet(nn.Module):
             self.pool = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(in_channels, planes[0], 7, stride=2, padding=3, bias=False)
-            self.pool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.bn1 = nn.BatchNorm2d(planes[0])
+            self.pool = MaxPool2d(3, stride=2, padding=1)
+        self.bn1 = BatchNorm2d(planes[0])
         self._in = planes[0]
         self.layer1 = self._make_layer(planes[0], num_blocks[0], 1)
         self.layer2 = self._make_layer(planes[1], num_blocks[1], 2)

@@ -12,6 +12,7 @@ import torch.nn as nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from benchmark.models.common import scaled, uses_cifar_stem
+from benchmark.models.norm import BatchNorm2d
 
 
 class _ScaledResNet(ResNet):
@@ -28,7 +29,7 @@ class _ScaledResNet(ResNet):
         else:
             self.conv1 = nn.Conv2d(in_channels, stem, 7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.bn1 = nn.BatchNorm2d(stem)
+        self.bn1 = BatchNorm2d(stem)
         self.fc = nn.Linear(scaled(512, width) * Bottleneck.expansion, num_classes)
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):

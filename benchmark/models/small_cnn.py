@@ -9,10 +9,12 @@ from __future__ import annotations
 import torch.nn as nn
 
 from benchmark.models.common import scaled
+from benchmark.models.norm import BatchNorm2d
+from benchmark.models.pooling import AdaptiveAvgPool2d, MaxPool2d
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class SmallCNN(nn.Module):
@@ -21,11 +23,11 @@ class SmallCNN(nn.Module):
         c1, c2, c3 = scaled(16, width), scaled(32, width), scaled(64, width)
         hidden = scaled(64, width, minimum=8)
         self.features = nn.Sequential(
-            *_conv_bn(in_channels, c1), nn.MaxPool2d(2),
-            *_conv_bn(c1, c2), nn.MaxPool2d(2),
-            *_conv_bn(c2, c3), nn.MaxPool2d(2),
+            *_conv_bn(in_channels, c1), MaxPool2d(2),
+            *_conv_bn(c1, c2), MaxPool2d(2),
+            *_conv_bn(c2, c3), MaxPool2d(2),
             # adaptive pooling makes the net independent of the input size (4x4 at 32x32)
-            nn.AdaptiveAvgPool2d(4),
+            AdaptiveAvgPool2d(4),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(16 * c3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 
 from benchmark.models.common import scaled
+from benchmark.models.norm import BatchNorm2d
+from benchmark.models.pooling import AdaptiveAvgPool2d, MaxPool2d
 
 CFG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
@@ -22,14 +24,14 @@ class VGG(nn.Module):
         c = in_channels
         for v in cfg:
             if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
+                layers.append(MaxPool2d(2, 2))
             else:
                 out = scaled(v, width)
-                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), BatchNorm2d(out),
                            nn.ReLU(inplace=True)]
                 c = out
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(2)
+        self.avgpool = AdaptiveAvgPool2d(2)
         hidden = scaled(256, width, minimum=8)
         self.classifier = nn.Sequential(
             nn.Linear(c * 2 * 2, hidden), nn.ReLU(inplace=True),

@@ -13,14 +13,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmark.models.common import scaled, uses_cifar_stem
+from benchmark.models.norm import BatchNorm2d
+from benchmark.models.pooling import MaxPool2d
 
 
 class PreActBlock(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.bn1 = BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.bn2 = BatchNorm2d(out_planes)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
         self.equal_in_out = in_planes == out_planes and stride == 1
         self.shortcut = None if self.equal_in_out else nn.Conv2d(
@@ -48,11 +50,11 @@ class WideResNet(nn.Module):
             self.pool = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(in_channels, ch[0], 7, stride=2, padding=3, bias=False)
-            self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+            self.pool = MaxPool2d(3, stride=2, padding=1)
         self.block1 = self._group(ch[0], ch[1], n, 1)
         self.block2 = self._group(ch[1], ch[2], n, 2)
         self.block3 = self._group(ch[2], ch[3], n, 2)
-        self.bn = nn.BatchNorm2d(ch[3])
+        self.bn = BatchNorm2d(ch[3])
         self.fc = nn.Linear(ch[3], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -17,5 +17,6 @@ rule aggregate:
         out=lambda wc, output: os.path.dirname(output[0]),
         reference=f"--reference {shlex.quote(REFERENCE_CSV)}" if REFERENCE_CSV else "",
         published=published_arg,
+        purpose=CFG["purpose"],
     shell:
         AGGREGATE_CMD

@@ -18,6 +18,32 @@ SWEEP = CFG.get("gamma_sweep") or {}
 # the grid's methods, and those only the gamma sweep uses
 TRAITS = {m: METHODS.traits(m) for m in [*CFG["grid"]["methods"], *(SWEEP.get("methods") or [])]}
 THREADS = int(CFG["runtime"]["threads"])
+
+
+def _run_resource(name):
+    """This run's global resource (--cores, --resources NAME=N) as an int, or None."""
+    res = workflow.global_resources.get(name)
+    value = getattr(res, "value", res)
+    return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+# Pretraining runs before anything else can (every other job needs a dense model), so on one
+# machine the pretrain jobs share all of its cores instead of leaving all but runtime.threads idle;
+# a job takes the extra threads only while those cores are idle (benchmark/threads.py). A thread
+# count changes the last bits of a training run, never its hash: the count used is recorded in
+# the model's meta and the result. On a cluster each job has its own node share.
+PRETRAIN_TARGETS = {(c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in DENSE} | {
+    (c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in CELLS if c["recipe"] is not None
+}
+RUN_CORES = _run_resource("_cores")
+PRETRAIN_THREADS = (
+    max(THREADS, RUN_CORES // max(1, len(PRETRAIN_TARGETS)))
+    if workflow.local_exec and RUN_CORES
+    else THREADS
+)
+# A multi-GPU workstation (workflows/profiles/local-gpu, --resources gpu=N): every job that
+# trains or attacks claims one of the N cards for itself (benchmark/gpu_slots.py).
+GPU_SLOTS = _run_resource("gpu") if workflow.local_exec else None
 REFERENCE_CSV = (
     apcfg.resolve_file(CFG["reference_csv"], SEARCH_DIRS, field="reference_csv")
     if CFG.get("reference_csv")
@@ -87,7 +113,8 @@ def method_file_args(wc):
 _PYTHON = shlex.quote(sys.executable)
 _BENCH = (
     f"PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
-    f"OMP_NUM_THREADS={{threads}} APBENCH_THREADS={{threads}} {_PYTHON} -m benchmark"
+    + (f"APBENCH_GPU_SLOTS={GPU_SLOTS} " if GPU_SLOTS else "")
+    + f"OMP_NUM_THREADS={{threads}} APBENCH_THREADS={{threads}} {_PYTHON} -m benchmark"
 )
 
 
@@ -118,6 +145,10 @@ EVALUATE_CMD = bench(
     "evaluate --config {params.cfg:q} --model {input.model:q} --cell {params.cell:q}"
     " --out {output:q} --state-dir {params.state:q} {params.extra}"
 )
+AUTOATTACK_SHARD_CMD = bench(
+    "autoattack-shard --config {params.cfg:q} --model {input.model:q} --cell {params.cell:q}"
+    " --shard {wildcards.shard} --state-dir {params.state:q} --out {output:q}"
+)
 SEED_STABILITY_CMD = bench("stability --a {input.a:q} --b {input.b:q} --out {output:q}")
 IMPORT_DENSE_CMD = bench(
     "import-dense --entry {params.entry:q} --dataset {wildcards.dataset:q}"
@@ -129,6 +160,7 @@ TABLE_CMD = bench(
 )
 AGGREGATE_CMD = bench(
     "aggregate --runs {params.runs} --out {params.out:q} {params.reference} {params.published}"
+    " --purpose {params.purpose}"
 )
 SUBMIT_CMD = bench(
     "submit {params.folder:q} --preset {params.preset:q} --out {output:q} --state-dir {params.state:q}"
@@ -198,6 +230,42 @@ CELL_BY_KEY = {
     ): c
     for c in CELLS
 }
+
+
+# AutoAttack shards as jobs of their own (runtime.autoattack_shard_jobs): one model's AutoAttack
+# spreads over the free GPUs; the evaluation then finds every shard done. The count comes from
+# n_images before the data is read; a shard past the end of a smaller test set does nothing.
+AA_SHARD_JOBS = bool(CFG["runtime"].get("autoattack_shard_jobs")) and bool(
+    (CFG["evaluate"].get("autoattack") or {}).get("n_images")
+)
+if AA_SHARD_JOBS:
+    _AA = CFG["evaluate"]["autoattack"]
+    N_AA_SHARDS = -(-int(_AA["n_images"]) // int(_AA["shard_size"] or _AA["n_images"]))
+else:
+    N_AA_SHARDS = 0
+
+
+def autoattack_shard_receipts(wc):
+    """The shard jobs an evaluation waits for (none unless runtime.autoattack_shard_jobs)."""
+    method, s2ap, sparsity = (
+        (wc.method, wc.s2ap, wc.sparsity) if "method" in wc.keys() else ("dense", "n-a", "0")
+    )
+    return [
+        f"{WORK}/autoattack_shards/{wc.dataset}/{wc.arch}/{method}/{s2ap}/"
+        f"sp{sparsity}/seed{wc.seed}/shard{i}.json"
+        for i in range(N_AA_SHARDS)
+    ]
+
+
+def shard_model(wc):
+    """The model an AutoAttack shard job attacks: the dense model or a finetuned one."""
+    if wc.method == "dense":
+        return dense_path(wc.dataset, wc.arch, dense_cell(wc)["recipe"], wc.seed)
+    return evaluated_model(wc)
+
+
+def shard_cell(wc):
+    return dense_cell(wc) if wc.method == "dense" else pruned_cell(wc)
 
 
 # ---------------------------------------------------------------- the rules' inputs and configs

@@ -7,6 +7,7 @@ rule evaluate:
     input:
         model=evaluated_model,
         seed_stability=seed_stability_inputs,
+        shards=autoattack_shard_receipts,
     output:
         "results/{preset}/runs/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.json",
     log:
@@ -27,6 +28,7 @@ rule evaluate:
 rule evaluate_dense:
     input:
         model=lambda wc: dense_path(wc.dataset, wc.arch, dense_cell(wc)["recipe"], wc.seed),
+        shards=autoattack_shard_receipts,
     output:
         "results/{preset}/runs/{dataset}/{arch}/dense/n-a/sp0/seed{seed}.json",
     log:
@@ -40,3 +42,25 @@ rule evaluate_dense:
         extra="",
     shell:
         EVALUATE_CMD
+
+
+# One AutoAttack shard of an evaluation, as a job of its own (runtime.autoattack_shard_jobs): it
+# writes the shard into the evaluation's state folder, where the evaluate job finds it done.
+rule autoattack_shard:
+    input:
+        model=shard_model,
+    output:
+        "work/{preset}/autoattack_shards/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}/shard{shard}.json",
+    log:
+        "work/{preset}/logs/autoattack_shard/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}/shard{shard}.log",
+    wildcard_constraints:
+        method=_alternation([*TRAITS, "dense"]),
+        shard=r"[0-9]+",
+    threads: THREADS
+    params:
+        cfg=lambda wc: untracked_json(evaluate_config(wc)),
+        config_key=lambda wc: apcfg.stage_key(evaluate_config(wc)),
+        cell=lambda wc: apcfg.dumps(apcfg.cell_json(CFG, shard_cell(wc))),
+        state="work/{preset}/state/evaluate/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}",
+    shell:
+        AUTOATTACK_SHARD_CMD

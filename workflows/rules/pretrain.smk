@@ -7,7 +7,7 @@ rule pretrain:
         "work/{preset}/pretrain/{dataset}/{arch}/{recipe}/seed{seed}/dense.pt",
     log:
         "work/{preset}/logs/pretrain/{dataset}/{arch}/{recipe}/seed{seed}.log",
-    threads: THREADS
+    threads: PRETRAIN_THREADS
     params:
         cfg=lambda wc: untracked_json(recipe_config(wc)),
         config_key=lambda wc: apcfg.stage_key(recipe_config(wc)),
