@@ -32,7 +32,7 @@ quick: install
 run: install
 	$(RUN) --cores $(CORES) --configfile presets/$(PRESET).yaml
 
-# every GPU of a workstation busy, one job per card: make run-gpu PRESET=paper_cifar10_hydra
+# every GPU of a workstation busy, one job per card: make run-gpu PRESET=paper_cifar10
 run-gpu: install
 	$(VENV)/bin/python -m benchmark.runner --profile workflows/profiles/local-gpu --gpus auto \
 		--cores $(CORES) --configfile presets/$(PRESET).yaml
@@ -51,7 +51,8 @@ test-fast: install
 lint: install
 # the workflow: snakefmt --check, then snakemake --lint
 	$(VENV)/bin/python scripts/lint_workflow.py
-# the Python code: ruff goes here
+# the Python code: pyflakes, pycodestyle, import order, bugbear, pyupgrade ([tool.ruff])
+	$(VENV)/bin/ruff check .
 
 # results/<preset> -> results/published/<preset> after the integrity checks (a clean tree at the
 # committed revision, every result valid and made by the current code, the leaderboard

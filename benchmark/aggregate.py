@@ -72,8 +72,9 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -514,7 +515,8 @@ def s2ap_pairs(rows: list[dict]) -> pd.DataFrame | None:
                         "left_out": _left_out("n/a", row), "s2ap_inactive_seeds": 0,
                         "orig_config": row["config_hash"], "s2ap_config": None})
         offs, ons = sides.get("off", []), sides.get("on", [])
-        pairs = [(off, on) for off in offs for on in ons] if offs and ons else             [(off, None) for off in offs] + [(None, on) for on in ons]
+        pairs = ([(off, on) for off in offs for on in ons] if offs and ons
+                 else [(off, None) for off in offs] + [(None, on) for on in ons])
         for off, on in pairs:
             entry = {**base, "s2ap_applicable": True, **_empty_pair()}
             if off is not None and on is not None:

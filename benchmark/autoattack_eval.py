@@ -38,8 +38,9 @@ import logging
 import re
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -150,7 +151,7 @@ def resolve_attacks(version: str, attacks: Sequence[str] | None) -> tuple[list[s
     return chosen, version == "standard" and chosen == list(full)
 
 
-def _tensor_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
+def _tensor_digest(h: hashlib._Hash, t: torch.Tensor) -> None:
     t = t.detach().cpu().contiguous()
     h.update(str((t.dtype, tuple(t.shape))).encode())
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16; the float32 copy is exact

@@ -246,7 +246,8 @@ GPU_COMMANDS = ("pretrain", "prune", "finetune", "evaluate", "autoattack-shard")
 
 def run(args: argparse.Namespace) -> int:
     """The command's work; expected failures propagate as UserError."""
-    from .cli_publish import COMMANDS as PUBLISH_COMMANDS, run as run_publish
+    from .cli_publish import COMMANDS as PUBLISH_COMMANDS
+    from .cli_publish import run as run_publish
 
     if args.command in GPU_COMMANDS:
         from .gpu_slots import claim_from_env

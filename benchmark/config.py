@@ -17,9 +17,10 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -39,7 +40,7 @@ S2AP_NA = choices.S2AP_NA
 # "n/a" cannot be a path component; this is its spelling in paths and wildcards.
 S2AP_NA_PATH = "n-a"
 
-# Defaults of one training stage: the published HYDRA recipe (methods.md), so a full-size preset
+# Defaults of one training stage: the published HYDRA recipe (docs/methods.md), so a full-size preset
 # that names only its grid trains like the paper. Short presets override epochs and subsets.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 100,
@@ -50,7 +51,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "loss": "trades",
     "trades_beta": 6.0,
     "schedule": "cosine",
-    # null fields take the dataset's defaults (decisions.md, "Training")
+    # null fields take the dataset's defaults (docs/decisions.md, "Training")
     "attack": {"eps": None, "steps": 10, "step_size": None},
     "val_attack_steps": 10,
     "adv_eval_mode": True,

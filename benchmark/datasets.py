@@ -27,9 +27,9 @@ import copy
 import gzip
 import hashlib
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from benchmark.errors import ConfigError, DatasetCorruptError, DatasetError, DatasetNotFoundError
 from benchmark.io import atomic_open
@@ -188,7 +188,7 @@ def _check_labels(name: str, split: str, ds, num_classes: int, source: Path) -> 
 
     labels = getattr(ds, "targets", None)
     if labels is None:
-        labels = getattr(ds, "labels")
+        labels = ds.labels
     labels = np.asarray(labels)
     if labels.size == 0:
         return

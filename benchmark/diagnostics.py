@@ -19,8 +19,9 @@ Definitions (the README's S2AP section says what each number is for):
   (identical masks 0, disjoint masks of equal size 1). Channel masks count every weight of a
   flipped channel, so structured and unstructured runs share one unit (weights).
 * random z: per layer, a Gaussian direction d_l mapped by ``score_perturbation.perturbation(s_l,
-  d_l, r, norm)`` (the formula S2AP's score step uses); for the l2 norm that is d_l rescaled to ||z_l|| = r * ||s_l||. The same n_random
-  directions serve every radius (common random numbers), so the curve over radii is smooth.
+  d_l, r, norm)`` (the formula S2AP's score step uses); for the l2 norm that is d_l rescaled to
+  ||z_l|| = r * ||s_l||. The same n_random directions serve every radius (common random
+  numbers), so the curve over radii is smooth.
 * worst-case z: one normalised gradient step, ``perturbation(s_l, g_l, r, norm)`` with g the
   score gradient (straight-through) of the cross-entropy on the adversarial batch: S2AP's own
   inner maximisation, measured instead of trained on.
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn

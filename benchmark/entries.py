@@ -14,8 +14,9 @@ suite's one reader, so they see only records that passed the schema and its rule
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from benchmark.config import canonical_sparsity, s2ap_to_path
 

@@ -26,9 +26,10 @@ The cost model, per job (seconds):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from benchmark import calibration as _cal
 from benchmark import config as apcfg

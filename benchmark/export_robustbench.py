@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from benchmark.config import canonical_sparsity
-from benchmark.entries import (canon_s2ap, expand_runs, result_entry_id, result_key, row_key,
-                               slug)
+from benchmark.entries import canon_s2ap, expand_runs, result_entry_id, result_key, row_key, slug
 from benchmark.io import atomic_write_text, replace_dir
 from benchmark.papers import method_paper, s2ap_paper, training_paper
 from benchmark.results import read_result
@@ -145,7 +145,8 @@ def _unreliable(aa: Mapping[str, Any]) -> list[str]:
     reasons = []
     warnings = [str(w) for w in aa.get("warnings") or []]
     if warnings:
-        reasons.append("AutoAttack warned: " + "; ".join(w.strip().splitlines()[0] for w in warnings if w.strip())[:300])
+        first_lines = "; ".join(w.strip().splitlines()[0] for w in warnings if w.strip())
+        reasons.append("AutoAttack warned: " + first_lines[:300])
     lowered = list(aa.get("lowered_by") or [])
     if lowered or aa.get("lowered_after_apgd"):
         after = aa.get("robust_after") or {}

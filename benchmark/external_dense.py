@@ -30,8 +30,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from benchmark.errors import CheckpointError, ConfigError, MissingFileError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 REFERENCE_ENV = "APBENCH_REFERENCE_PATHS"
 

@@ -22,9 +22,10 @@ Torch-free.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from benchmark.errors import CorruptFileError, MissingFileError
 from benchmark.io import atomic_write_json, sha256_file

@@ -35,11 +35,11 @@ import os
 import pickle
 import struct
 import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from benchmark.entries import (canon_s2ap, expand_runs, model_key, preset_of, result_entry_id,
-                               result_key)
+from benchmark.entries import canon_s2ap, expand_runs, model_key, preset_of, result_entry_id, result_key
 from benchmark.errors import CorruptFileError, MissingFileError
 from benchmark.io import atomic_write_text, replace_dir, sha256_file
 from benchmark.results import read_result

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import ast
 import functools
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
 PAPER_FIELDS = ("key", "name", "authors", "venue", "link")

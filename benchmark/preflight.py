@@ -21,8 +21,9 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from benchmark import config as _config
 from benchmark import external_dense as _external

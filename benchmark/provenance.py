@@ -26,11 +26,12 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 # Distribution names (what pip knows), not import names: importing torch just to read its
 # version would cost seconds in torch-free callers such as the aggregation step.

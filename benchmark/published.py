@@ -20,8 +20,9 @@ is taken; without one, the row gets no published value rather than a guess. Torc
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 

@@ -21,9 +21,10 @@ counterparts. Every other case is a ``Match`` with status ``no-counterpart`` and
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import CorruptFileError
 
@@ -88,7 +89,7 @@ def _note(path: Path) -> str:
     return " ".join(lines)
 
 
-def load_reference(reference_csv: str | Path | None = None) -> tuple["pd.DataFrame", str]:
+def load_reference(reference_csv: str | Path | None = None) -> tuple[pd.DataFrame, str]:
     """(the reference rows with normalised keys, its source note). None reads the AP benchmark
     shipped with the package."""
     import pandas as pd
@@ -131,7 +132,7 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def match(ref: "pd.DataFrame", *, dataset: str, arch: str, method: str, s2ap: str, structure: str,
+def match(ref: pd.DataFrame, *, dataset: str, arch: str, method: str, s2ap: str, structure: str,
           sparsity: float, eps: float | None, n_images: int | None) -> Match:
     """The reference cell of one cell of ours, matched on every key (module docstring)."""
     if method == "dense":
@@ -178,7 +179,7 @@ def inside(value: float | None, lo: float | None, hi: float | None) -> bool | No
     return bool(lo <= value <= hi)
 
 
-def add_reference(rows: Iterable[dict], ref: "pd.DataFrame") -> None:
+def add_reference(rows: Iterable[dict], ref: pd.DataFrame) -> None:
     """Leaderboard rows get ``ref_clean`` / ``ref_autoattack`` (NaN without a counterpart)."""
     for row in rows:
         found = match_row(ref, row)
@@ -186,7 +187,7 @@ def add_reference(rows: Iterable[dict], ref: "pd.DataFrame") -> None:
         row["ref_autoattack"] = found.autoattack if found.matched else math.nan
 
 
-def match_row(ref: "pd.DataFrame", row: Mapping[str, Any]) -> Match:
+def match_row(ref: pd.DataFrame, row: Mapping[str, Any]) -> Match:
     """``match`` for a pooled row of the leaderboard (aggregate's field names)."""
     n = row.get("autoattack_n")
     n = None if n is None or (isinstance(n, float) and math.isnan(n)) else int(n)

@@ -23,10 +23,11 @@ import importlib
 import importlib.machinery
 import importlib.util
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 METHOD_ENTRY_POINT_GROUP = "adversarial_pruning.methods"
 _METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"

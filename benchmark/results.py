@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from benchmark.io import atomic_write_json
 
@@ -69,7 +70,7 @@ class ResultError(ValueError):
         where = f"{self.path}: " if self.path else ""
         return f"{where}rule '{self.rule}': {self.detail}"
 
-    def at(self, path: str | Path) -> "ResultError":
+    def at(self, path: str | Path) -> ResultError:
         return ResultError(self.rule, self.detail, path)
 
 

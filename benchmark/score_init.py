@@ -20,8 +20,8 @@ flags it finds are the ones the search starts from (the contract tests check thi
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch.utils.data import Dataset, default_collate

@@ -56,7 +56,7 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if _in_main_thread():
             for signum in STOP_SIGNALS:
                 previous = signal.getsignal(signum)

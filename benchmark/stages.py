@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -25,7 +26,7 @@ from .io import atomic_torch_save, atomic_write_json, load_checkpoint, load_stat
 from .losses import RobustLoss
 from .registry import method_registry
 from .score_init import ScoreInitContext, TrainBatches
-from .training import Trainer, TrainConfig, TrainHook, validate
+from .training import TrainConfig, Trainer, TrainHook, validate
 
 S2AP_SEARCH = ("on", "score")
 S2AP_FINETUNE = ("on", "awp")
@@ -137,7 +138,7 @@ class StageTraining:
     @classmethod
     def for_stage(cls, name: str, cfg: dict, *, train: TrainConfig, splits: Sequence[Dataset],
                   device: torch.device, seed: int, fingerprint: str,
-                  state_dir: str | Path | None) -> "StageTraining":
+                  state_dir: str | Path | None) -> StageTraining:
         data, runtime = cfg.get("data", {}), cfg.get("runtime", {}) or {}
         return cls(name=name, train=train, train_set=splits[0], val_set=splits[1], device=device,
                    seed=seed, fingerprint=fingerprint, state_dir=Path(state_dir) if state_dir else None,
@@ -312,7 +313,8 @@ def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, spar
         history = run.trainer(model, params, hooks).fit()
     masks = masking.get_masks(model)
     meta = _meta(cfg, "finetune", smeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
-                 sparsity=sparsity, seed=seed, granularity=m.granularity, width=float(cfg.get("model", {}).get("width", 1.0)),
+                 sparsity=sparsity, seed=seed, granularity=m.granularity,
+                 width=float(cfg.get("model", {}).get("width", 1.0)),
                  history=history, search=dict(mask_val=smeta.get("mask_val"), history=smeta.get("history"),
                                               report=smeta.get("search_report"),
                                               val_majority_share=smeta.get("val_majority_share")),

@@ -15,7 +15,8 @@ Flags travel between stages as strings of '0'/'1', one character per test image 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -43,9 +43,10 @@ import re
 import struct
 import time
 import zipfile
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 

@@ -31,9 +31,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from benchmark import choices
 from benchmark.errors import InputFileError
@@ -181,7 +182,7 @@ def preset_problems(cfg: Mapping[str, Any], traits: Mapping[str, Mapping[str, bo
 
 
 # ---------------------------------------------------------------- reading the results
-def _rows(files: Sequence[str | Path]) -> "Any":
+def _rows(files: Sequence[str | Path]) -> Any:
     from benchmark.aggregate import build_tables
 
     df, _, _ = build_tables(list(files))

@@ -20,9 +20,9 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -63,7 +63,7 @@ class TrainConfig:
     nesterov: bool = False
 
     @classmethod
-    def from_dict(cls, d: dict, default_attack: AttackConfig) -> "TrainConfig":
+    def from_dict(cls, d: dict, default_attack: AttackConfig) -> TrainConfig:
         d = dict(d)
         a = dict(d.pop("attack", None) or {})
         attack = AttackConfig(
@@ -90,19 +90,19 @@ class TrainHook:
     #: a hook that overrides ``backward`` computes the gradients itself
     overrides_backward = False
 
-    def on_fit_start(self, trainer: "Trainer") -> None: ...
+    def on_fit_start(self, trainer: Trainer) -> None: ...
 
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
 
-    def extra_loss(self, trainer: "Trainer") -> torch.Tensor | None:
+    def extra_loss(self, trainer: Trainer) -> torch.Tensor | None:
         return None
 
-    def backward(self, trainer: "Trainer", batch: AdvBatch) -> torch.Tensor:
+    def backward(self, trainer: Trainer, batch: AdvBatch) -> torch.Tensor:
         raise NotImplementedError
 
-    def after_step(self, trainer: "Trainer") -> None: ...
+    def after_step(self, trainer: Trainer) -> None: ...
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, record: dict) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict) -> None: ...
 
     def state_dict(self) -> dict:
         return {}

@@ -28,8 +28,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmark.masking import (apply_masks_to_weights, global_counts, keep_for_count, kept_count,
-                               masked_layers, refresh_masks, scaled_score_init, set_keep, to_masked)
+from benchmark.masking import (
+    apply_masks_to_weights,
+    global_counts,
+    keep_for_count,
+    kept_count,
+    masked_layers,
+    refresh_masks,
+    scaled_score_init,
+    set_keep,
+    to_masked,
+)
 from benchmark.registry import TRAIT_DEFAULTS
 from benchmark.score_init import ScoreInitContext, TrainBatches
 from benchmark.training import TrainConfig, TrainHook

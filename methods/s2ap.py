@@ -47,6 +47,7 @@ from benchmark.masking import masked_layers
 from benchmark.score_perturbation import NORMS, perturbation
 from benchmark.training import TrainHook
 
+
 def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
     return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
             for b in m.buffers(recurse=False)]

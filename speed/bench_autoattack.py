@@ -27,8 +27,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.autoattack_eval import run_autoattack  # noqa: E402
-from benchmark.evaluation import prepare_for_eval  # noqa: E402
 from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR  # noqa: E402
+from benchmark.evaluation import prepare_for_eval  # noqa: E402
 
 FMNIST = Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR)
 
@@ -80,7 +80,8 @@ def build(n_images: int, train_steps: int, root: Path = FMNIST
         opt.zero_grad()
         F.cross_entropy(model(xb), yb).backward()
         opt.step()
-    return prepare_for_eval(model), test[0], test[1], f"Fashion-MNIST test[:{n_images}], CNN trained {train_steps} steps"
+    what = f"Fashion-MNIST test[:{n_images}], CNN trained {train_steps} steps"
+    return prepare_for_eval(model), test[0], test[1], what
 
 
 def _sync(device: str) -> None:

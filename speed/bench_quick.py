@@ -31,7 +31,6 @@ import contextlib
 import copy
 import heapq
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -45,11 +44,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "speed"))
 
 import torch  # noqa: E402
+from passes import KINDS, PassCounter, PassPrices, cpu_time  # noqa: E402
 
 from benchmark import config as C  # noqa: E402
 from benchmark import fastpaths, stages  # noqa: E402
 from benchmark.stats import wilson_interval  # noqa: E402
-from passes import KINDS, PassCounter, PassPrices, cpu_time  # noqa: E402
 
 ATTACK_ORDER = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
@@ -70,7 +69,7 @@ class Ledger:
             "counts": [[lab, kind, b, n] for (lab, kind, b), n in self.counter.counts.items()]}))
 
     @classmethod
-    def load(cls, path: Path) -> "Ledger":
+    def load(cls, path: Path) -> Ledger:
         data = json.loads(path.read_text())
         ledger = cls()
         ledger.seconds.update(data["seconds"])
@@ -252,7 +251,7 @@ def thread_speedup(build, input_shape, num_classes, cores: int, steps: int, atta
     from torch.utils.data import TensorDataset
 
     from benchmark.attacks import AttackConfig
-    from benchmark.training import Trainer, TrainConfig
+    from benchmark.training import TrainConfig, Trainer
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand((batch, *input_shape), generator=g)

@@ -33,7 +33,7 @@ from benchmark.datasets import get_info  # noqa: E402
 from benchmark.models import build_model  # noqa: E402
 from benchmark.registry import method_registry  # noqa: E402
 from benchmark.score_init import ScoreInitContext  # noqa: E402
-from benchmark.training import Trainer, TrainConfig  # noqa: E402
+from benchmark.training import TrainConfig, Trainer  # noqa: E402
 
 
 def make_trainer(variant: str, args, info, data, device):

@@ -57,7 +57,7 @@ from benchmark.evaluation import prepare_for_eval  # noqa: E402
 from benchmark.models import build_model  # noqa: E402
 from benchmark.registry import method_registry  # noqa: E402
 from benchmark.score_init import ScoreInitContext  # noqa: E402
-from benchmark.training import Trainer, TrainConfig  # noqa: E402
+from benchmark.training import TrainConfig, Trainer  # noqa: E402
 
 # architecture -> (dataset whose shape it is measured at, batch size at width 1). Small batches
 # keep a CPU run short; the estimate scales a step linearly to the preset's batch size.
@@ -144,7 +144,7 @@ def _autoattack_seconds(model, x, device, budget: int, rounds: int) -> float:
             adv.attacks_to_run = [attack]
             adv.apgd.n_iter = adv.apgd_targeted.n_iter = adv.fab.n_iter = iters
             adv.square.n_queries = iters
-            times.append(_timed(lambda: adv.run_standard_evaluation(x, y, batch_size=len(x)), device))
+            times.append(_timed(lambda a=adv: a.run_standard_evaluation(x, y, batch_size=len(x)), device))
         return statistics.median(times)
 
     total = 0.0
@@ -185,7 +185,7 @@ def measure(arch: str, width: float, args, device) -> dict:
     for r in range(args.rounds):
         order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
         for v in order:
-            times[v].append(_timed(lambda: trainers[v].train_step(x, y), device))
+            times[v].append(_timed(lambda t=trainers[v]: t.train_step(x, y), device))
     seconds = {v: statistics.median(t) for v, t in times.items()}
     model = prepare_for_eval(trainers["pretrain_step"].model)
     xd = x.to(device)

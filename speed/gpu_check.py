@@ -45,7 +45,7 @@ smallest), on every forward pass -- each attack step's included -- with the stra
 gradient to the scores; the scores stay trainable parameters throughout (the attack's graph holds
 them), the weights are frozen, BatchNorm trains. Its attack and loss are the suite's own
 (RobustLoss: TRADES from x + 0.001 N(0, 1), sign steps), so the comparison isolates the mask
-machinery; nothing methods.md does not describe is modelled. tests/test_gpu_check.py checks that
+machinery; nothing docs/methods.md does not describe is modelled. tests/test_gpu_check.py checks that
 it computes our masks and our score update.
 
 Calibration (read by the cost estimate): one entry per architecture and precision whose steps,
@@ -75,11 +75,11 @@ What the GPU machine needs beyond what it has (torch, numpy, tqdm are there): py
           export PYTHONPATH=$PWD/.whl/site PYTHONUNBUFFERED=1; python3 speed/gpu_check.py
           --check-imports && python3 speed/gpu_check.py --budget-s 480
 (or the 42 MB wheel: pip download --no-deps --only-binary=:all: -d .whl pyautoattack==0.2.0, and
-pip install --no-index --no-deps --target /tmp/site .whl/*.whl there). ``--check-imports`` prints
+pip install --no-index --no-deps --target "$TMPDIR/site" .whl/*.whl there). ``--check-imports`` prints
 what is missing in a second or two, before any GPU work.
 
 CPU test of the whole structure (tests/test_gpu_check.py; under a minute):
-  python speed/gpu_check.py --device cpu --quick --out /tmp/gpu_check
+  python speed/gpu_check.py --device cpu --quick --out build/gpu_check_cpu
 """
 from __future__ import annotations
 
@@ -698,7 +698,8 @@ class Check:
 
     # -- estimates (seconds; only to decide what fits) ----------------------------------------
     def _step_unit(self, arch: str, precision: str) -> float:
-        return self.unit * ARCH_COST.get(arch, 1.5) * PRECISION_COST[precision if self.device.type == "cuda" else "bf16"]
+        precision = precision if self.device.type == "cuda" else "bf16"
+        return self.unit * ARCH_COST.get(arch, 1.5) * PRECISION_COST[precision]
 
     def est_steps(self, arch: str, precision: str) -> float:
         m = self.m
@@ -828,7 +829,8 @@ class Check:
                "ours": spread(times["ours"]), "public_style": spread(times["public_style"])}
         ratio = out["ours"]["median_s"] / out["public_style"]["median_s"]
         out["ratio"] = ratio
-        say(f"  our epoch median {out['ours']['median_s']:.2f} s ({out['ours']['median_s'] / m.epoch_steps * 1e3:.1f} ms/step), "
+        ours_s = out['ours']['median_s']
+        say(f"  our epoch median {ours_s:.2f} s ({ours_s / m.epoch_steps * 1e3:.1f} ms/step), "
             f"public-style {out['public_style']['median_s']:.2f} s "
             f"({out['public_style']['median_s'] / m.epoch_steps * 1e3:.1f} ms/step); ratio {ratio:.3f}")
         self.goal(2, ratio)

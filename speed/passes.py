@@ -18,7 +18,7 @@ import contextlib
 import statistics
 import time
 from collections import Counter
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -54,7 +54,7 @@ class PassCounter:
         self.counts[(self.label, kind, b)] += 1
 
     @contextlib.contextmanager
-    def watch(self, model: nn.Module) -> Iterator["PassCounter"]:
+    def watch(self, model: nn.Module) -> Iterator[PassCounter]:
         handle = model.register_forward_hook(self._hook)
         try:
             yield self

@@ -32,7 +32,7 @@ class AlwaysWrong(nn.Module):
         return 5.0 * torch.nn.functional.one_hot(torch.zeros(x.shape[0], dtype=torch.long), 10) - 2.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _evaluation(clean_n: int, pgd_n: int, aa_n: int | None, eps: float, attacks: tuple | None,
                 version: str) -> tuple[dict, dict]:
     """(the evaluate config, evaluate_model's output) for these image counts."""
@@ -47,7 +47,7 @@ def _evaluation(clean_n: int, pgd_n: int, aa_n: int | None, eps: float, attacks:
     return ecfg, evaluate_model(prepare_for_eval(AlwaysWrong()), (x, y), ecfg, progress=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sparsity(percent: float) -> dict:
     """measure_sparsity of a layer pruned by magnitude to ``percent`` (no mask for 0)."""
     torch.manual_seed(0)

@@ -41,7 +41,7 @@ class AlwaysWrong(nn.Module):
         return 5.0 * torch.nn.functional.one_hot(torch.zeros(x.shape[0], dtype=torch.long), 10) - 2.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _evaluation(n, eps, attacks, version):
     """(the evaluate config, evaluate_model's output) for n images."""
     x = torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -53,7 +53,7 @@ def _evaluation(n, eps, attacks, version):
     return ecfg, evaluate_model(prepare_for_eval(AlwaysWrong()), (x, y), ecfg, progress=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sparsity(percent):
     """measure_sparsity of a layer pruned by magnitude to ``percent`` (no mask for 0)."""
     torch.manual_seed(0)
@@ -312,7 +312,7 @@ def test_a_projected_search_is_flagged(tmp_path):
     df = aggregate(tmp_path, tmp_path / "out")
     flag = dict(zip(df["method"], df["flag"]))
     assert "projected:1/1" in flag["harp"] and "projected" not in flag["hydra"]
-    assert "projected:K/N" in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "**J** (projected): K of N HARP searches" in (tmp_path / "out" / "leaderboard.md").read_text()
 
 
 def test_s2ap_pair_refuses_different_attack_sets(tmp_path):
@@ -496,7 +496,7 @@ def _s2ap_search_summary(gamma: float) -> dict:
     from benchmark.attacks import AttackConfig
     from benchmark.datasets import get_info
     from benchmark.models import build_model
-    from benchmark.training import Trainer, TrainConfig
+    from benchmark.training import TrainConfig, Trainer
     from methods.base import RefreshMasks
     from methods.s2ap import ScoreSharpness
 

@@ -6,8 +6,7 @@ import torch.nn as nn
 from pyautoattack import AutoAttack
 
 import benchmark.autoattack_eval as aae
-from benchmark.autoattack_eval import (capture_autoattack_log, parse_log, resolve_attacks,
-                                       run_autoattack)
+from benchmark.autoattack_eval import capture_autoattack_log, parse_log, resolve_attacks, run_autoattack
 from benchmark.evaluation import prepare_for_eval
 
 

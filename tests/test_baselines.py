@@ -11,8 +11,8 @@ from torch.utils.data import TensorDataset
 
 from benchmark import masking, stages
 from benchmark.config import method_traits
-from benchmark.registry import method_registry
 from benchmark.masking import global_counts
+from benchmark.registry import method_registry
 from benchmark.score_init import ScoreInitContext
 from methods.lamp import Lamp, lamp_scores
 from methods.random_prune import RandomPrune
@@ -72,7 +72,7 @@ def test_lamp_global_top_k_sets_each_layers_count():
     assert sum(counts) == kept_total
     assert len({round(c / layer.weight.numel(), 3) for c, (_, layer) in zip(counts, layers)}) == len(layers)
     # the keeps given to the layers reproduce the counts through the shared rounding
-    for (name, layer), c in zip(layers, counts):
+    for (_name, layer), c in zip(layers, counts):
         assert masking.kept_count(layer.weight.numel(), layer.keep) == c
 
 

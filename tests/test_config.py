@@ -1,5 +1,5 @@
 """Presets: validation before any job, canonical sparsities, per-stage configs, recipe hashes,
-and the paper presets against the published recipe (methods.md)."""
+and the paper presets against the published recipe (docs/methods.md)."""
 from __future__ import annotations
 
 import ast
@@ -14,8 +14,15 @@ import pytest
 import yaml
 
 from benchmark import config as C
-from benchmark.registry import (ARCHITECTURES, DATASETS, TRAIT_DEFAULTS, MethodContractError,
-                                MethodFileError, method_registry, read_method_file)
+from benchmark.registry import (
+    ARCHITECTURES,
+    DATASETS,
+    TRAIT_DEFAULTS,
+    MethodContractError,
+    MethodFileError,
+    method_registry,
+    read_method_file,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = REPO / "presets"
@@ -529,7 +536,8 @@ def test_loading_a_method_checks_the_contract_in_the_job_process(tmp_path):
         """))
     reg = method_registry([path])
     assert reg.traits("loose") == TRAIT_DEFAULTS  # planning needs no import
-    with pytest.raises(MethodContractError, match=r"loose\.py:4: method 'loose' \(Loose\) must subclass methods.base.PruningMethod"):
+    must = r"loose\.py:4: method 'loose' \(Loose\) must subclass methods.base.PruningMethod"
+    with pytest.raises(MethodContractError, match=must):
         reg.get("loose")
     # a class whose traits were changed after its declaration does not run under that name
     path = _method_file(tmp_path, "drifted", "Drifted", "learns_scores=False",

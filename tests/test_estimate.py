@@ -46,7 +46,8 @@ def test_the_shipped_calibration_file_is_valid():
 @pytest.mark.parametrize("change,message", [
     (lambda o: o.update(format="other"), "format: 'other'"),
     (lambda o: o.update(version=2), "version: 2"),
-    (lambda o: o["entries"][0]["seconds"].pop("autoattack_image"), r"entries\[0\].seconds: missing \['autoattack_image'\]"),
+    (lambda o: o["entries"][0]["seconds"].pop("autoattack_image"),
+     r"entries\[0\].seconds: missing \['autoattack_image'\]"),
     (lambda o: o["entries"][0].update(device="tpu"), r"entries\[0\].device: 'tpu'"),
     (lambda o: o["entries"][0].update(extra=1), r"entries\[0\]: unknown field\(s\) \['extra'\]"),
     (lambda o: o["entries"][0]["seconds"].update(pgd_image=-1), "not non-negative numbers"),

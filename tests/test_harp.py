@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from benchmark import masking
 from benchmark.attacks import AttackConfig
-from benchmark.training import Trainer, TrainConfig
+from benchmark.training import TrainConfig, Trainer
 from methods import structured
 from methods.base import RefreshMasks, ScoreInitContext, TrainBatches
 from methods.harp import Harp, RateHinge, erk_keep

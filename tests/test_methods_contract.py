@@ -29,7 +29,7 @@ from benchmark.config import method_traits
 from benchmark.losses import RobustLoss
 from benchmark.registry import Registry, method_registry, read_method_file
 from benchmark.score_init import ScoreInitContext, TrainBatches
-from benchmark.training import Trainer, TrainConfig
+from benchmark.training import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [ROOT / "examples" / "my_method.py", ROOT / "examples" / "snip_method.py"]

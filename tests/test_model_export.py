@@ -11,9 +11,17 @@ import torch
 
 from benchmark.cli import main as cli_main
 from benchmark.datasets import get_info
-from benchmark.model_export import (ChecksumMismatchError, ModelFileError, NotACheckpointError,
-                                    export_models, load_from_manifest, load_state_dict_verified,
-                                    read_manifest, sha256_file, verify_manifest)
+from benchmark.model_export import (
+    ChecksumMismatchError,
+    ModelFileError,
+    NotACheckpointError,
+    export_models,
+    load_from_manifest,
+    load_state_dict_verified,
+    read_manifest,
+    sha256_file,
+    verify_manifest,
+)
 from benchmark.models import build_model
 
 

@@ -127,8 +127,9 @@ def test_hydra_and_harp_each_train_with_their_published_recipe(name):
     # HARP's method options are its defaults (methods/harp.py): the preset sets none
     assert not (cfg["methods"]["harp"].get("options") or {})
     # the two recipes differ, so the two methods start from their own dense models
-    assert C.pretrain_recipe_hash(cfg, cfg["grid"]["datasets"][0], "resnet18" if name != "paper_cifar10_vit" else "vit", "hydra") \
-        != C.pretrain_recipe_hash(cfg, cfg["grid"]["datasets"][0], "resnet18" if name != "paper_cifar10_vit" else "vit", "harp")
+    arch = "resnet18" if name != "paper_cifar10_vit" else "vit"
+    dataset = cfg["grid"]["datasets"][0]
+    assert C.pretrain_recipe_hash(cfg, dataset, arch, "hydra") != C.pretrain_recipe_hash(cfg, dataset, arch, "harp")
 
 
 def test_baselines_train_with_their_recipes():

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 from matplotlib.container import ErrorbarContainer
 
-from benchmark.plots import (accuracy_figure, diagnostics_figure, diagnostics_panels, plot_diagnostics,
-                             plot_leaderboard)
+from benchmark.plots import accuracy_figure, diagnostics_figure, diagnostics_panels, plot_diagnostics, plot_leaderboard
 
 
 def leaderboard_rows(**extra) -> pd.DataFrame:

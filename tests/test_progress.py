@@ -43,7 +43,7 @@ def test_job_without_terminal_logs_steps_within_an_epoch(monkeypatch):
     from torch.utils.data import TensorDataset
 
     from benchmark.attacks import AttackConfig
-    from benchmark.training import Trainer, TrainConfig
+    from benchmark.training import TrainConfig, Trainer
 
     monkeypatch.setenv(progress.PROGRESS_ENV, "0")
     monkeypatch.setenv(progress.PROGRESS_INTERVAL_ENV, "1e-9")  # every step

@@ -48,7 +48,7 @@ def repo(tmp_path, monkeypatch):
     raw["name"] = PRESET
     (root / "presets" / f"{PRESET}.yaml").write_text(yaml.safe_dump(raw))
     (root / "README.md").write_text("a benchmark\n")
-    (root / ".gitignore").write_text("/work/\n/results/*\n!/results/published/\n")
+    (root / ".gitignore").write_text((REPO / ".gitignore").read_text())  # the repository's rules
     git(root, "init", "-q")
     git(root, "config", "user.email", "t@example.org")
     git(root, "config", "user.name", "t")

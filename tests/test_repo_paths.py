@@ -22,7 +22,7 @@ FORBIDDEN = {
     "a system data folder": re.compile(r"(?<![\w.])/" + r"usr/share\b"),
 }
 DEBIAN_DEFAULT = "benchmark/datasets.py"
-# .gitignore patterns are relative to the repository by definition ("/work/" is its work folder)
+# .gitignore patterns are relative to the repository by definition (a leading slash is its root)
 NOT_PATHS = {".gitignore"}
 
 

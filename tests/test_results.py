@@ -2,10 +2,10 @@
 import fnmatch
 import json
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 import torch.nn as nn
 from pyautoattack import AutoAttack

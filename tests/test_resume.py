@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.io import load_checkpoint
 from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
+from benchmark.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_fashion_mnist = pytest.mark.skipif(
@@ -112,7 +112,7 @@ def _tiny_trainer(tmp_path, epochs=3, hooks=(), fingerprint="a"):
     from torch.utils.data import TensorDataset
 
     from benchmark.attacks import AttackConfig
-    from benchmark.training import Trainer, TrainConfig
+    from benchmark.training import TrainConfig, Trainer
 
     gen = torch.Generator().manual_seed(0)
     ds = TensorDataset(torch.rand(48, 1, 4, 4, generator=gen), torch.randint(0, 2, (48,), generator=gen))
@@ -169,7 +169,7 @@ def test_checkpoint_from_another_config_is_not_resumed(tmp_path):
     from torch.utils.data import TensorDataset
 
     from benchmark.attacks import AttackConfig
-    from benchmark.training import Trainer, TrainConfig
+    from benchmark.training import TrainConfig, Trainer
 
     ds = TensorDataset(torch.rand(32, 1, 4, 4), torch.randint(0, 2, (32,)))
     cfg = TrainConfig(epochs=1, lr=0.1, batch_size=16, attack=AttackConfig(0.1, 1, 0.1), val_attack_steps=0)

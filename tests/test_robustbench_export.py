@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main as cli_main
-from benchmark.export_robustbench import (NotExportable, eps_text, export_robustbench,
-                                          robustbench_entry)
+from benchmark.export_robustbench import NotExportable, eps_text, export_robustbench, robustbench_entry
 from benchmark.papers import PaperMetadataError, class_paper, method_paper
 
 REPO = Path(__file__).resolve().parent.parent

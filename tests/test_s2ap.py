@@ -8,9 +8,9 @@ from torch.utils.data import TensorDataset
 
 from benchmark import masking
 from benchmark.attacks import AttackConfig
-from benchmark.training import Trainer, TrainConfig
-from methods.base import KeepPrunedZero, RefreshMasks
 from benchmark.score_perturbation import NORMS, perturbation
+from benchmark.training import TrainConfig, Trainer
+from methods.base import KeepPrunedZero, RefreshMasks
 from methods.s2ap import AWP, ScoreSharpness
 
 

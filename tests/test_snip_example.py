@@ -17,10 +17,10 @@ from torch.utils.data import TensorDataset
 
 from benchmark import masking
 from benchmark.attacks import AttackConfig, pgd_linf
+from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 from benchmark.losses import RobustLoss
 from benchmark.registry import method_registry
 from benchmark.score_init import ScoreInitContext, TrainBatches
-from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 SNIP = REPO / "examples" / "snip_method.py"

@@ -4,7 +4,6 @@ reason it names: a pickle that would run code, a wrong architecture, a wrong cla
 eps, a truncated file, a checksum that does not match, a YAML that breaks the schema."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import shutil
@@ -19,7 +18,7 @@ from benchmark import stages
 from benchmark.aggregate import aggregate
 from benchmark.cli import main as cli_main
 from benchmark.datasets import get_info
-from benchmark.model_export import export_models, read_manifest
+from benchmark.model_export import export_models
 from benchmark.models import build_model
 from benchmark.results import read_result
 from benchmark.submission import SubmissionError, read_submission, submissions_for, submit
@@ -161,7 +160,8 @@ def test_the_submit_command(entry, monkeypatch, capsys):
     folder = make_submission(root, "cli", entry["safetensors"])
     assert cli_main(["submit", str(folder), "--preset", str(entry["preset"])]) == 0
     out = capsys.readouterr().out
-    assert "submission cli: sparsity 89.99 % (claimed 90)" in out and (root / "results/tiny/submissions/cli.json").is_file()
+    assert "submission cli: sparsity 89.99 % (claimed 90)" in out
+    assert (root / "results/tiny/submissions/cli.json").is_file()
 
 
 # ---------------------------------------------------------------- refusals

@@ -62,16 +62,16 @@ def write_preset(path: Path, base: str, **changes) -> Path:
 def test_quick_dry_run(tmp_path):
     jobs = dry_run_jobs("--configfile", PRESETS / "quick.yaml", cwd=tmp_path)
     counts = Counter(j["rule"] for j in jobs)
-    # hydra and harp with S2AP off and on, lwm and random: 6 cells at one sparsity, one dense
-    # model shared by all; the on/off cells have a search each (no AWP-only value in quick)
+    # hydra with S2AP off and on, and random, at 90/95/99 %: 9 cells, one dense model shared by
+    # all; the on/off cells have a search each (no AWP-only value in quick)
     assert counts["pretrain"] == 1 and counts["evaluate_dense"] == 1
-    assert counts["prune"] == counts["finetune"] == counts["evaluate"] == 6
+    assert counts["prune"] == counts["finetune"] == counts["evaluate"] == 9
     assert counts["aggregate"] == 1
     outputs = [o for j in jobs for o in j["output"]]
     # the leaderboard files are written beside the stamp, the aggregate rule's declared output
     assert "results/quick/leaderboard.stamp.json" in outputs
-    assert "results/quick/runs/fashion-mnist/small_cnn/lwm/n-a/sp95/seed0.json" in outputs
-    assert "results/quick/runs/fashion-mnist/small_cnn/harp/on/sp95/seed0.json" in outputs
+    assert "results/quick/runs/fashion-mnist/small_cnn/random/n-a/sp90/seed0.json" in outputs
+    assert "results/quick/runs/fashion-mnist/small_cnn/hydra/on/sp99/seed0.json" in outputs
     assert "results/quick/runs/fashion-mnist/small_cnn/dense/n-a/sp0/seed0.json" in outputs
     for j in jobs:
         if j["rule"] in {"pretrain", "prune", "finetune", "evaluate", "evaluate_dense", "aggregate"}:
@@ -90,7 +90,8 @@ def test_a_fresh_clone_trains_everything_and_compares_with_the_published_run(tmp
         (published / rel).write_text("{}")
     jobs = dry_run_jobs("--configfile", PRESETS / "quick.yaml", cwd=tmp_path)
     counts = Counter(j["rule"] for j in jobs)
-    assert counts["pretrain"] == 1 and counts["prune"] == counts["evaluate"] == 6
+    # HYDRA with S2AP off and on, and random pruning, at 90/95/99 %
+    assert counts["pretrain"] == 1 and counts["prune"] == counts["evaluate"] == 9
     (aggregate,) = [j for j in jobs if j["rule"] == "aggregate"]
     assert "--published results/published/quick/leaderboard.csv" in aggregate["shell"]
     assert not any("results/published" in o for j in jobs for o in j["output"])

@@ -10,7 +10,7 @@ calling the module: ``benchmark.masking.to_masked`` swaps them for masked subcla
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

@@ -26,17 +26,27 @@ import math
 import os
 import shutil
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from benchmark import flags as flag_legend
 from benchmark import svg_plots
 from benchmark.aggregate import AggregationError, build_tables
 from benchmark.config import s2ap_search_value, s2ap_to_path
-from benchmark.entries import (canon_s2ap, entry_id, entry_slug, expand_runs, model_key,
-                               preset_of, reproduce_command, result_key, row_key)
+from benchmark.entries import (
+    canon_s2ap,
+    entry_id,
+    entry_slug,
+    expand_runs,
+    model_key,
+    preset_of,
+    reproduce_command,
+    result_key,
+    row_key,
+)
 from benchmark.export_robustbench import entry_path as rb_entry_path
 from benchmark.export_robustbench import robustbench_status
 from benchmark.io import atomic_write_text, replace_dir
@@ -211,7 +221,8 @@ def _stage_summary(stage: str, cfg: Mapping[str, Any] | None) -> list[tuple[str,
                  if aa else "off")]
     data = cfg.get("data") or {}
     if data and stage != "evaluate":
-        out.append(("training images", "all" if data.get("train_subset") in (None, 0) else str(data.get("train_subset"))))
+        subset = data.get("train_subset")
+        out.append(("training images", "all" if subset in (None, 0) else str(subset)))
     return out
 
 
