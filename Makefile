@@ -41,11 +41,11 @@ dry-run: install
 	$(SNAKEMAKE) -n --profile workflows/profiles/local --configfile presets/$(PRESET).yaml
 
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
-# everything but the end-to-end runs (pytest marker e2e)
+# everything but the end-to-end runs and the tests that take seconds (markers e2e, slow): a minute
 test-fast: install
-	$(VENV)/bin/python -m pytest -q -m "not e2e"
+	$(VENV)/bin/python -m pytest -q -m "not e2e and not slow"
 
 # One linter per line; CI runs them before the tests.
 lint: install

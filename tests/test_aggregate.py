@@ -228,6 +228,7 @@ def test_s2ap_paired_table_with_mcnemar(tmp_path):
     assert "n/a" in lwm_line
 
 
+@pytest.mark.slow
 def test_the_seed_level_interval_of_three_seeds_equals_a_hand_computation(tmp_path):
     from scipy import stats as scipy_stats
 
@@ -467,6 +468,7 @@ def test_cli_aggregate_exclude_invalid(tmp_path, capsys):
     assert "excluded: 1 result file(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_plots_written_and_diagnostics_optional(tmp_path):
     runs = tmp_path / "runs"
     dense(runs)
@@ -517,6 +519,7 @@ def _s2ap_search_summary(gamma: float) -> dict:
     return hook.summary(trainer.fit())
 
 
+@pytest.mark.slow
 def test_an_s2ap_run_that_flips_nothing_is_flagged_inactive_and_one_at_the_chosen_gamma_is_not(tmp_path):
     from benchmark import config as C
 

@@ -64,6 +64,7 @@ def test_subset_is_labelled_non_standard_and_matches_bare_call():
     assert resolve_attacks("standard", None) == (["apgd-ce", "apgd-t", "fab-t", "square"], True)
 
 
+@pytest.mark.slow
 def test_standard_version_flags_lowering_after_apgd_and_warnings():
     m = prepare_for_eval(Quantised())
     x, y = data(m, 6)

@@ -35,6 +35,7 @@ CELL = {"dataset": DATASET, "arch": ARCH, "method": "dense", "s2ap": "n/a", "spa
         "seed": 0, "preset": "tiny"}
 
 
+@pytest.mark.slow
 def test_shard_jobs_then_the_evaluation_give_the_numbers_of_one_evaluation(tiny):
     cfg, dense, root = tiny
     ecfg = C.stage_config(cfg, "evaluate", dataset=DATASET, arch=ARCH)
@@ -58,6 +59,7 @@ def test_shard_jobs_then_the_evaluation_give_the_numbers_of_one_evaluation(tiny)
     assert set(threads) == {"pretrain", "evaluate"} and all(t >= 1 for t in threads.values())
 
 
+@pytest.mark.slow
 def test_the_workflow_runs_one_job_per_shard_before_each_evaluation(tmp_path):
     extra = tmp_path / "shards.yaml"
     extra.write_text("runtime: {device: cpu, threads: 1, bf16: false, channels_last: false, "

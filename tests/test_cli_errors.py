@@ -35,6 +35,7 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, *fragments: str) -> 
         assert fragment in proc.stderr, (fragment, proc.stderr)
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_one_message(tmp_path):
     missing = tmp_path / "search.pt"
     proc = run_cli("stability", "--a", str(missing), "--b", str(missing), "--out", str(tmp_path / "s.json"))
@@ -42,6 +43,7 @@ def test_missing_checkpoint_is_one_message(tmp_path):
     assert len(proc.stderr.strip().splitlines()) <= 2
 
 
+@pytest.mark.slow
 def test_debug_flag_and_env_var_show_the_traceback(tmp_path):
     missing = str(tmp_path / "search.pt")
     args = ["stability", "--a", missing, "--b", missing, "--out", str(tmp_path / "s.json")]
@@ -60,6 +62,7 @@ def test_debug_is_accepted_before_and_after_the_command():
     assert not cli.debug_requested(parser.parse_args(base))
 
 
+@pytest.mark.slow
 def test_unsafe_checkpoint_is_refused_without_running_its_code(tmp_path):
     import torch
 
@@ -76,6 +79,7 @@ def test_unsafe_checkpoint_is_refused_without_running_its_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_names_file_and_model(tmp_path):
     from benchmark.datasets import get_info
     from benchmark.io import atomic_torch_save
@@ -94,6 +98,7 @@ def test_checkpoint_of_another_architecture_names_file_and_model(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_unknown_method_lists_the_choices(tmp_path):
     cfg = {"data": {"root": str(tmp_path / "data")}, "runtime": {"device": "cpu"}, "train": TRAIN}
     proc = run_cli("prune", "--config", json.dumps(cfg), "--dataset", "fashion-mnist", "--arch", "small_cnn",
@@ -101,6 +106,7 @@ def test_unknown_method_lists_the_choices(tmp_path):
     assert_clean_failure(proc, "unknown method 'nope'", "hydra")
 
 
+@pytest.mark.slow
 def test_bad_config_names_the_field(tmp_path):
     cfg = {"data": {"root": str(tmp_path / "data")}, "runtime": {"device": "cpu"},
            "train": {**TRAIN, "epoch": 3}}
@@ -109,6 +115,7 @@ def test_bad_config_names_the_field(tmp_path):
     assert_clean_failure(proc, "train.epoch")
 
 
+@pytest.mark.slow
 def test_missing_dataset_says_which_and_the_remedy(tmp_path):
     cfg = {"data": {"root": str(tmp_path / "data"), "download": False}, "runtime": {"device": "cpu"},
            "train": TRAIN}
@@ -125,6 +132,7 @@ def test_unreadable_config_file_is_a_usage_error(tmp_path):
     assert "cannot read" in proc.stderr and "nope.json" in proc.stderr
 
 
+@pytest.mark.slow
 def test_method_file_flag_registers_the_file():
     proc = run_cli("methods", "--method-file", "examples/my_method.py")
     assert proc.returncode == 0, proc.stderr

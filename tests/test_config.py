@@ -124,6 +124,7 @@ def test_imagenet_needs_a_root(quick):
         C.validate(cfg)
 
 
+@pytest.mark.slow
 def test_bad_preset_fails_the_dry_run_before_any_job(tmp_path):
     raw = yaml.safe_load((PRESETS / "quick.yaml").read_text())
     raw["grid"]["methods"] = ["hydra", "not_a_method"]
@@ -139,6 +140,7 @@ def test_bad_preset_fails_the_dry_run_before_any_job(tmp_path):
     assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sparsity", [0, 100, 150])
 def test_bad_sparsity_fails_the_dry_run(tmp_path, sparsity):
     raw = yaml.safe_load((PRESETS / "quick.yaml").read_text())
@@ -360,6 +362,7 @@ def test_method_without_pretrain_or_finetune(quick, tmp_path):
     assert len(dense) == 1 and dense[0]["recipe"]
 
 
+@pytest.mark.slow
 def test_config_module_imports_no_torch():
     # what the Snakefile runs while it is parsed: validation, the DAG's cells, the cheap machine check
     code = ("import sys; from benchmark import config as C, preflight; "
@@ -469,6 +472,7 @@ def _marking_file(tmp_path: Path, name: str, decorator: str, class_line: str) ->
     return path, marker
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["syntax_error", "non_literal_trait", "non_literal_name"])
 def test_unreadable_declaration_is_refused_without_running_the_file(quick, tmp_path, kind):
     decorator, class_line, expected = {

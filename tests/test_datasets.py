@@ -229,6 +229,7 @@ def _read_idx_labels(path: Path) -> np.ndarray:
 
 @pytest.mark.skipif(not (FASHION_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.slow
 def test_fashion_mnist_from_debian_package(tmp_path):
     train, val, test = D.build_splits("fashion-mnist", tmp_path, val_size=1000, seed=0,
                                       train_subset=500, test_subset=100)
@@ -314,6 +315,7 @@ def _fashion_copy(fashion_raw: Path, root: Path) -> Path:
     return raw
 
 
+@pytest.mark.slow
 @needs_debian_fashion
 def test_fashion_mnist_with_a_flipped_byte_is_refused(fashion_raw, tmp_path):
     raw = _fashion_copy(fashion_raw, tmp_path)
@@ -361,6 +363,7 @@ def _system_dir_with(tmp_path: Path, name: str, content: bytes) -> Path:
     return system
 
 
+@pytest.mark.slow
 @needs_debian_fashion
 def test_damaged_debian_package_is_not_extracted(tmp_path):
     name = "train-labels-idx1-ubyte"

@@ -135,6 +135,7 @@ def test_trades_costs_one_more_pass_and_batch_scales_linearly():
         steps * 0.5 * (5 + 2) / 11 * 64 / 32)
 
 
+@pytest.mark.slow
 def test_the_report_says_no_calibration_instead_of_guessing(tmp_path):
     cfg = preset()
     c = cal.Calibration([entry()])

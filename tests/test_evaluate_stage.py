@@ -122,6 +122,7 @@ def watch(trained, monkeypatch):
     handle.remove()
 
 
+@pytest.mark.slow
 def test_attacks_run_at_the_presets_eps_on_its_images_with_its_attacks(trained, watch, tmp_path):
     cfg, dense = trained
     ev = cfg["evaluate"]
@@ -169,6 +170,7 @@ def test_attacks_run_at_the_presets_eps_on_its_images_with_its_attacks(trained, 
     assert record["structure"] == "unstructured" and record["sparsity"]["mask"] is None
 
 
+@pytest.mark.slow
 def test_autoattack_progress_reaches_the_log_while_it_runs(trained, watch, tmp_path, caplog):
     cfg, dense = trained
     during = []
@@ -217,6 +219,7 @@ def test_dense_weights_with_a_90_percent_mask_are_refused(trained, tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_sparsity_is_measured_on_the_weights_masks_none_or_not(trained, tmp_path):
     cfg, dense = trained
     state = torch.load(dense, weights_only=True)["state_dict"]
@@ -254,6 +257,7 @@ def test_nan_weights_and_a_wrong_shape_mask_are_refused(trained, tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_structured_label_survives_from_the_method_to_the_leaderboard(trained, tmp_path):
     cfg, dense = trained
     cfg = copy.deepcopy(cfg)

@@ -156,6 +156,7 @@ def test_entries_are_validated(tmp_path):
         C.validate(cfg, search_dirs=[REPO])
 
 
+@pytest.mark.slow
 def test_the_workflow_imports_once_instead_of_pretraining(tmp_path):
     src = source_model()
     (tmp_path / "models").mkdir()

@@ -15,6 +15,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+# one CPU run of the whole script serves the module (about 10 s): make test-fast leaves it out
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "speed" / "gpu_check.py"
 

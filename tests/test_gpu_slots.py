@@ -52,6 +52,7 @@ def _overlap(a, b):
     return a["start"] < b["end"] and b["start"] < a["end"]
 
 
+@pytest.mark.slow
 def test_concurrent_jobs_never_share_a_card_and_every_card_is_used(tmp_path):
     runs = _jobs(n_jobs=9, n_slots=3, lock_dir=tmp_path)
     assert {r["card"] for r in runs} == {"0", "1", "2"}
@@ -70,6 +71,7 @@ def test_slots_map_onto_the_cards_cuda_visible_devices_lists(tmp_path):
     assert sorted(r["card"] for r in runs) == ["5", "7"]
 
 
+@pytest.mark.slow
 def test_a_killed_job_frees_its_card(tmp_path):
     env = {**os.environ, "APBENCH_GPU_SLOTS": "1", "APBENCH_GPU_LOCK_DIR": str(tmp_path)}
     code = JOB.format(repo=str(REPO), hold=60)
@@ -114,6 +116,7 @@ def _commands(text):
     return [line for line in text.splitlines() if " -m benchmark " in line]
 
 
+@pytest.mark.slow
 def test_the_gpu_profile_gives_every_training_and_attacking_job_a_slot(tmp_path):
     text = _dry_run(tmp_path, "--profile", str(REPO / "workflows" / "profiles" / "local-gpu"),
                     "--resources", "gpu=3")
@@ -124,6 +127,7 @@ def test_the_gpu_profile_gives_every_training_and_attacking_job_a_slot(tmp_path)
     assert text.count("gpu=1") >= len(gpu_jobs)
 
 
+@pytest.mark.slow
 def test_without_gpu_resources_jobs_claim_nothing(tmp_path):
     text = _dry_run(tmp_path, "--cores", "2")
     assert _commands(text) and not any("APBENCH_GPU_SLOTS" in c for c in _commands(text))

@@ -26,6 +26,7 @@ def test_registry_lists_the_six_architectures():
     assert set(architecture_names()) == {"small_cnn", "resnet18", "vgg16_bn", "wrn28_4", "vit", "resnet50"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", DATASET_NAMES)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_model_builds_and_runs_on_every_dataset(arch, dataset):

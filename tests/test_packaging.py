@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_a_non_editable_install_validates_a_preset(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

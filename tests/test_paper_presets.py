@@ -114,6 +114,7 @@ def test_paper_preset_grid_and_protocol(name):
     assert (REPO / cfg["reference_csv"]).resolve() == reference.AP_BENCHMARK_CSV
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["paper_cifar10", "paper_svhn", "paper_cifar10_vit"])
 def test_hydra_and_harp_each_train_with_their_published_recipe(name):
     cfg = load(name)
@@ -262,6 +263,7 @@ def _dry_run_jobs(name: str, targets: list[str], cwd: Path) -> list[dict]:
     return jobs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_dry_run_runs_the_expected_jobs_for_each_target(name, tmp_path):
     """One dry run per preset with all its targets; each target's jobs are its ancestors in the
@@ -283,6 +285,7 @@ def test_dry_run_runs_the_expected_jobs_for_each_target(name, tmp_path):
         assert dict(counts) == expected_counts(name, target), target
 
 
+@pytest.mark.slow
 def test_a_table_the_preset_does_not_feed_names_the_ones_it_does(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
            str(tmp_path), "-n", "--cores", "1", "table_structured", "--configfile",
@@ -308,6 +311,7 @@ def test_docs_map_every_target_to_the_presets_that_feed_it():
     assert mapping == reference.METHOD_NAMES
 
 
+@pytest.mark.slow
 def test_the_smoke_form_sends_each_search_and_its_downstream_jobs_as_one_cluster_job(tmp_path):
     import importlib.util
 

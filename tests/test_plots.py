@@ -107,6 +107,7 @@ def test_diagnostics_in_percent_with_one_legend():
     assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
 
 
+@pytest.mark.slow
 def test_png_files_written(tmp_path):
     assert [p.name for p in plot_leaderboard(leaderboard_rows(), tmp_path)] == ["accuracy_cifar10_resnet18.png"]
     assert [p.name for p in plot_diagnostics(diag_frame(), tmp_path)] == ["diagnostics_cifar10_resnet18.png"]

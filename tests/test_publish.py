@@ -87,6 +87,7 @@ def make_run(root: Path, **kw) -> list[Path]:
     return files
 
 
+@pytest.mark.slow
 def test_a_checked_run_is_published_with_its_models_site_and_record(repo):
     files = make_run(repo)
     out = publish(PRESET, root=repo)
@@ -112,6 +113,7 @@ def test_a_checked_run_is_published_with_its_models_site_and_record(repo):
     assert (repo / "results" / "published" / "site" / "index.html").is_file()
 
 
+@pytest.mark.slow
 def test_the_next_run_states_how_it_compares_with_the_published_run(repo):
     make_run(repo)
     publish(PRESET, root=repo)
@@ -140,6 +142,7 @@ def test_the_next_run_states_how_it_compares_with_the_published_run(repo):
     assert f"the published run's AutoAttack accuracy ({published}, revision" in md
 
 
+@pytest.mark.slow
 def test_a_dirty_tree_is_refused(repo):
     make_run(repo)
     (repo / "README.md").write_text("edited\n")
@@ -189,6 +192,7 @@ def _no_stamp(repo, files):
     ({"dirty": True}, None, "results", "made from a tree with uncommitted changes"),
     ({"stage_code": "0" * 16}, None, "results", "made by other stage code"),
 ])
+@pytest.mark.slow
 def test_a_run_that_fails_an_integrity_check_is_refused_with_the_reason(repo, kw, tamper, check, match):
     files = make_run(repo, **kw)
     if tamper is not None:
@@ -200,6 +204,7 @@ def test_a_run_that_fails_an_integrity_check_is_refused_with_the_reason(repo, kw
     assert not (repo / "results" / "published").exists()
 
 
+@pytest.mark.slow
 def test_the_publish_command(repo, capsys):
     make_run(repo)
     assert cli_main(["publish", "--preset", PRESET, "--check-only"]) == 0

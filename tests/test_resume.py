@@ -16,6 +16,9 @@ import torch
 from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 from benchmark.io import load_checkpoint
 
+# real training runs, killed and resumed (seconds each): make test-fast leaves them out
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 needs_fashion_mnist = pytest.mark.skipif(
     not Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR).is_dir(),

@@ -100,6 +100,7 @@ def test_an_unrecorded_snakemake_in_the_directory_keeps_its_lock(tmp_path, sleep
     assert lock2.exists()
 
 
+@pytest.mark.slow
 def test_the_runner_resumes_a_locked_directory_and_refuses_a_live_one(tmp_path, sleeper):
     lock = _lock(tmp_path)
     _record(tmp_path, _dead_pid(), None)

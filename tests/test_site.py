@@ -370,6 +370,7 @@ def test_no_result_files_is_a_clear_error(tmp_path):
         build_site(tmp_path / "runs", tmp_path / "s")
 
 
+@pytest.mark.slow
 def test_site_target_in_the_workflow(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "site", "-n", "-p", "--cores", "1", "--configfile", str(REPO / "presets" / "quick.yaml")]

@@ -23,7 +23,8 @@ import pytest
 from benchmark.aggregate import aggregate, read_leaderboard
 from benchmark.site import build_site
 
-pytestmark = pytest.mark.browser
+# a browser start takes seconds: make test-fast leaves these out
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -103,6 +103,7 @@ def entry(tmp_path_factory):
             "state_dict": export / model["files"]["state_dict"]["path"], "net": net}
 
 
+@pytest.mark.slow
 def test_a_submission_of_an_exported_model_reproduces_its_entry_exactly(entry, monkeypatch):
     root = entry["root"]
     monkeypatch.chdir(root)
@@ -129,6 +130,7 @@ def test_a_submission_of_an_exported_model_reproduces_its_entry_exactly(entry, m
     assert again["flags"] == ours["flags"]
 
 
+@pytest.mark.slow
 def test_claims_outside_our_interval_are_flagged_on_the_leaderboard(entry, monkeypatch):
     root = entry["root"]
     monkeypatch.chdir(root)
@@ -154,6 +156,7 @@ def test_claims_outside_our_interval_are_flagged_on_the_leaderboard(entry, monke
     assert "**E** (submission)" in md and "**C** (claim-outside)" in md
 
 
+@pytest.mark.slow
 def test_the_submit_command(entry, monkeypatch, capsys):
     root = entry["root"]
     monkeypatch.chdir(root)
@@ -210,6 +213,7 @@ def test_a_wrong_architecture_is_refused(entry, tmp_path):
     refused(entry, folder, "architecture", "shape mismatches")
 
 
+@pytest.mark.slow
 def test_a_wrong_class_count_is_refused(entry, tmp_path):
     state = dict(entry["net"].state_dict())
     head = [k for k in state if k.endswith(".weight") and state[k].dim() == 2][-1]
@@ -291,6 +295,7 @@ def test_the_workflow_lists_the_submissions_of_its_preset(tmp_path):
                       "model": str(tmp_path / "submissions" / "a" / "m.pt")}]
 
 
+@pytest.mark.slow
 def test_a_submission_result_whose_claims_block_disagrees_with_its_metrics_is_refused(entry, monkeypatch, tmp_path):
     from benchmark.results import ResultError
 

@@ -59,6 +59,7 @@ def write_preset(path: Path, base: str, **changes) -> Path:
 
 
 # ------------------------------------------------------------------ dry runs
+@pytest.mark.slow
 def test_quick_dry_run(tmp_path):
     jobs = dry_run_jobs("--configfile", PRESETS / "quick.yaml", cwd=tmp_path)
     counts = Counter(j["rule"] for j in jobs)
@@ -79,6 +80,7 @@ def test_quick_dry_run(tmp_path):
             assert "-m benchmark " + j["rule"].replace("_dense", "") in j["shell"]
 
 
+@pytest.mark.slow
 def test_a_fresh_clone_trains_everything_and_compares_with_the_published_run(tmp_path):
     """The published run (results/published/quick/, committed) is never taken for this run's
     outputs; its leaderboard becomes an input of the aggregation, which compares with it."""
@@ -97,11 +99,13 @@ def test_a_fresh_clone_trains_everything_and_compares_with_the_published_run(tmp
     assert not any("results/published" in o for j in jobs for o in j["output"])
 
 
+@pytest.mark.slow
 def test_default_preset_is_quick(tmp_path):
     jobs = dry_run_jobs(cwd=tmp_path)
     assert any("results/quick/leaderboard.stamp.json" in j["output"] for j in jobs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["paper_cifar10_structured.yaml", "paper_svhn_structured.yaml"])
 def test_paper_dry_run_has_one_pretrain_per_dataset_arch_seed(tmp_path, preset):
     cfg = yaml.safe_load((PRESETS / preset).read_text())
@@ -123,6 +127,7 @@ def test_paper_dry_run_has_one_pretrain_per_dataset_arch_seed(tmp_path, preset):
     assert sum(j["rule"] == "evaluate" for j in jobs) == n * len(grid["s2ap"])
 
 
+@pytest.mark.slow
 def test_slurm_profile_dry_run(tmp_path):
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.skip("snakemake-executor-plugin-slurm not installed (pip install -e '.[cluster]')")
@@ -133,6 +138,7 @@ def test_slurm_profile_dry_run(tmp_path):
     assert "gpu=1" in out and "slurm_partition=" in out
 
 
+@pytest.mark.slow
 def test_non_canonical_sparsity_path_is_not_a_target(tmp_path):
     target = "results/quick/runs/fashion-mnist/small_cnn/hydra/off/sp{}/seed0.json"
     ok = snakemake(target.format("95"), "-n", "--cores", "1", "--configfile", PRESETS / "quick.yaml",
@@ -143,6 +149,7 @@ def test_non_canonical_sparsity_path_is_not_a_target(tmp_path):
     assert bad.returncode != 0 and "MissingRuleException" in bad.stdout + bad.stderr
 
 
+@pytest.mark.slow
 def test_plugin_method_without_pretrain_gets_no_dense_model(tmp_path):
     plugin = tmp_path / "scratch.py"
     plugin.write_text(textwrap.dedent("""\

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +44,7 @@ def test_local_rules_are_read_from_every_workflow_file():
     assert "export_models" not in local_rules()  # reads every model: a cluster job
 
 
+@pytest.mark.slow
 def test_the_parser_sees_the_rules_snakemake_sees():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--list-rules", "--configfile",
                            str(REPO / "presets" / "offline.yaml")],
@@ -75,6 +77,7 @@ def test_each_stage_command_is_written_once():
     assert {n for n, body in rules.items() if "EVALUATE_CMD" in body} == {"evaluate", "evaluate_dense"}
 
 
+@pytest.mark.slow
 def test_workflow_lint_is_clean():
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "lint_workflow.py")],
                           capture_output=True, text=True, cwd=REPO, timeout=300)

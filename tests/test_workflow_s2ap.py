@@ -33,6 +33,7 @@ def tiny_variant(tmp_path: Path, **grid) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_example_method_is_a_valid_choice_only_with_its_plugin(tmp_path):
     preset = tiny_variant(tmp_path, methods=["hydra_global"])
     ok = snakemake("-n", "--cores", "1", "--configfile", preset, cwd=tmp_path)
