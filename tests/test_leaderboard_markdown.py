@@ -3,11 +3,11 @@ main table is the compact one (the wide table is the CSV), flags are letters wit
 the aggregation's stamp; the published-run comparison matches only like with like."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
+import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
 from benchmark.aggregate import aggregate, build_tables, read_leaderboard
@@ -15,16 +15,6 @@ from benchmark.cli import main as cli_main
 from benchmark.leaderboard_stamp import STAMP_NAME, read_stamp
 from benchmark.published import add_published, match_key
 
-
-def _fixtures():
-    spec = importlib.util.spec_from_file_location("publishing_fixtures",
-                                                  Path(__file__).with_name("publishing_fixtures.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fx = _fixtures()
 REV_A, REV_B = "a" * 40, "b" * 40
 
 

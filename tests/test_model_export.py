@@ -2,10 +2,10 @@
 refuses a wrong checksum, an HTML page saved as a checkpoint and a pickle that would run code."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 import torch
 
@@ -23,17 +23,6 @@ from benchmark.model_export import (
     verify_manifest,
 )
 from benchmark.models import build_model
-
-
-def _fixtures():
-    spec = importlib.util.spec_from_file_location("publishing_fixtures",
-                                                  Path(__file__).with_name("publishing_fixtures.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fx = _fixtures()
 
 
 def suite_model_file(path: Path, seed: int) -> torch.nn.Module:

@@ -3,11 +3,11 @@ results/published/<preset>/ only after its integrity checks pass, refuses a dirt
 that fails a check (saying which), and the next run's leaderboard compares itself with it."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
+import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 import torch
 import yaml
@@ -23,15 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 PRESET = "pubtest"
 
 
-def _fixtures():
-    spec = importlib.util.spec_from_file_location("publishing_fixtures",
-                                                  Path(__file__).with_name("publishing_fixtures.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fx = _fixtures()
 
 
 def git(root: Path, *args: str) -> str:

@@ -10,6 +10,7 @@ import re
 import sys
 from pathlib import Path
 
+import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
 from benchmark.cli import main as cli_main
@@ -22,15 +23,6 @@ FIELDS = ["link", "name", "authors", "additional_data", "number_forward_passes",
           "unreliable"]
 
 
-def _fixtures():
-    spec = importlib.util.spec_from_file_location("publishing_fixtures",
-                                                  Path(__file__).with_name("publishing_fixtures.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fx = _fixtures()
 
 
 def test_cifar10_entry_fields():

@@ -2,7 +2,6 @@
 the CLI command and the Snakemake target."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -10,6 +9,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
 from benchmark.aggregate import AggregationError, aggregate, read_leaderboard
@@ -21,15 +21,6 @@ from benchmark.site.generator import inline_json
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _fixtures():
-    spec = importlib.util.spec_from_file_location("publishing_fixtures",
-                                                  Path(__file__).with_name("publishing_fixtures.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fx = _fixtures()
 
 
 class Page(HTMLParser):

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
 from benchmark.aggregate import aggregate, read_leaderboard
@@ -31,15 +32,6 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def _fixtures():
-    spec = importlib.util.spec_from_file_location("publishing_fixtures",
-                                                  Path(__file__).with_name("publishing_fixtures.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fx = _fixtures()
 
 
 def _required() -> bool:
