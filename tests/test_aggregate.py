@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from publishing_fixtures import _sparsity  # one builder for both fixture modules
 
 from benchmark import masking, results
 from benchmark.aggregate import AggregationError, aggregate, build_tables, read_leaderboard
@@ -51,18 +52,6 @@ def _evaluation(n, eps, attacks, version):
             "autoattack": {"n_images": None, "version": version, "attacks": list(attacks),
                            "batch_size": 250, "shard_size": None, "seed": 0}}
     return ecfg, evaluate_model(prepare_for_eval(AlwaysWrong()), (x, y), ecfg, progress=False)
-
-
-@functools.cache
-def _sparsity(percent):
-    """measure_sparsity of a layer pruned by magnitude to ``percent`` (no mask for 0)."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(100, 10))
-    if not percent:
-        return masking.measure_sparsity(net)
-    mask = masking.topk_mask(net[0].weight, 1 - percent / 100).bool()
-    net[0].weight.data *= mask
-    return masking.measure_sparsity(net, {"0": mask}, "weight")
 
 
 def _set(ev, name, f):
