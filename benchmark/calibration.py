@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,17 @@ def problems(obj: Any) -> list[str]:
     return out
 
 
+def cpu_name() -> str:
+    """A CPU entry's ``device_name``: the processor's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def key(entry: Mapping[str, Any]) -> tuple:
     """What one entry measures: a newer measurement of the same key replaces it."""
     return (entry["device"], entry["device_name"], entry["arch"], tuple(entry["input_shape"]),
@@ -188,4 +200,4 @@ def merge(path: str | Path, new_entries: Iterable[Mapping[str, Any]]) -> dict[st
 
 
 __all__ = ["CALIBRATION_FILE", "Calibration", "CalibrationError", "FORMAT", "SECONDS", "VERSION",
-           "entry_problems", "load", "merge", "problems", "read"]
+           "cpu_name", "entry_problems", "key", "load", "merge", "problems", "read"]

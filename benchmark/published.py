@@ -45,7 +45,8 @@ def published_leaderboard(preset: str, root: str | Path = ".") -> Path:
     return published_dir(preset, root) / "leaderboard.csv"
 
 
-def _number(v: Any) -> float | None:
+def finite_number(v: Any) -> float | None:
+    """``v`` as a float, or None when it is missing, not a number, NaN or infinite (CSV cells)."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -54,8 +55,8 @@ def _number(v: Any) -> float | None:
 
 
 def match_key(row: dict[str, Any]) -> tuple:
-    n = _number(row.get("autoattack_n"))
-    eps = _number(row.get("eps"))
+    n = finite_number(row.get("autoattack_n"))
+    eps = finite_number(row.get("eps"))
     return (str(row["dataset"]), str(row["arch"]), str(row["method"]), str(row["s2ap"]),
             str(row.get("structure") or "unstructured"), float(row["sparsity"]),
             None if eps is None else round(eps, 9), None if n is None else int(n))
@@ -96,13 +97,13 @@ def add_published(rows: Iterable[dict[str, Any]], published: pd.DataFrame) -> No
         pub = candidates[0]
         row["published_revision"] = pub.get("revision") if isinstance(pub.get("revision"), str) else None
         for metric in METRICS:
-            value, ours = _number(pub.get(metric)), _number(row.get(metric))
+            value, ours = finite_number(pub.get(metric)), finite_number(row.get(metric))
             row[f"published_{metric}"] = math.nan if value is None else value
             if value is None or ours is None:
                 row[f"published_{metric}_in_ci"] = None
                 continue
             row[f"published_{metric}_diff"] = ours - value
-            lo, hi = _number(row.get(f"{metric}_lo")), _number(row.get(f"{metric}_hi"))
+            lo, hi = finite_number(row.get(f"{metric}_lo")), finite_number(row.get(f"{metric}_hi"))
             row[f"published_{metric}_in_ci"] = (None if lo is None or hi is None
                                                 else bool(lo <= value <= hi))
 
@@ -110,10 +111,10 @@ def add_published(rows: Iterable[dict[str, Any]], published: pd.DataFrame) -> No
 def published_cell(row: dict[str, Any], metric: str = "autoattack") -> str | None:
     """The markdown cell: "43.00 (+1.00, inside)" = published value, this run minus it, and
     whether it lies inside this run's interval; None without a published value."""
-    value = _number(row.get(f"published_{metric}"))
+    value = finite_number(row.get(f"published_{metric}"))
     if value is None:
         return None
-    diff = _number(row.get(f"published_{metric}_diff"))
+    diff = finite_number(row.get(f"published_{metric}_diff"))
     inside = row.get(f"published_{metric}_in_ci")
     if inside is None or (isinstance(inside, float) and math.isnan(inside)):
         where = "no interval"

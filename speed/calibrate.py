@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import shlex
 import statistics
 import sys
@@ -157,17 +156,6 @@ def _autoattack_seconds(model, x, device, budget: int, rounds: int) -> float:
     return total / len(x)
 
 
-def cpu_name() -> str:
-    """The processor's model name (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure(arch: str, width: float, args, device) -> dict:
     dataset, batch = ARCHS[arch]
     if width < 0.25:
@@ -202,7 +190,7 @@ def measure(arch: str, width: float, args, device) -> dict:
                                                       args.aa_rounds)
     return {"device": device.type,
             "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                            else cpu_name()),
+                            else cal.cpu_name()),
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "arch": arch, "input_shape": [info.in_channels, info.image_size, info.image_size],
             "num_classes": info.num_classes, "width": float(width), "batch_size": batch,

@@ -105,13 +105,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CALIBRATION_FILE = ROOT / "benchmark" / "calibration" / "calibration.json"
-CALIBRATION_FORMAT = "apbench-calibration"
-SECONDS_KEYS = ("pretrain_step", "search_step", "search_step_s2ap", "finetune_step",
-                "finetune_step_awp", "pgd_image", "clean_image", "autoattack_image")
-# what identifies an entry: a merge replaces the entry with the same values of these
-ENTRY_KEY = ("device", "device_name", "threads", "arch", "input_shape", "num_classes", "width",
-             "batch_size", "precision")
+# torch-free: the calibration format, its checks and its merge are the cost estimate's own
+from benchmark import calibration as cal  # noqa: E402
+
+CALIBRATION_FILE = cal.CALIBRATION_FILE
+SECONDS_KEYS = cal.SECONDS
 # the variants of a steps part and the calibration key each one measures
 VARIANTS = {"dense": "pretrain_step", "hydra": "search_step", "hydra+s2ap": "search_step_s2ap",
             "harp": None, "finetune": "finetune_step", "finetune+awp": "finetune_step_awp"}
@@ -190,7 +188,7 @@ class Report:
 
 
 def fragment(entries: list[dict]) -> dict:
-    return {"format": CALIBRATION_FORMAT, "version": 1, "entries": entries}
+    return {"format": cal.FORMAT, "version": cal.VERSION, "entries": entries}
 
 
 class Budget:
@@ -258,18 +256,8 @@ def environment(device) -> dict:
                     "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
                     "cudnn_benchmark": torch.backends.cudnn.benchmark})
     else:
-        env["device_name"] = _cpu_name()
+        env["device_name"] = cal.cpu_name()
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def _revision() -> str:
@@ -344,7 +332,7 @@ def bundle_deps(target: Path) -> int:
 # ---------------------------------------------------------------- the calibration file
 def merge(fragment_path: Path, calibration_path: Path) -> int:
     """Merges a fragment's entries into the calibration file: same key, replaced; new, added."""
-    from benchmark.io import atomic_write_json, read_json
+    from benchmark.io import read_json
 
     frag = read_json(fragment_path)
     check_calibration(frag, fragment_path)
@@ -358,41 +346,25 @@ def merge(fragment_path: Path, calibration_path: Path) -> int:
         print(f"error: {fragment_path} was made with --quick (tiny models, the structure test); "
               f"its figures are not a calibration", file=sys.stderr)
         return 2
-    cal = read_json(calibration_path)
-    check_calibration(cal, calibration_path)
-    entries = list(cal["entries"])
-    replaced = added = 0
-    for new in frag["entries"]:
-        key = [new.get(k) for k in ENTRY_KEY]
-        for i, old in enumerate(entries):
-            if [old.get(k) for k in ENTRY_KEY] == key:
-                entries[i] = new
-                replaced += 1
-                break
-        else:
-            entries.append(new)
-            added += 1
-    cal["entries"] = entries
-    atomic_write_json(calibration_path, cal)
+    existing = read_json(calibration_path)
+    check_calibration(existing, calibration_path)
+    old_keys = {cal.key(e) for e in existing["entries"]}
+    replaced = sum(cal.key(e) in old_keys for e in frag["entries"])
+    added = len(frag["entries"]) - replaced
+    cal.merge(calibration_path, frag["entries"])
     print(f"{calibration_path}: {replaced} entr{'y' if replaced == 1 else 'ies'} replaced, {added} added")
     return 0
 
 
 def check_calibration(doc: Any, path: Path | str) -> None:
-    """The shape the cost estimate reads; a ValueError naming the file and the field."""
-    if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT or doc.get("version") != 1:
-        raise ValueError(f"{path}: not a calibration file (format {CALIBRATION_FORMAT!r}, version 1)")
-    if not isinstance(doc.get("entries"), list):
-        raise ValueError(f"{path}: 'entries' must be a list")
-    for i, e in enumerate(doc["entries"]):
-        missing = [k for k in (*ENTRY_KEY, "seconds", "measured", "command") if k not in e]
-        if missing:
-            raise ValueError(f"{path}: entry {i} lacks {missing}")
-        secs = e["seconds"]
-        if not isinstance(secs, dict) or not all(
-                isinstance(secs.get(k), (int, float)) and secs[k] > 0 for k in SECONDS_KEYS):
-            raise ValueError(f"{path}: entry {i} ({e.get('arch')}) needs positive seconds for "
-                             f"{', '.join(SECONDS_KEYS)}")
+    """The format the cost estimate reads (benchmark.calibration), with a measured, positive figure
+    for every step and image; a CalibrationError (a ValueError) naming the file and the field."""
+    found = cal.problems(doc)
+    if not found:
+        found = [f"entries[{i}].seconds.{k}: {e['seconds'][k]!r}, a measured time is positive"
+                 for i, e in enumerate(doc["entries"]) for k in cal.SECONDS if not e["seconds"][k] > 0]
+    if found:
+        raise cal.CalibrationError(f"{path}: " + "; ".join(found))
 
 
 # ---------------------------------------------------------------- synthetic data

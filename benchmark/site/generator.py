@@ -51,6 +51,7 @@ from benchmark.export_robustbench import entry_path as rb_entry_path
 from benchmark.export_robustbench import robustbench_status
 from benchmark.io import atomic_write_text, replace_dir
 from benchmark.provenance import stage_code_digest
+from benchmark.published import finite_number as _num
 from benchmark.results import ResultError, read_result
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -64,14 +65,6 @@ STAGES = ("pretrain", "prune", "finetune", "evaluate")
 
 
 # ------------------------------------------------------------------------------ values
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _plain(v: Any) -> Any:
     """JSON-ready: numpy scalars to Python, NaN to None."""
     if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
