@@ -229,6 +229,8 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
         "claims_outside": list((res.get("submission") or {}).get("outside") or []),
         # what the evaluation ran on: stand-in data (benchmark/synthetic.py) is never the dataset
         "synthetic": bool(((res["config"].get("evaluate") or {}).get("data") or {}).get("synthetic")),
+        # the mask was made with the unit floor (docs/decisions.md): the header names the methods
+        "unit_floor": "unit_floor_added" in (res.get("search") or {}),
     }
     for name in METRICS:
         m = metrics.get(name)
@@ -702,6 +704,10 @@ def _header(df: pd.DataFrame, preset: str, records: list[dict],
                      "this run minus it in points, and whether it lies inside this run's 95% CI; "
                      f"{DASH} where the published run has no row with the same dataset, "
                      "architecture, method, S2AP, structure, sparsity, eps and image count")
+    floored = sorted({str(r["method"]) for r in records if r.get("unit_floor")})
+    if floored:
+        lines.append(f"- Unit floor (every output unit keeps at least one weight; not in the papers, "
+                     f"docs/decisions.md) on for: {', '.join(floored)}")
     lines += ["- Measured sparsity, PGD accuracy, stds, every interval and diagnostic: "
               "leaderboard.csv", ""]
     return "\n".join(lines)

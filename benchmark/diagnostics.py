@@ -11,8 +11,9 @@ an explicit ``torch.Generator``.
 
 Definitions (the README's S2AP section says what each number is for):
 
-* mask of s: ``topk_mask_count(s_l, layer.kept_target())`` per layer, i.e. the layer keeps its
-  own count, so a perturbation can only move weights across the top-k boundary, never change k.
+* mask of s: the layer's own rule at its own count (``layer.select_mask(s_l)``: top-k at
+  ``kept_target``, with its one-per-row floor when it has one), so a perturbation can only
+  move weights across the top-k boundary, never change k.
 * flip fraction between two masks (``mask_agreement``): sum over layers of flips / sum over layers
   of (kept_a + kept_b);
   with equal kept counts this is flips / (2 * kept) = the fraction of kept weights that changed
@@ -42,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import AttackConfig, pgd_linf
-from .masking import masked_layers, scores_frozen, topk_mask_count
+from .masking import masked_layers, scores_frozen
 from .score_perturbation import perturbation
 
 DEFAULT_RADII = (0.01, 0.02, 0.05, 0.1)
@@ -146,7 +147,7 @@ def _diagnostic_state(model: nn.Module):
 
 
 def _base_masks(layers) -> list[torch.Tensor]:
-    return [topk_mask_count(l.scores, l.kept_target()).to(l.mask.dtype) for l in layers]
+    return [l.select_mask(l.scores) for l in layers]
 
 
 @torch.no_grad()
@@ -156,8 +157,7 @@ def _load(layers, masks) -> None:
 
 
 def _perturbed_masks(layers, zs) -> list[torch.Tensor]:
-    return [topk_mask_count(l.scores.detach() + z, l.kept_target()).to(l.mask.dtype)
-            for l, z in zip(layers, zs)]
+    return [l.select_mask(l.scores.detach() + z) for l, z in zip(layers, zs)]
 
 
 def _flip_fraction(layers, base, other) -> float:

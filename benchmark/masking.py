@@ -137,6 +137,9 @@ class MaskedMixin:
         # every row (a classifier's class) keeps at least one weight when the count allows it
         # (HARP sets it on the classifier; ``topk_mask_rows``)
         self.one_per_row = False
+        # the fewest weights the layer keeps whatever its keep fraction (the unit floor of the
+        # fixed-rate methods sets it to the row count, so that no output unit is left dead)
+        self.min_kept = 0
         self._folded: tuple | None = None
 
     # -- keep fraction -------------------------------------------------------------------------
@@ -149,12 +152,18 @@ class MaskedMixin:
     def kept_target(self) -> int:
         k = self.keep_fraction()
         k = float(k.detach()) if isinstance(k, torch.Tensor) else float(k)
-        return kept_count(self.scores.numel(), min(max(k, 0.0), 1.0))
+        count = kept_count(self.scores.numel(), min(max(k, 0.0), 1.0))
+        return min(self.scores.numel(), max(count, self.min_kept))
+
+    def select_mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """The layer's mask rule applied to ``scores`` (its own, or perturbed ones): top-k at
+        ``kept_target``, one entry per row first when ``one_per_row`` is set."""
+        select = topk_mask_rows if self.one_per_row and self.granularity == "weight" else topk_mask_count
+        return select(scores, self.kept_target()).to(self.mask.dtype)
 
     @torch.no_grad()
     def refresh_mask(self) -> None:
-        select = topk_mask_rows if self.one_per_row and self.granularity == "weight" else topk_mask_count
-        self.mask.copy_(select(self.scores, self.kept_target()).to(self.mask.dtype))
+        self.mask.copy_(self.select_mask(self.scores))
 
     # -- forward -------------------------------------------------------------------------------
     def _broadcast(self, t: torch.Tensor) -> torch.Tensor:

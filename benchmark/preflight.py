@@ -148,11 +148,7 @@ def method_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegistry,
                             f"{type(exc).__name__}: {exc}")
             continue
         options = ((cfg.get("methods") or {}).get(method) or {}).get("options") or {}
-        known = getattr(cls, "default_options", {}) or {}
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            problems.append(f"methods.{method}.options: unknown option(s) {unknown} for {method}; "
-                            f"valid: {sorted(known) or 'none'}")
+        problems += [f"methods.{method}.options: {p}" for p in cls.option_problems(options)]
     return problems
 
 

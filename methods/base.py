@@ -69,6 +69,18 @@ class KeepPrunedZero(TrainHook):
         apply_masks_to_weights(trainer.model)
 
 
+def apply_unit_floor(model: nn.Module) -> int:
+    """Every masked layer keeps one weight per output unit at least (``COMMON_OPTIONS``); returns
+    how many weights that adds to the layers' own counts."""
+    added = 0
+    for _, layer in masked_layers(model):
+        before = layer.kept_target()
+        layer.one_per_row = True
+        layer.min_kept = int(layer.scores.shape[0])
+        added += layer.kept_target() - before
+    return added
+
+
 def keep_global_counts(model: nn.Module, layer_values, keep: float) -> None:
     """Sets each layer's keep fraction so that it keeps exactly the count that ONE global top-k
     over ``layer_values`` (one tensor per masked layer, in order) gives it at ``keep``."""
@@ -77,6 +89,18 @@ def keep_global_counts(model: nn.Module, layer_values, keep: float) -> None:
     counts = global_counts(list(layer_values), kept_count(total, keep))
     for layer, count in zip(layers, counts):
         layer.keep = keep_for_count(layer.scores.numel(), count)
+
+
+#: options every method accepts beside its own ``default_options`` (presets set them under
+#: methods.<name>.options).
+#:   unit_floor  False  every output unit (a conv filter, a linear row, a class of the classifier)
+#:                      keeps at least one weight: the layer's count becomes max(kept_count, rows)
+#:                      and its best-scored weight of each row is kept first. For fixed-rate
+#:                      layer-wise methods only (HYDRA, random, layer-wise magnitude, RST). Not in
+#:                      the papers: a small network at 99 % otherwise keeps 2 of its first conv's
+#:                      144 weights and 7 of its classifier's 640 (5 classes of 10 reachable), so
+#:                      every method is capped by construction (docs/decisions.md, "unit floor").
+COMMON_OPTIONS: dict[str, Any] = {"unit_floor": False}
 
 
 class PruningMethod:
@@ -97,13 +121,33 @@ class PruningMethod:
         if not 0.0 < sparsity < 1.0:
             raise ValueError(f"sparsity must be a fraction in (0, 1), got {sparsity}")
         options = dict(options or {})
-        unknown = set(options) - set(self.default_options)
-        if unknown:
-            raise ValueError(f"unknown options {sorted(unknown)} for method {self.name!r}; "
-                             f"valid: {sorted(self.default_options) or 'none'}")
-        self.options = {**self.default_options, **options}
+        problems = type(self).option_problems(options)
+        if problems:
+            raise ValueError(f"method {self.name!r}: " + "; ".join(problems))
+        self.options = {**self.known_options(), **options}
         self.sparsity = sparsity
         self.keep = 1.0 - sparsity
+        self.floor_added = 0
+
+    @classmethod
+    def known_options(cls) -> dict[str, Any]:
+        """Every option the method accepts, with its default: the common ones, then its own."""
+        return {**COMMON_OPTIONS, **cls.default_options}
+
+    @classmethod
+    def option_problems(cls, options: dict[str, Any]) -> list[str]:
+        """Why ``options`` cannot configure this method (empty when they can): unknown names, or
+        a unit floor on a method that sets its own layer rates (its budget logic would not see
+        the floor's extra weights)."""
+        known = cls.known_options()
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            return [f"unknown options {unknown}; valid: {sorted(known)}"]
+        if options.get("unit_floor") and (cls.init_rates is not PruningMethod.init_rates
+                                          or cls.granularity != "weight"):
+            return [f"unit_floor is for methods with one keep fraction in every layer and "
+                    f"per-weight masks; {cls.name!r} sets its own layer rates or masks channels"]
+        return []
 
     # -- set-up ------------------------------------------------------------------------------
     def prepare_weights(self, model: nn.Module, generator: torch.Generator) -> None:
@@ -139,6 +183,8 @@ class PruningMethod:
             torch.manual_seed(ctx.generator.initial_seed())
             self.init_scores(model, ctx)
         self.init_rates(model)
+        if self.options["unit_floor"]:
+            self.floor_added = apply_unit_floor(model)
         refresh_masks(model)
         return model
 
@@ -156,8 +202,9 @@ class PruningMethod:
     def search_report(self) -> dict[str, Any]:
         """What ``finalize_search`` did, recorded with the result (JSON values). A method that can
         end its search off its budget reports ``projected``: True when the mask was moved onto
-        the budget after the search (the leaderboard flags such results)."""
-        return {}
+        the budget after the search (the leaderboard flags such results). With the unit floor
+        on, ``unit_floor_added``: the weights the floor kept beyond the layers' counts."""
+        return {"unit_floor_added": self.floor_added} if self.options["unit_floor"] else {}
 
     # -- finetune ----------------------------------------------------------------------------
     def finetune_hooks(self, model: nn.Module, cfg: TrainConfig) -> list[TrainHook]:

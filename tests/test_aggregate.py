@@ -305,6 +305,16 @@ def test_a_projected_search_is_flagged(tmp_path):
     assert "**J** (projected): K of N HARP searches" in (tmp_path / "out" / "leaderboard.md").read_text()
 
 
+def test_the_header_names_the_methods_whose_masks_had_the_unit_floor(tmp_path):
+    write_result(tmp_path, method="hydra", search={**LEARNED, "unit_floor_added": 17})
+    write_result(tmp_path, method="random", search={"learns_scores": False, "unit_floor_added": 17})
+    write_result(tmp_path, method="lwm", search={"learns_scores": False})
+    aggregate(tmp_path, tmp_path / "out")
+    header = (tmp_path / "out" / "leaderboard.md").read_text().split("## Leaderboard")[0]
+    assert "Unit floor (every output unit keeps at least one weight" in header
+    assert header.split("on for: ")[1].splitlines()[0] == "hydra, random"
+
+
 def test_s2ap_pair_refuses_different_attack_sets(tmp_path):
     write_result(tmp_path, s2ap="off")
     write_result(tmp_path, s2ap="on", attacks=["apgd-ce"])
