@@ -191,7 +191,7 @@ def test_stage_config_holds_only_its_stage(quick):
     assert s["pretrain"]["train"]["epochs"] == quick["pretrain"]["epochs"]
     assert s["prune"]["train"]["epochs"] == quick["prune"]["epochs"]
     assert s["finetune"]["train"]["lr"] == quick["finetune"]["lr"]
-    assert s["prune"]["method"] == {"name": "hydra", "options": {}}
+    assert s["prune"]["method"] == {"name": "hydra", "options": quick["methods"]["hydra"]["options"]}
     assert s["prune"]["s2ap"] is None and s["finetune"]["awp"] is None
 
 
