@@ -32,6 +32,8 @@ step of 75-160 ms at batch 128):
   7 steps:wrn28_4:bf16    part 1 for WideResNet-28-4. About 35 s.
   8 eval:wrn28_4          part 4 plus AutoAttack (ours alone) on 100 images for WRN-28-4.
   9 steps:wrn28_4:fp32    part 1 for WRN-28-4 in float32. About 70 s.
+ 10 steps:vgg16_bn:fp32   part 1 for VGG16-BN in float32 (the paper presets' precision).
+ 11 eval:vgg16_bn         part 8 for VGG16-BN: with part 10, its calibration entry.
 
 Goals, printed as PASS or FAIL (NOT RUN when their part was skipped):
   HYDRA step / dense step <= 1.10; S2AP step / HYDRA step <= 1.15 (part 1);
@@ -116,7 +118,7 @@ VARIANTS = {"dense": "pretrain_step", "hydra": "search_step", "hydra+s2ap": "sea
 # step cost relative to the dense step: only for the budget's estimates
 VARIANT_COST = {"dense": 1.0, "hydra": 1.25, "hydra+s2ap": 1.65, "harp": 1.35, "finetune": 1.1,
                 "finetune+awp": 1.5}
-ARCH_COST = {"resnet18": 1.0, "wrn28_4": 1.8}
+ARCH_COST = {"resnet18": 1.0, "wrn28_4": 1.8, "vgg16_bn": 1.0}
 PRECISION_COST = {"bf16": 1.0, "fp32": 2.0}
 GOALS = (("hydra_step/dense_step", 1.10), ("s2ap_step/hydra_step", 1.15),
          ("our_hydra_epoch/public_style_hydra_epoch", 0.5), ("our_autoattack/bare_autoattack", 1.02))
@@ -131,7 +133,7 @@ class Matrix:
     quick: bool
     batch: int = 128
     attack_steps: int = 10
-    widths: dict = field(default_factory=lambda: {"resnet18": 1.0, "wrn28_4": 1.0})
+    widths: dict = field(default_factory=lambda: {"resnet18": 1.0, "wrn28_4": 1.0, "vgg16_bn": 1.0})
     rounds: int = 10
     reps: int = 2
     warmup: int = 2
@@ -149,7 +151,8 @@ class Matrix:
     @classmethod
     def for_args(cls, args) -> Matrix:
         if args.quick:
-            m = cls(quick=True, batch=8, attack_steps=2, widths={"resnet18": 0.0625, "wrn28_4": 0.0625},
+            m = cls(quick=True, batch=8, attack_steps=2,
+                    widths={"resnet18": 0.0625, "wrn28_4": 0.0625, "vgg16_bn": 0.0625},
                     rounds=2, reps=1, warmup=1, epoch_steps=3, epoch_rounds=1, aa_images=8, aa_batch=8,
                     aa_images_extra=4, aa_train_steps=6, eval_images=8, eval_batch=8, pgd_steps=5)
         else:
@@ -665,6 +668,10 @@ class Check:
         if "fp32" in self.precisions and lowp != "fp32":
             parts.append(("steps:wrn28_4:fp32", lambda: self.est_steps("wrn28_4", "fp32"),
                           lambda: self.part_steps("wrn28_4", "fp32")))
+        parts.append(("steps:vgg16_bn:fp32", lambda: self.est_steps("vgg16_bn", "fp32"),
+                      lambda: self.part_steps("vgg16_bn", "fp32")))
+        parts.append(("eval:vgg16_bn", lambda: self.est_eval("vgg16_bn", aa=True),
+                      lambda: self.part_eval("vgg16_bn", aa=True)))
         wanted = set(self.args.parts.split(",")) if self.args.parts else None
         return [p for p in parts if wanted is None or p[0] in wanted or p[0].split(":")[0] in wanted]
 

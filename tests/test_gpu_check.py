@@ -75,7 +75,8 @@ def test_quick_cpu_run_writes_the_figures_of_every_part(quick_run):
     assert figures["format"] == "apbench-gpu-check"
     parts = figures["parts"]
     assert set(parts) == {"steps:resnet18:fp32", "epoch:resnet18:fp32", "autoattack:resnet18",
-                          "eval:resnet18", "autoattack2:resnet18", "steps:wrn28_4:fp32", "eval:wrn28_4"}
+                          "eval:resnet18", "autoattack2:resnet18", "steps:wrn28_4:fp32", "eval:wrn28_4",
+                          "steps:vgg16_bn:fp32", "eval:vgg16_bn"}
     assert all(p["status"] == "done" for p in parts.values()), {k: p["status"] for k, p in parts.items()}
     steps = parts["steps:resnet18:fp32"]
     assert set(steps["variants"]) == set(gc.VARIANTS)
@@ -95,7 +96,7 @@ def test_quick_cpu_run_writes_a_calibration_fragment_in_the_estimates_format(qui
     frag = json.loads((out / "calibration_fragment.json").read_text())
     gc.check_calibration(frag, "fragment")
     assert set(frag) == {"format", "version", "entries"}
-    assert {e["arch"] for e in frag["entries"]} == {"resnet18", "wrn28_4"}
+    assert {e["arch"] for e in frag["entries"]} == {"resnet18", "wrn28_4", "vgg16_bn"}
     for e in frag["entries"]:
         assert set(e) == {"device", "device_name", "threads", "arch", "input_shape", "num_classes",
                           "width", "batch_size", "precision", "seconds", "measured", "command"}
@@ -261,3 +262,20 @@ def test_the_public_style_reference_sorts_on_every_forward_pass(monkeypatch):
     layers = len(_ref_layers(ref.model))
     forwards = ref.cfg.attack.steps + 1  # PGD-AT: the attack's forward passes, then the loss
     assert len(calls) == layers * forwards
+
+
+def test_the_profile_script_reports_launches_and_the_operators_a_variant_adds(tmp_path):
+    """speed/gpu_profile.py on the CPU (structure only: no kernels there, so no launch counts)."""
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    proc = subprocess.run([sys.executable, str(ROOT / "speed" / "gpu_profile.py"), "--device", "cpu",
+                           "--quick", "--steps", "1", "--warmup", "1", "--variants", "dense,hydra",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (tmp_path / "profile.txt").read_text()
+    assert "hydra against dense: operators by added calls per step" in text
+    results = json.loads((tmp_path / "profile.json").read_text())["results"]
+    assert set(results) == {"dense", "hydra"}
+    # the masked layers' own operators appear only in the search step
+    assert results["hydra"]["ops"]["aten::kthvalue"]["count"] > 0
+    assert "aten::kthvalue" not in results["dense"]["ops"]
