@@ -400,6 +400,9 @@ def _pool(key: tuple, runs: list[dict]) -> dict[str, Any]:
             flags.append("claim-outside:" + "+".join(outside))
     if any(r["gamma_unselected"] for r in runs):
         flags.append("gamma-unselected")
+    row["unit_floor"] = any(r["unit_floor"] for r in runs)
+    if row["unit_floor"]:
+        flags.append("unit-floor")
     for col, flag in (("degenerate", "degenerate"), ("projected", "projected"),
                       ("s2ap_inactive", "s2ap-inactive")):
         k = sum(1 for r in runs if r[col])

@@ -45,6 +45,9 @@ LEGEND: tuple[Flag, ...] = (
     Flag("I", "s2ap-inactive", "S2AP inactive",
          "in K of N S2AP searches the score step flipped no mask entry in more than half of its "
          "steps (such a step is the plain method's step)."),
+    Flag("K", "unit-floor", "unit floor",
+         "every output unit of the mask kept at least one weight (methods.<name>.options.unit_floor;"
+         " not in the paper: docs/decisions.md, \"Unit floor\")."),
     Flag("Y", "synthetic-data", "synthetic data",
          "stand-in images of the dataset's shape (a smoke run, data.synthetic), not the dataset: "
          "the numbers say nothing about it."),

@@ -313,6 +313,10 @@ def test_the_header_names_the_methods_whose_masks_had_the_unit_floor(tmp_path):
     header = (tmp_path / "out" / "leaderboard.md").read_text().split("## Leaderboard")[0]
     assert "Unit floor (every output unit keeps at least one weight" in header
     assert header.split("on for: ")[1].splitlines()[0] == "hydra, random"
+    df = read_leaderboard(tmp_path / "out" / "leaderboard.csv")
+    flag = dict(zip(df["method"], df["flag"]))
+    assert "unit-floor" in flag["hydra"] and "unit-floor" in flag["random"]
+    assert "unit-floor" not in (flag["lwm"] or "")
 
 
 def test_s2ap_pair_refuses_different_attack_sets(tmp_path):
