@@ -496,9 +496,11 @@ class PublicStyleHydra:
         from benchmark.losses import RobustLoss
         from benchmark.training import build_optimizer
 
-        self.model, self.cfg, self.device = model, cfg, device
         self.bf16 = bf16 and device.type == "cuda"
         self.channels_last = channels_last and device.type == "cuda"
+        if self.channels_last:  # laid out like its inputs, as our stages lay out theirs
+            model = model.to(memory_format=torch.channels_last)
+        self.model, self.cfg, self.device = model, cfg, device
         params = []
         for module in model.modules():
             is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
@@ -580,7 +582,7 @@ def search_model(method_name: str, arch: str, width: float, info, m: Matrix, cfg
     method.prepare_search_model(model, run.score_init_context(torch.Generator().manual_seed(0)),
                                 weights_generator=torch.Generator().manual_seed(0))
     masking.set_mode(model, "search", train_bn=cfg.train_bn)
-    return model, method
+    return run.layout(model), method
 
 
 def make_trainer(variant: str, arch: str, width: float, precision: str, info, m: Matrix, data, device):
@@ -595,9 +597,7 @@ def make_trainer(variant: str, arch: str, width: float, precision: str, info, m:
     if variant == "dense":
         run = stage_training("pretrain", cfg, data, device, precision)
         torch.manual_seed(0)
-        model = build_model(arch, info, width=width).to(device)
-        if run.channels_last:  # the pretrain stage converts the model
-            model = model.to(memory_format=torch.channels_last)
+        model = run.layout(build_model(arch, info, width=width).to(device))
         tr = run.trainer(model, list(model.parameters()))
     elif variant in ("finetune", "finetune+awp"):
         run = stage_training("finetune", cfg, data, device, precision)
@@ -832,9 +832,7 @@ class Check:
         x, y = margin_data(max(steps, 1) * m.batch, self.info, 2)
         run = stage_training("pretrain", cfg, TensorDataset(x, y), self.device, self.lowp)
         torch.manual_seed(0)
-        model = build_model(arch, self.info, width=width).to(self.device)
-        if run.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = run.layout(build_model(arch, self.info, width=width).to(self.device))
         if steps > 0:
             run.trainer(model, list(model.parameters())).fit()
         plain = build_model(arch, self.info, width=width)
