@@ -316,7 +316,7 @@ def test_the_header_names_the_methods_whose_masks_had_the_unit_floor(tmp_path):
     df = read_leaderboard(tmp_path / "out" / "leaderboard.csv")
     flag = dict(zip(df["method"], df["flag"]))
     assert "unit-floor" in flag["hydra"] and "unit-floor" in flag["random"]
-    assert "unit-floor" not in (flag["lwm"] or "")
+    assert not isinstance(flag["lwm"], str) or "unit-floor" not in flag["lwm"]
 
 
 def test_s2ap_pair_refuses_different_attack_sets(tmp_path):
