@@ -49,7 +49,6 @@ def _device_us(evt) -> float:
 
 
 def profile_variant(tr, x, y, steps: int, warmup: int, device) -> dict:
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(warmup):
@@ -78,7 +77,6 @@ def profile_variant(tr, x, y, steps: int, warmup: int, device) -> dict:
         except Exception as exc:  # noqa: BLE001 - a profiler API difference must not lose the rest
             print(f"  (gpu busy time not read: {type(exc).__name__}: {exc})")
             busy_ms = float("nan")
-    del torch
     return {"wall_ms": wall * 1e3 / steps, "gpu_busy_ms": busy_ms,
             "launches": counts["launches"] / steps, "syncs": counts["syncs"] / steps,
             "dtoh": counts["dtoh"] / steps, "ops": ops}
