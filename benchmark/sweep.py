@@ -4,9 +4,13 @@ Every sweep model is a mask search with the score step at one gamma (gamma 0 run
 two-pass path and equals the plain method), followed by the plain finetune (no AWP), so the
 sweep isolates the score-space step. It runs for every method, sparsity and seed of the sweep.
 
-Selection, one gamma per (dataset, arch, method): the gamma with the best validation PGD accuracy
-after finetuning, averaged over seeds within each sparsity and then over the sparsities (each
-sparsity weighs the same); ties go to the smaller gamma. The test set is never read. The report
+Selection, one gamma per (dataset, arch, method): among the positive gammas, the one with the best
+validation PGD accuracy after finetuning, averaged over seeds within each sparsity and then over
+the sparsities (each sparsity weighs the same); ties go to the smaller gamma. Gamma 0 is the plain
+method, S2AP's reference, never its setting: selecting it would make every "S2AP on" cell the plain
+search, and the study would compare the method with itself. Whether the selected gamma beats gamma
+0 on validation is reported beside it (and says, before the test set is read, whether the sweep
+expects S2AP to help). The test set is never read. The report
 shows the per-seed numbers beside the means, how far the selection is from gamma 0 in units of the
 seeds' spread, and how often the score step flipped nothing (an inactive step is the plain
 method's step). A selection from fewer than two seeds is marked provisional.
@@ -72,7 +76,11 @@ def sweep_report(models: list[str | Path], out: str | Path) -> pd.DataFrame:
         score=("val_pgd", "mean"), sparsities=("sparsity", "nunique"), min_seeds=("n_seeds", "min"))
     chosen = {}
     for key, group in score.groupby(METHOD_KEYS):
-        best = group.sort_values(["score", "gamma"], ascending=[False, True]).iloc[0]
+        positive = group[group["gamma"] > 0]
+        if positive.empty:
+            raise ValueError(f"the sweep for {'/'.join(key)} has no positive gamma to select "
+                             "(gamma_sweep.gammas needs values above 0; gamma 0 is the plain method)")
+        best = positive.sort_values(["score", "gamma"], ascending=[False, True]).iloc[0]
         chosen[key] = float(best["gamma"])
     table["selected"] = [chosen[tuple(k)] == g for k, g in
                          zip(table[METHOD_KEYS].itertuples(index=False), table["gamma"])]
@@ -88,8 +96,11 @@ def _markdown(table: pd.DataFrame, score: pd.DataFrame, chosen: dict, rows: pd.D
     lines = ["# S2AP gamma sweep", "",
              "Validation slice only (the test set is never read). Each model: the mask search with "
              "S2AP's score step at gamma (gamma 0 = the plain method), then the plain finetune. "
-             "Selection per method: the best validation PGD accuracy after finetuning, mean over "
-             "seeds within each sparsity, then over sparsities; ties to the smaller gamma.", "",
+             "Selection per method, among the positive gammas (gamma 0 is the reference, not a "
+             "setting of S2AP): the best validation PGD accuracy after finetuning, mean over "
+             "seeds within each sparsity, then over sparsities; ties to the smaller gamma. "
+             "'Beats gamma 0' says whether the selection is ahead of the plain method on "
+             "validation.", "",
              "## Selected gamma per method", ""]
     sel = []
     for key, gamma in sorted(chosen.items()):
@@ -100,6 +111,8 @@ def _markdown(table: pd.DataFrame, score: pd.DataFrame, chosen: dict, rows: pd.D
         sel.append({"Dataset": key[0], "Arch": key[1], "Method": key[2], "Selected gamma": f"{gamma:g}",
                     "Val PGD at it (%)": f"{100 * at['score']:.2f}",
                     "Val PGD at gamma 0 (%)": f"{100 * plain.iloc[0]['score']:.2f}" if len(plain) else "—",
+                    "Beats gamma 0": ("—" if not len(plain) else
+                                      "yes" if at["score"] > plain.iloc[0]["score"] else "no"),
                     "Sparsities": int(at["sparsities"]), "Seeds": seeds,
                     "Status": "selected" if seeds >= MIN_SEEDS else "provisional (one seed)"})
     lines += [pd.DataFrame(sel).to_markdown(index=False, disable_numparse=True), ""]

@@ -1,4 +1,5 @@
-"""The gamma sweep selects on validation numbers only, ties to the smaller gamma."""
+"""The gamma sweep selects among the positive gammas on validation numbers only, ties to the
+smaller gamma; gamma 0 is the reference it is compared with."""
 import json
 
 import pandas as pd
@@ -33,9 +34,10 @@ def test_one_gamma_per_method_from_the_mean_over_seeds_then_sparsities(tmp_path)
     table = sweep_report(files, tmp_path / "sweep.csv")
     chosen = table[table["selected"]]
     # hydra: gamma 0 scores (0.51 + 0.40) / 2, gamma 0.02 (0.50 + 0.46) / 2: 0.02 wins although it
-    # loses at 90 %; harp: gamma 0 (0.61 + 0.30) / 2 beats (0.59 + 0.31) / 2
+    # loses at 90 %; harp: gamma 0 (0.61 + 0.30) / 2 beats (0.59 + 0.31) / 2, yet gamma 0 is the
+    # plain method, never S2AP's setting: 0.02 is selected and said not to beat it
     assert sorted(zip(chosen["method"], chosen["sparsity"], chosen["gamma"])) == [
-        ("harp", 90.0, 0.0), ("harp", 99.0, 0.0), ("hydra", 90.0, 0.02), ("hydra", 99.0, 0.02)]
+        ("harp", 90.0, 0.02), ("harp", 99.0, 0.02), ("hydra", 90.0, 0.02), ("hydra", 99.0, 0.02)]
     row = table[(table["method"] == "hydra") & (table["sparsity"] == 90.0) & (table["gamma"] == 0.02)].iloc[0]
     assert row["val_pgd"] == pytest.approx(0.50) and row["n_seeds"] == 2
     assert row["val_pgd_sd"] == pytest.approx(pd.Series([0.55, 0.45]).std())
@@ -46,10 +48,13 @@ def test_one_gamma_per_method_from_the_mean_over_seeds_then_sparsities(tmp_path)
     md = (tmp_path / "sweep.md").read_text()
     assert "## Selected gamma per method" in md and "provisional (one seed)" not in md
     hydra_line = next(line for line in md.splitlines() if "| hydra" in line)
-    assert "| 0.02 " in hydra_line and "| selected" in hydra_line
+    assert "| 0.02 " in hydra_line and "| yes " in hydra_line and "| selected" in hydra_line
+    harp_line = next(line for line in md.splitlines() if "| harp" in line)
+    assert "| 0.02 " in harp_line and "| no " in harp_line
     # the lines a preset stores the selection with
     assert "  hydra:  # fashion-mnist / small_cnn\n    s2ap: {gamma: 0.02, gamma_status: selected}" in md
-    assert "    s2ap: {gamma: 0, gamma_status: selected}" in md
+    assert "  harp:  # fashion-mnist / small_cnn\n    s2ap: {gamma: 0.02, gamma_status: selected}" in md
+    assert "gamma: 0," not in md
 
 
 def test_a_selection_from_one_seed_is_provisional(tmp_path):
@@ -63,6 +68,12 @@ def test_ties_go_to_the_smaller_gamma(tmp_path):
     files = [fake_model(tmp_path / "a.pt", 0.05, 0.5), fake_model(tmp_path / "b.pt", 0.01, 0.5)]
     table = sweep_report(files, tmp_path / "s.csv")
     assert table.loc[table["selected"], "gamma"].tolist() == [0.01]
+
+
+def test_a_sweep_of_gamma_0_alone_has_nothing_to_select(tmp_path):
+    files = [fake_model(tmp_path / "a.pt", 0.0, 0.5), fake_model(tmp_path / "b.pt", 0.0, 0.6, seed=1)]
+    with pytest.raises(ValueError, match="no positive gamma"):
+        sweep_report(files, tmp_path / "s.csv")
 
 
 def test_missing_validation_numbers_are_an_error(tmp_path):
