@@ -54,6 +54,9 @@ search whose score step flipped no mask entry in more than half of its post-warm
 flagged ``s2ap-inactive:K/N`` (it did nothing there: under the straight-through estimator a step
 that flips nothing is the plain method's step).
 
+Below it, per S2AP row, the share of kept weights the score step's perturbation flipped in each
+search epoch (the evidence that the step acted; from the results' diagnostics).
+
 The S2AP table (paper layout: Orig., S2AP, delta) appears when some cell has both s2ap 'off' and
 'on' results, for AutoAttack and for PGD. Degenerate seeds are left out of it (and listed). Orig.
 and S2AP are the means over the remaining seeds, delta their difference. Two statistics stand
@@ -648,6 +651,36 @@ def _pairs_md(pairs: pd.DataFrame) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
+FLIP_EPOCH = "diag.s2ap_flip_fraction_by_epoch[{}]"
+
+
+def _flips_md(df: pd.DataFrame) -> str | None:
+    """Per S2AP row: the share of kept weights the score step's perturbation flipped, per search
+    epoch (mean over the epoch's steps, then over seeds), "—" in the warm-up; None when no row ran
+    the score step. The evidence that S2AP acted at all: a step that flips nothing is the plain
+    method's step."""
+    if "diag.s2ap_steps" not in df.columns:
+        return None
+    rows = df[(df["s2ap"] == "on") & df["diag.s2ap_steps"].notna() & (df["diag.s2ap_steps"] > 0)]
+    if rows.empty:
+        return None
+    prefix = FLIP_EPOCH.split("[")[0] + "["
+    epochs = 1 + max((int(c[len(prefix):-1]) for c in df.columns if c.startswith(prefix)), default=-1)
+    out = []
+    for _, r in rows.iterrows():
+        row = {"Dataset": r["dataset"], "Arch": r["arch"], "Method": r["method"],
+               "Sparsity (%)": _fmt_sparsity(r["sparsity"]), "gamma": f"{r['diag.s2ap_gamma']:g}"}
+        for i in range(epochs):
+            v = r.get(FLIP_EPOCH.format(i))
+            row[f"Epoch {i + 1} (%)"] = _num(100.0 * v, 3) if v is not None and v == v else DASH
+        row["All steps (%)"] = _num(100.0 * r["diag.s2ap_flip_fraction"], 3)
+        noflip = r.get("diag.s2ap_noflip_fraction")
+        row["Steps without a flip (%)"] = _num(100.0 * noflip, 1) if noflip is not None and noflip == noflip else DASH
+        row["Seeds"] = int(r["n_seeds"])
+        out.append(row)
+    return pd.DataFrame(out).to_markdown(index=False, disable_numparse=True)
+
+
 def _values(df: pd.DataFrame, col: str) -> list:
     return sorted({v for v in df[col].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))},
                   key=str)
@@ -802,6 +835,15 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
                "differences the next seed reverses, so do not read it as the effect of S2AP. "
                "n/a: the method learns no scores, so S2AP does not apply.", "",
                _pairs_md(pairs), ""]
+    flips = None if df.empty else _flips_md(df)
+    if flips is not None:
+        md += ["## S2AP's score step: mask flips per search epoch", "",
+               "Share of the kept weights whose mask entry the score perturbation z flips, "
+               "|M(s+z) xor M(s)| / (2 · kept), mean over the epoch's steps, then over seeds "
+               "(— in the warm-up, where the step does not run). Under the straight-through "
+               "estimator a step that flips nothing is the plain method's step: a run with more "
+               "than half of its steps without a flip is flagged S2AP inactive. Per seed: the "
+               "`diag.s2ap_*` columns of the result files.", "", flips, ""]
     if excluded:
         md += _excluded_md(excluded)
     return df, pairs, "\n".join(md)

@@ -540,6 +540,32 @@ def test_an_s2ap_run_that_flips_nothing_is_flagged_inactive_and_one_at_the_chose
     assert "s2ap-inactive" not in flagged["chosen"]
 
 
+def test_the_leaderboard_shows_the_flip_fraction_per_search_epoch_of_every_s2ap_row(tmp_path):
+    def diag(epochs, noflip):
+        done = [e for e in epochs if e is not None]
+        return {"s2ap_gamma": 0.01, "s2ap_steps": 10 * len(done), "s2ap_noflip_steps": noflip,
+                "s2ap_noflip_fraction": noflip / (10 * len(done)),
+                "s2ap_flip_fraction": sum(done) / len(done), "s2ap_flip_fraction_by_epoch": epochs}
+
+    write_result(tmp_path, s2ap="off", seed=0)
+    write_result(tmp_path, s2ap="on", seed=0, diagnostics=diag([None, 0.02, 0.04], 0))
+    write_result(tmp_path, s2ap="on", seed=1, diagnostics=diag([None, 0.04, 0.06], 3))
+    aggregate(tmp_path, tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    section = md.split("## S2AP's score step: mask flips per search epoch")[1]
+    header = next(line for line in section.splitlines() if line.startswith("| Dataset"))
+    assert "Epoch 1 (%)" in header and "Epoch 3 (%)" in header and "Epoch 4" not in header
+    row = next(line for line in section.splitlines() if "| hydra" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # epoch 1 is the warm-up; epochs 2 and 3 are the means over the two seeds; 3 of 40 steps
+    # flipped nothing
+    assert cells[4:] == ["0.01", "—", "3.000", "5.000", "4.000", "7.5", "2"]
+    # a leaderboard without S2AP rows has no such section
+    write_result(tmp_path / "plain", s2ap="off")
+    aggregate(tmp_path / "plain", tmp_path / "out-plain")
+    assert "mask flips per search epoch" not in (tmp_path / "out-plain" / "leaderboard.md").read_text()
+
+
 def test_s2ap_with_an_unselected_gamma_is_flagged(tmp_path):
     def s2ap(status):
         return {"prune": {"s2ap": {"gamma": 0.01, "gamma_status": status}}}
