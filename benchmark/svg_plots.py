@@ -267,32 +267,53 @@ def paired_interval(b: Any, c: Any, n: Any) -> tuple[float, float] | None:
 
 
 def s2ap_difference(pairs: Sequence[Mapping[str, Any]], colors: Mapping[str, str], *, title: str = "") -> str:
-    """S2AP − original AutoAttack accuracy (pp) per method and sparsity, with the paired 95 %
-    interval from the per-image flags (McNemar's b and c) and the p-value in the tooltip."""
+    """S2AP − original AutoAttack accuracy (pp) per method and sparsity. Whiskers: the 95 %
+    interval over seeds (``delta_lo``/``delta_hi``, a t-interval of the per-seed differences), the
+    one that speaks to an effect of S2AP; below 3 seeds there is none, and the per-image interval
+    from McNemar's b and c is drawn dashed instead (it measures test-image noise only, not the
+    variation between seeds). Both, and the p-value, are in the tooltip."""
     pts = [p for p in pairs if finite(p.get("delta"))]
     if not pts:
         return ""
     pts = sorted(pts, key=lambda p: (str(p["method"]), float(p["sparsity"])))
-    intervals = [paired_interval(p.get("b"), p.get("c"), p.get("n_paired")) for p in pts]
-    vals = [float(p["delta"]) for p in pts] + [v for i in intervals if i for v in i] + [0.0]
+    seed_cis = [(float(p["delta_lo"]), float(p["delta_hi"]))
+                if finite(p.get("delta_lo")) and finite(p.get("delta_hi")) else None for p in pts]
+    image_cis = [paired_interval(p.get("b"), p.get("c"), p.get("n_paired")) for p in pts]
+    drawn = [s or i for s, i in zip(seed_cis, image_cis)]
+    vals = [float(p["delta"]) for p in pts] + [v for i in drawn if i for v in i] + [0.0]
     span = max(abs(min(vals)), abs(max(vals)), 1.0)
     top = math.ceil(span * 1.1)
+    has_seed = any(seed_cis)
+    has_image = any(s is None and i for s, i in zip(seed_cis, image_cis))
+    kinds = ("95 % CI over seeds; dashed: per-image interval (below 3 seeds)" if has_seed and has_image
+             else "95 % CI over seeds" if has_seed
+             else "per-image interval, dashed (below 3 seeds: no CI over seeds)" if has_image else "")
     f = Frame((-0.5, len(pts) - 0.5), (-top, top), title=title or "S2AP − original (AutoAttack)",
-              xlabel="method @ sparsity (%)", ylabel="difference (percentage points)",
+              xlabel="method @ sparsity (%)" + (f"; whiskers: {kinds}" if kinds else ""),
+              ylabel="difference (percentage points)",
               xticks=[(i, f"{p['method']} @ {_fmt(float(p['sparsity']))}") for i, p in enumerate(pts)],
               label="s2ap-difference", rotate_xticks=True,
               width=max(WIDTH, MARGIN["left"] + MARGIN["right"] + 34 * len(pts)))
     f.add(f'<line class="zero" x1="{f.left}" y1="{f.y(0):.1f}" x2="{f.left + f.w}" y2="{f.y(0):.1f}" stroke="#333"/>')
     seen = set()
-    for i, (p, ci) in enumerate(zip(pts, intervals)):
+    for i, (p, seed_ci, image_ci) in enumerate(zip(pts, seed_cis, image_cis)):
         method = str(p["method"])
         color = colors.get(method, PALETTE[0])
         x, y = f.x(i), f.y(float(p["delta"]))
-        whisk = _vwhisker(f, x, ci[0], ci[1], color) if ci else ""
+        if seed_ci:
+            whisk = _vwhisker(f, x, seed_ci[0], seed_ci[1], color).replace(
+                'class="whisker"', 'class="whisker seed-ci"', 1)
+        elif image_ci:
+            whisk = _vwhisker(f, x, image_ci[0], image_ci[1], color).replace(
+                'class="whisker"', 'class="whisker image-ci" stroke-dasharray="3 2"', 1)
+        else:
+            whisk = ""
         pv = p.get("p_value")
         tip = (f"{method}, sparsity {_fmt(float(p['sparsity']))} %: {float(p['delta']):+.2f} pp"
-               + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "")
-               + (f", McNemar p = {float(pv):.3g}" if finite(pv) else ""))
+               + (f"; 95 % CI over seeds [{seed_ci[0]:+.1f}, {seed_ci[1]:+.1f}] (the effect)" if seed_ci
+                  else "; no interval over seeds (below 3 seeds)")
+               + (f"; per-image interval [{image_ci[0]:+.1f}, {image_ci[1]:+.1f}]" if image_ci else "")
+               + (f", McNemar p = {float(pv):.3g} (these models on these images only)" if finite(pv) else ""))
         f.add(f'<g class="point" data-series="{escape(method)}">{whisk}{_marker(x, y, color)}'
               f'<title>{escape(tip)}</title></g>')
         if method not in seen:

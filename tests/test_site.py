@@ -373,3 +373,46 @@ def test_site_target_in_the_workflow(tmp_path):
     assert "-m benchmark site --runs" in out and "--out results/quick/site" in out
     assert "--models results/quick/export/models/manifest.json" in out
     assert "-m benchmark export models" in out and "--out results/quick/export/models" in out
+
+
+def test_the_s2ap_plot_draws_the_interval_over_seeds_and_falls_back_to_a_dashed_per_image_one():
+    from benchmark.svg_plots import method_colors, s2ap_difference
+
+    three = {"method": "hydra", "sparsity": 90.0, "delta": 1.5, "delta_lo": -2.0, "delta_hi": 5.0,
+             "b": 40, "c": 55, "n_paired": 30_000, "p_value": 0.15}
+    one = {"method": "harp", "sparsity": 90.0, "delta": -1.0, "delta_lo": None, "delta_hi": None,
+           "b": 60, "c": 50, "n_paired": 10_000, "p_value": 0.39}
+    svg = s2ap_difference([three, one], method_colors(["hydra", "harp"]))
+    assert svg.count('class="whisker seed-ci"') == 1 and svg.count('class="whisker image-ci"') == 1
+    assert "95 % CI over seeds [-2.0, +5.0] (the effect)" in svg
+    assert "no interval over seeds (below 3 seeds)" in svg
+    assert "whiskers: 95 % CI over seeds; dashed: per-image interval (below 3 seeds)" in svg
+    only_seed = s2ap_difference([three], method_colors(["hydra"]))
+    assert "image-ci" not in only_seed and "whiskers: 95 % CI over seeds" in only_seed
+    # the seed interval, not the far narrower per-image one (+/- 0.09 pp here), spans the whisker
+    without = s2ap_difference([{**three, "delta_lo": None, "delta_hi": None}], method_colors(["hydra"]))
+
+    def span(svg, kind):
+        lo, hi = re.search(rf'class="whisker {kind}"[^>]*\bd="M[0-9.]+,([0-9.]+)V([0-9.]+)', svg).groups()
+        return abs(float(lo) - float(hi))
+
+    assert span(only_seed, "seed-ci") > 10 * span(without, "image-ci")
+
+
+def test_an_entry_page_shows_the_interval_over_seeds_as_the_one_to_read(tmp_path):
+    runs = tmp_path / "results" / "fixture" / "runs"
+    for seed, (off, on) in enumerate([(4000, 4100), (4050, 4000), (3980, 4150)]):
+        fx.write_result(runs, method="hydra", s2ap="off", sparsity=90, seed=seed, aa=off)
+        fx.write_result(runs, method="hydra", s2ap="on", sparsity=90, seed=seed, aa=on)
+    data = site_data(runs)
+    on = next(e for e in data["entries"] if e["s2ap"] == "on")
+    deltas = [1.0, -0.5, 1.7]  # per seed, in points
+    mean = sum(deltas) / 3
+    sd = (sum((d - mean) ** 2 for d in deltas) / 2) ** 0.5
+    half = 4.302652729911275 * sd / 3 ** 0.5  # t(0.975, 2)
+    assert on["delta"]["seed_ci"] == pytest.approx((mean - half, mean + half))
+    out = tmp_path / "site"
+    build_site(runs, out)
+    page = (out / on["page"]).read_text()
+    assert f"95 % CI over seeds: [{mean - half:+.2f}, {mean + half:+.2f}] pp" in page
+    assert "read this one for the effect of S2AP" in page

@@ -415,8 +415,13 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
                                row["config_hash"]))
             delta = None
             if pair is not None and canon_s2ap(row["s2ap"]) == "on":
+                # the seed-level interval (a t-interval of the per-seed differences, none below
+                # 3 seeds) is the evidence for an effect of S2AP; McNemar's p only says whether
+                # these models differ on these test images (benchmark/aggregate.py)
+                lo, hi = _num(pair.get("delta_lo")), _num(pair.get("delta_hi"))
                 delta = {"value": pair["delta"], "p": pair.get("p_value"),
-                         "seeds": pair.get("paired_seeds"), "orig": pair.get("orig_aa")}
+                         "seeds": pair.get("paired_seeds"), "orig": pair.get("orig_aa"),
+                         "seed_ci": None if lo is None or hi is None else (lo, hi)}
             eid = entry_id(row)
             slug = entry_slug(row, preset)
             details = [_run_detail(p, res, entries_dir=entries_dir, logs_dir=_per_preset(logs_dir, res),
