@@ -53,6 +53,19 @@ def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
             for b in m.buffers(recurse=False)]
 
 
+def _copy_all(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    """dst[i].copy_(src[i]) for every i, as one multi-tensor copy per (device, dtype): a foreach
+    call over mixed dtypes (float scores and buffers, int64 BatchNorm counters) takes PyTorch's
+    per-tensor slow path, one kernel per tensor again."""
+    groups: dict[tuple, tuple[list, list]] = {}
+    for d, s in zip(dst, src):
+        g = groups.setdefault((d.device, d.dtype), ([], []))
+        g[0].append(d)
+        g[1].append(s)
+    for d, s in groups.values():
+        torch._foreach_copy_(d, s)
+
+
 class ScoreSharpness(TrainHook):
     overrides_backward = True
     # gamma 0.01: a default, not a selection (the paper's values are not public); presets store the
@@ -96,9 +109,31 @@ class ScoreSharpness(TrainHook):
         self.active = epoch >= self.warmup_epochs
         self._reset_counts()
 
+    @staticmethod
+    def _live_state(layers, model) -> list[torch.Tensor]:
+        """What pass 2 changes and the step puts back: scores, masks, BatchNorm buffers. Detached
+        views share the version counters, so the folded search weights see the restore."""
+        return ([layer.scores.detach() for layer in layers] + [layer.mask.detach() for layer in layers]
+                + [b.detach() for b in _bn_buffers(model)])
+
+    def _scratch(self, live: list[torch.Tensor]) -> list[torch.Tensor]:
+        # one set of copies for the whole search, filled by one multi-tensor copy per step: on a
+        # GPU, 2 x (2 x layers + BN buffers) single-tensor clones and copies were as many kernel
+        # launches per step in a launch-bound loop (docs/gpu_speed.md); the bytes are the same
+        shapes = [(t.shape, t.dtype, t.device) for t in live]
+        if getattr(self, "_saved_shapes", None) != shapes:
+            self._saved = [torch.empty_like(t) for t in live]
+            self._saved_shapes = shapes
+        return self._saved
+
     def _count_flips(self, layers, saved_masks) -> None:
-        flipped = sum((layer.mask != m).sum() for layer, m in zip(layers, saved_masks))
-        kept = sum(m.sum() for m in saved_masks)
+        # masks hold 0 and 1: the L1 norm of the difference counts the flipped entries exactly
+        # (integers below 2**24 in float32), one multi-tensor call instead of two per layer
+        live = [layer.mask for layer in layers]
+        if any(m.dtype not in (torch.float32, torch.float64) for m in live):  # half masks: inexact
+            live, saved_masks = [m.float() for m in live], [m.float() for m in saved_masks]
+        flipped = torch.stack(torch._foreach_norm(torch._foreach_sub(live, saved_masks), 1)).sum()
+        kept = torch.stack(torch._foreach_norm(saved_masks, 1)).sum()
         fraction = flipped.double() / (2.0 * kept.double()).clamp_min(1.0)
         none = (flipped == 0).to(torch.int64)
         if self._flip_sum is None:
@@ -140,9 +175,10 @@ class ScoreSharpness(TrainHook):
 
         loss = trainer.compute_loss(batch)  # pass 1: the base method's pass
         loss.backward()
-        saved_scores = [layer.scores.detach().clone() for layer in layers]
-        saved_masks = [layer.mask.detach().clone() for layer in layers]
-        saved_bn = [b.detach().clone() for b in _bn_buffers(model)]
+        live = self._live_state(layers, model)
+        saved = self._scratch(live)
+        _copy_all(saved, live)
+        saved_masks = saved[len(layers):2 * len(layers)]
         rng_after = torch.get_rng_state()
         cuda_after = torch.cuda.get_rng_state_all() if devices else None
         with torch.no_grad():
@@ -167,11 +203,7 @@ class ScoreSharpness(TrainHook):
             if devices:
                 torch.cuda.set_rng_state_all(cuda_after)
             with torch.no_grad():
-                for layer, s, m in zip(layers, saved_scores, saved_masks):
-                    layer.scores.copy_(s)
-                    layer.mask.copy_(m)
-                for b, saved in zip(_bn_buffers(model), saved_bn):
-                    b.copy_(saved)
+                _copy_all(live, saved)
         for layer, g in zip(layers, grads):
             layer.scores.grad = g if g is not None else torch.zeros_like(layer.scores)
         return loss.detach()

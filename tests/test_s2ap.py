@@ -222,3 +222,18 @@ def test_awp_restores_weights_exactly_and_keeps_pruned_weights_zero():
     tr.fit()
     for name, layer in masking.masked_layers(net):
         assert (layer.weight[layer.mask == 0] == 0).all(), name
+
+
+def test_the_state_copy_handles_mixed_dtypes_and_reuses_one_scratch_set():
+    from methods.s2ap import _copy_all
+
+    live = [torch.randn(3, 4), torch.tensor(7, dtype=torch.int64), torch.randn(5, dtype=torch.float64),
+            torch.ones(2, 2)]
+    saved = [torch.empty_like(t) for t in live]
+    _copy_all(saved, live)
+    assert all(torch.equal(s, t) and s.dtype == t.dtype for s, t in zip(saved, live))
+    hook = ScoreSharpness({"gamma": 0.3, "warmup": 0.0}, total_epochs=1)
+    first = hook._scratch(live)
+    assert hook._scratch(live) is first  # one set of copies for the whole search
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(first, live))
+    assert hook._scratch(live[:2]) is not first  # another model: new copies
