@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import fastpaths
+
 MODES = ("dense", "search", "finetune")
 
 
@@ -134,6 +136,7 @@ class MaskedMixin:
         self.rate_logit: nn.Parameter | None = None
         self.rate_floor = 0.0
         self.score_grad = False  # True only while the scores are being trained outside an attack
+        self.in_attack = False  # True inside an attack's passes (``scores_frozen``)
         # every row (a classifier's class) keeps at least one weight when the count allows it
         # (HARP sets it on the classifier; ``topk_mask_rows``)
         self.one_per_row = False
@@ -184,11 +187,19 @@ class MaskedMixin:
                                                   k if isinstance(k, torch.Tensor) else None)
             # weights are frozen in the search and the mask changes only at a refresh, so the
             # attack's forward passes reuse one folded product per optimiser step
-            key = self._fold_key()
-            if self._folded is None or self._folded[0] != key:
-                self._folded = (key, (self.weight * self._broadcast(self.mask)).detach())
-            return self._folded[1]
+            return self._folded_product()
+        if self.in_attack and fastpaths.fast():
+            # finetune: the weights change only at the optimiser step and an attack takes no
+            # weight gradient, so its passes share one product (the same values: the same
+            # multiplication, done once instead of once per pass)
+            return self._folded_product()
         return self.weight * self._broadcast(self.mask)
+
+    def _folded_product(self) -> torch.Tensor:
+        key = self._fold_key()
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, (self.weight * self._broadcast(self.mask)).detach())
+        return self._folded[1]
 
     def _fold_key(self) -> tuple:
         # tensor versions bump on every in-place write (refresh, load_state_dict, optimiser)
@@ -325,16 +336,18 @@ def set_mode(model: nn.Module, mode: str, *, train_bn: bool = True) -> None:
 
 @contextlib.contextmanager
 def scores_frozen(model: nn.Module):
-    """Inside an attack the scores take no gradient: the forward is a plain masked product."""
+    """Inside an attack the scores take no gradient: the forward is a plain masked product, and
+    one product serves every pass of the attack (the weights do not change within it)."""
     layers = [layer for _, layer in masked_layers(model)]
-    saved = [layer.score_grad for layer in layers]
+    saved = [(layer.score_grad, layer.in_attack) for layer in layers]
     for layer in layers:
         layer.score_grad = False
+        layer.in_attack = True
     try:
         yield
     finally:
-        for layer, flag in zip(layers, saved):
-            layer.score_grad = flag
+        for layer, (flag, attacking) in zip(layers, saved):
+            layer.score_grad, layer.in_attack = flag, attacking
 
 
 @torch.no_grad()

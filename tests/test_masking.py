@@ -256,3 +256,40 @@ def test_input_channel_masks_prune_whole_columns_and_round_trip():
         plain[0].weight[0, keep_col] = 0.0
     with pytest.raises(masking.SparsityError, match="part of an input channel"):
         masking.measure_sparsity(plain, half, "in_channel")
+
+
+def test_a_finetune_attack_shares_one_product_per_optimiser_step_with_the_same_numbers():
+    from benchmark import fastpaths
+
+    net = masking.to_masked(toy_net())
+    masking.scaled_score_init(net)
+    masking.set_keep(net, 0.5)
+    masking.refresh_masks(net)
+    masking.set_mode(net, "finetune")
+    masking.apply_masks_to_weights(net)
+    layer = next(layer for _, layer in masking.masked_layers(net))
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+
+    def attack_pass():
+        with masking.scores_frozen(net):
+            (g,) = torch.autograd.grad(net(x).sum(), x)
+        return g
+
+    with fastpaths.reference_paths():
+        reference = attack_pass()
+    assert layer._folded is None  # the reference path multiplies on every pass
+    first = attack_pass()
+    folded = layer._folded[1]
+    second = attack_pass()
+    assert layer._folded[1] is folded  # one product for every pass of the attack
+    assert torch.equal(first, reference) and torch.equal(second, reference)
+    # the training pass outside the attack still takes the weight gradient through w * m
+    net(x).sum().backward()
+    pruned_grad = layer.weight.grad * (1 - layer.mask)
+    assert layer.weight.grad.abs().sum() > 0 and torch.equal(pruned_grad, torch.zeros_like(pruned_grad))
+    # an optimiser step changes the weights in place: the next attack folds them anew
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    attack_pass()
+    assert layer._folded[1] is not folded
+    torch.testing.assert_close(layer._folded[1], layer.weight * layer.mask)
