@@ -16,6 +16,16 @@ def toy_net():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
 
 
+def half_kept_net(mode="search"):
+    """The toy net masked at 50 % from its scaled scores, in ``mode``."""
+    net = masking.to_masked(toy_net())
+    masking.scaled_score_init(net)
+    masking.set_keep(net, 0.5)
+    masking.refresh_masks(net)
+    masking.set_mode(net, mode)
+    return net
+
+
 @pytest.mark.parametrize("n,keep,expected", [
     (144, 0.01, 2), (100, 0.1, 10), (100, 0.05, 5), (10, 0.01, 1), (7, 0.5, 4), (1000, 0.9, 900),
     (3, 0.0, 0), (5, 1.0, 5),
@@ -82,11 +92,7 @@ def test_scaled_init_reproduces_layerwise_magnitude_pruning():
 
 
 def test_attack_forward_takes_no_score_gradient():
-    net = masking.to_masked(toy_net())
-    masking.scaled_score_init(net)
-    masking.set_keep(net, 0.5)
-    masking.refresh_masks(net)
-    masking.set_mode(net, "search")
+    net = half_kept_net()
     x = torch.rand(2, 3, 8, 8, requires_grad=True)
     with masking.scores_frozen(net):
         net(x).sum().backward()
@@ -186,11 +192,7 @@ def test_set_mode_search_trains_only_scores_and_bn():
 
 def test_attack_forward_follows_every_mask_refresh():
     # the attack reuses one folded w * m per optimiser step; a refresh must invalidate it
-    net = masking.to_masked(toy_net())
-    masking.scaled_score_init(net)
-    masking.set_keep(net, 0.5)
-    masking.refresh_masks(net)
-    masking.set_mode(net, "search")
+    net = half_kept_net()
     net.eval()
     x = torch.rand(2, 3, 8, 8)
     with masking.scores_frozen(net), torch.no_grad():
@@ -261,11 +263,7 @@ def test_input_channel_masks_prune_whole_columns_and_round_trip():
 def test_a_finetune_attack_shares_one_product_per_optimiser_step_with_the_same_numbers():
     from benchmark import fastpaths
 
-    net = masking.to_masked(toy_net())
-    masking.scaled_score_init(net)
-    masking.set_keep(net, 0.5)
-    masking.refresh_masks(net)
-    masking.set_mode(net, "finetune")
+    net = half_kept_net("finetune")
     masking.apply_masks_to_weights(net)
     layer = next(layer for _, layer in masking.masked_layers(net))
     x = torch.rand(2, 3, 8, 8, requires_grad=True)
