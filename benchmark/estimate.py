@@ -385,9 +385,30 @@ def main(preset_files: Sequence[str | Path], *, device: str | None = None,
     except ValueError as exc:  # the preset's own errors name the field
         raise ConfigError(str(exc)) from exc
     cal = _cal.load(calibration)
+    if device is None and str(cfg["runtime"]["device"]) == "auto":
+        device, note = auto_device(cfg, list(targets), cal, search_dirs)
+        return note + report(cfg, preset_files, list(targets), device, cal, search_dirs=search_dirs)
     return report(cfg, preset_files, list(targets), device or default_device(cfg), cal,
                   search_dirs=search_dirs)
 
 
-__all__ = ["Estimate", "Job", "Plan", "estimate", "human", "job_seconds", "main", "plan", "report",
+def auto_device(cfg: Mapping[str, Any], targets: list[str], cal: _cal.Calibration,
+                search_dirs: Iterable[str | Path] = ()) -> tuple[str, str]:
+    """(device, note) for a preset with runtime.device auto: CUDA, unless the calibration has
+    figures for every job on the CPU and not on CUDA (a preset sized for a CPU, such as the
+    offline study); the note says so."""
+    search_dirs = list(search_dirs)
+    p = plan(cfg, targets, search_dirs)
+    cuda = estimate(cfg, p, cal, "cuda")
+    if not cuda.missing:
+        return "cuda", ""
+    cpu = estimate(cfg, p, cal, "cpu")
+    if cpu.missing:
+        return "cuda", ""
+    return "cpu", ("runtime.device is auto, and the calibration lacks CUDA figures for some of "
+                   "these jobs but has CPU figures for all: estimated on cpu (--device cuda to "
+                   "insist)\n")
+
+
+__all__ = ["Estimate", "Job", "Plan", "auto_device", "estimate", "human", "job_seconds", "main", "plan", "report",
            "targets_of"]

@@ -186,8 +186,27 @@ def gpu_arguments(args: list[str], environ: dict | None = None) -> list[str]:
     return out
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def targets_first(args: list[str]) -> list[str]:
+    """Snakemake's --configfile takes every word after it, so ``--configfile p.yaml table_main``
+    would read the target as a second config file. Words after --configfile that are not config
+    files (by suffix) are targets: they move to the front, where Snakemake reads targets."""
+    out, targets, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        out.append(a)
+        i += 1
+        if a in ("--configfile", "--configfiles"):
+            while i < len(args) and not args[i].startswith("-"):
+                (out if args[i].endswith(CONFIG_SUFFIXES) else targets).append(args[i])
+                i += 1
+    return targets + out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = targets_first(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args = gpu_arguments(args)

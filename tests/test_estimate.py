@@ -170,3 +170,20 @@ def test_estimate_command(tmp_path, capsys):
     assert "feeds no baselines table" in capsys.readouterr().err
 
 
+
+
+def test_an_auto_device_preset_is_estimated_where_the_calibration_has_figures_for_all_its_jobs(tmp_path, capsys):
+    offline = C.validate(C.load_presets([REPO / "presets" / "offline.yaml"]))
+    assert offline["runtime"]["device"] == "auto"
+    small_cnn = entry(arch="small_cnn", input_shape=[1, 32, 32], batch_size=64)
+    device, note = E.auto_device(offline, ["all"], cal.load(calibration_file(tmp_path, [small_cnn])))
+    assert device == "cpu" and "--device cuda to insist" in note
+    # once CUDA has figures for every job, CUDA it is, as for a paper preset
+    both = [small_cnn, {**small_cnn, "device": "cuda", "device_name": "test gpu"}]
+    assert E.auto_device(offline, ["all"], cal.load(calibration_file(tmp_path, both))) == ("cuda", "")
+    # figures on neither device: CUDA, where runs of that size are planned
+    paper = C.validate(C.load_presets([REPO / "presets" / "paper_cifar10.yaml"]))
+    assert E.auto_device(paper, ["table_main"], cal.load(calibration_file(tmp_path, [small_cnn]))) == ("cuda", "")
+    assert cli_main(["estimate", "--configfile", str(REPO / "presets" / "offline.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "device cpu" in out and "h of cpu time" in out  # the shipped file has the small CNN on cpu

@@ -177,3 +177,13 @@ def test_sigkilled_run_resumes_with_the_same_command_and_the_same_results(tmp_pa
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     assert (killed / "results" / "tiny" / "leaderboard.md").is_file()
     assert _results(killed) == _results(straight) != {}
+
+
+def test_a_target_after_the_config_files_is_passed_as_a_target():
+    from benchmark.runner import targets_first
+
+    args = ["--profile", "p", "--configfile", "presets/a.yaml", "presets/b.yml", "table_main", "--cores", "2"]
+    assert targets_first(args) == ["table_main", "--profile", "p", "--configfile", "presets/a.yaml",
+                                   "presets/b.yml", "--cores", "2"]
+    plain = ["--cores", "2", "--configfile", "presets/a.yaml"]
+    assert targets_first(plain) == plain
