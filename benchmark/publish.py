@@ -216,6 +216,37 @@ def _check_results(chk: RunCheck) -> None:
         if res["provenance"]["stage_code"] != current:
             chk.fail("results", f"{where} was made by other stage code ({res['provenance']['stage_code']}"
                                 f", current {current}): rerun it")
+        stale = _stale_stages(chk.cfg, res)
+        if stale:
+            chk.fail("results", f"{where}: its {', '.join(stale)} stage ran with another config than "
+                                "the preset's for its cell (a model kept from before the preset "
+                                "changed): delete it and rerun the cell")
+
+
+# the stages whose config a cell's result records from the checkpoints that made its model
+CELL_STAGES = ("prune", "finetune")
+
+
+def _stale_stages(cfg: dict[str, Any] | None, res: dict[str, Any]) -> list[str]:
+    """The stages of ``res`` whose recorded config does not hash as the preset's for its cell.
+    The cell's config_hash comes from the preset when the result is written, the recorded configs
+    from the checkpoints: a checkpoint Snakemake did not rerun (its metadata lost, say) shows only
+    here."""
+    from benchmark import config as apcfg
+
+    cell = res["cell"]
+    if cfg is None or res.get("submission") or cell.get("method") == "dense":
+        return []
+    stale = []
+    for stage in CELL_STAGES:
+        recorded = (res.get("config") or {}).get(stage)
+        if recorded is None:
+            continue
+        expected = apcfg.stage_config(cfg, stage, dataset=cell["dataset"], arch=cell["arch"],
+                                      method=cell["method"], s2ap=cell["s2ap"])
+        if apcfg.stage_key(recorded) != apcfg.stage_key(expected):
+            stale.append(stage)
+    return stale
 
 
 def _out_arg(argv: list[str]) -> tuple[int, str, str] | None:

@@ -118,7 +118,8 @@ def result_record(*, dataset: str = "cifar10", arch: str = "resnet18", method: s
                   preset: str = "fixture", revision: str = REVISION, dirty: bool | None = False,
                   loss: str = "pgd_at", diagnostics: dict | None = None,
                   no_autoattack: bool = False, stage_code: str | None = None,
-                  model_file: str | Path | None = None, pgd_broke: int = 0) -> dict[str, Any]:
+                  model_file: str | Path | None = None, pgd_broke: int = 0,
+                  stage_configs: dict[str, Any] | None = None) -> dict[str, Any]:
     """A validated result record (benchmark.results.build_record) with these numbers."""
     if attacks is not None and list(attacks) == STANDARD:
         attacks = None
@@ -160,6 +161,8 @@ def result_record(*, dataset: str = "cifar10", arch: str = "resnet18", method: s
         configs["finetune"] = {"data": data, "model": {"width": 1.0}, "train": train,
                                "method": {"name": method, "options": {}}, "runtime": {},
                                "awp": {"gamma": 0.01} if s2ap in ("on", "awp") else None}
+    if method != "dense" and stage_configs:  # the configs a preset gives this cell's stages
+        configs.update(stage_configs)
     cell = {"dataset": dataset, "arch": arch, "method": method,
             "s2ap": "n/a" if method == "dense" else s2ap,
             "sparsity": 0.0 if method == "dense" else float(sparsity), "seed": seed,

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from benchmark import config as apcfg
 from benchmark.aggregate import read_leaderboard
 from benchmark.cli import main as cli_main
 from benchmark.datasets import get_info
@@ -70,6 +71,12 @@ def make_run(root: Path, **kw) -> list[Path]:
         args = dict(dataset="fashion-mnist", arch="small_cnn", eps=0.1, preset=PRESET,
                     revision=head, model_file=model, clean=8000 - 100 * i, aa=4000 - 100 * i)
         args.update(cell)
+        if cell["method"] != "dense":  # what the preset makes each stage of this cell run with
+            cfg = apcfg.validate(apcfg.load_preset(root / "presets" / f"{PRESET}.yaml"))
+            args["stage_configs"] = {
+                stage: apcfg.stage_config(cfg, stage, dataset="fashion-mnist", arch="small_cnn",
+                                          method=cell["method"], s2ap=cell["s2ap"])
+                for stage in ("prune", "finetune")}
         args.update(kw)
         path = fx.write_result(Path("results") / PRESET / "runs", **args)
         files.append(path)
@@ -168,6 +175,14 @@ def _drop_a_result(repo, files):
     assert cli_main(["aggregate", "--runs", str(files[0]), "--out", f"results/{PRESET}", "--no-plots"]) == 0
 
 
+def _prune_with_another_recipe(repo, files):
+    # a search kept from before the preset changed: its result records the old config
+    r = json.loads(files[1].read_text())
+    r["config"]["prune"]["train"]["lr"] = 0.5
+    files[1].write_text(json.dumps(r))
+    assert cli_main(["aggregate", "--runs", *map(str, files), "--out", f"results/{PRESET}", "--no-plots"]) == 0
+
+
 def _no_stamp(repo, files):
     (repo / "results" / PRESET / "leaderboard.stamp.json").unlink()
 
@@ -179,6 +194,7 @@ def _no_stamp(repo, files):
     ({}, _replace_model, "models", "model1.pt is not the one it evaluated"),
     ({}, _drop_a_result, "finished", "the run is not finished: 1 result"),
     ({}, _no_stamp, "finished", "leaderboard.stamp.json not found"),
+    ({}, _prune_with_another_recipe, "results", "its prune stage ran with another config than the preset's"),
     ({"revision": "f" * 40}, None, "results", "made at revision ffffffffffff, HEAD is"),
     ({"dirty": True}, None, "results", "made from a tree with uncommitted changes"),
     ({"stage_code": "0" * 16}, None, "results", "made by other stage code"),
