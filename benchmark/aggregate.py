@@ -654,6 +654,11 @@ def _pairs_md(pairs: pd.DataFrame) -> str:
 FLIP_EPOCH = "diag.s2ap_flip_fraction_by_epoch[{}]"
 
 
+def _pct(fraction: Any) -> Any:
+    """A fraction in percent; None (shown as "—" by ``_num``) stays None."""
+    return None if fraction is None else 100.0 * fraction
+
+
 def _flips_md(df: pd.DataFrame) -> str | None:
     """Per S2AP row: the share of kept weights the score step's perturbation flipped, per search
     epoch (mean over the epoch's steps, then over seeds), "—" in the warm-up; None when no row ran
@@ -671,11 +676,9 @@ def _flips_md(df: pd.DataFrame) -> str | None:
         row = {"Dataset": r["dataset"], "Arch": r["arch"], "Method": r["method"],
                "Sparsity (%)": _fmt_sparsity(r["sparsity"]), "gamma": f"{r['diag.s2ap_gamma']:g}"}
         for i in range(epochs):
-            v = r.get(FLIP_EPOCH.format(i))
-            row[f"Epoch {i + 1} (%)"] = _num(100.0 * v, 3) if v is not None and v == v else DASH
-        row["All steps (%)"] = _num(100.0 * r["diag.s2ap_flip_fraction"], 3)
-        noflip = r.get("diag.s2ap_noflip_fraction")
-        row["Steps without a flip (%)"] = _num(100.0 * noflip, 1) if noflip is not None and noflip == noflip else DASH
+            row[f"Epoch {i + 1} (%)"] = _num(_pct(r.get(FLIP_EPOCH.format(i))), 3)
+        row["All steps (%)"] = _num(_pct(r["diag.s2ap_flip_fraction"]), 3)
+        row["Steps without a flip (%)"] = _num(_pct(r.get("diag.s2ap_noflip_fraction")), 1)
         row["Seeds"] = int(r["n_seeds"])
         out.append(row)
     return pd.DataFrame(out).to_markdown(index=False, disable_numparse=True)

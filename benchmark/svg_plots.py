@@ -136,8 +136,10 @@ def _marker(x: float, y: float, color: str, shape: str = "circle", filled: bool 
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{fill}" stroke="{color}" stroke-width="1.5"/>'
 
 
-def _vwhisker(f: Frame, x: float, lo: float, hi: float, color: str) -> str:
-    return (f'<path class="whisker" d="M{x:.1f},{f.y(lo):.1f}V{f.y(hi):.1f}M{x - 3:.1f},{f.y(lo):.1f}'
+def _vwhisker(f: Frame, x: float, lo: float, hi: float, color: str, kind: str = "", dashed: bool = False) -> str:
+    cls = f"whisker {kind}".strip()
+    dash = ' stroke-dasharray="3 2"' if dashed else ""
+    return (f'<path class="{cls}"{dash} d="M{x:.1f},{f.y(lo):.1f}V{f.y(hi):.1f}M{x - 3:.1f},{f.y(lo):.1f}'
             f'h6M{x - 3:.1f},{f.y(hi):.1f}h6" stroke="{color}"/>')
 
 
@@ -301,11 +303,9 @@ def s2ap_difference(pairs: Sequence[Mapping[str, Any]], colors: Mapping[str, str
         color = colors.get(method, PALETTE[0])
         x, y = f.x(i), f.y(float(p["delta"]))
         if seed_ci:
-            whisk = _vwhisker(f, x, seed_ci[0], seed_ci[1], color).replace(
-                'class="whisker"', 'class="whisker seed-ci"', 1)
+            whisk = _vwhisker(f, x, seed_ci[0], seed_ci[1], color, "seed-ci")
         elif image_ci:
-            whisk = _vwhisker(f, x, image_ci[0], image_ci[1], color).replace(
-                'class="whisker"', 'class="whisker image-ci" stroke-dasharray="3 2"', 1)
+            whisk = _vwhisker(f, x, image_ci[0], image_ci[1], color, "image-ci", dashed=True)
         else:
             whisk = ""
         pv = p.get("p_value")
