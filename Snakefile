@@ -8,7 +8,7 @@
 #
 # The preset is validated (schema, names, rules across fields) while this file is parsed, i.e.
 # before any job runs; what depends on the machine is a warning here and an error in `onstart`,
-# before the first job (benchmark/preflight.py). Nothing here imports torch or a method file.
+# before the first job (benchmark/planning/preflight.py). Nothing here imports torch or a method file.
 import sys
 from pathlib import Path
 
@@ -19,12 +19,12 @@ if str(REPO) not in sys.path:
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from benchmark import config as apcfg
-from benchmark import external_dense
-from benchmark import preflight
-from benchmark import submission as submission_lib
-from benchmark import reference as apref
-from benchmark import tables
+from benchmark.core import config as apcfg
+from benchmark.core import external_dense
+from benchmark.planning import preflight
+from benchmark.publishing import submission as submission_lib
+from benchmark.results import reference as apref
+from benchmark.results import tables
 
 # Not a `configfile:` directive: that one would also be loaded under --configfile, and its keys
 # (per-method overrides, say) would leak into the other preset.

@@ -9,7 +9,7 @@
   python -m benchmark import-dense --entry JSON --dataset D --arch A --out dense.pt
   python -m benchmark estimate  --configfile presets/X.yaml [presets/smoke.yaml] [--device cuda]
   python -m benchmark methods   (lists the registered methods and their traits)
-  python -m benchmark site / export robustbench|models|verify   (publishing: benchmark/cli_publish.py)
+  python -m benchmark site / export robustbench|models|verify   (publishing: benchmark/publishing/cli.py)
 
 ``--config`` takes the stage's sub-config as a JSON string or ``@file.json``.
 
@@ -31,10 +31,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from .choices import PURPOSES
-from .errors import DEBUG_ENV, Interrupted, MissingFileError, UserError
-from .registry import UnknownNameError
-from .signals import raise_on_stop_signals
+from benchmark.core.choices import PURPOSES
+from benchmark.core.errors import DEBUG_ENV, Interrupted, MissingFileError, UserError
+from benchmark.core.registry import UnknownNameError
+from benchmark.runtime.signals import raise_on_stop_signals
 
 # the registry's UnknownNameError predates UserError; both are the user's to fix
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (UserError, UnknownNameError)
@@ -143,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the preset's purpose; 'plumbing' heads the leaderboard with a note that "
                         "its numbers mean nothing")
 
-    p = command("table", help="one paper table or figure from result files (benchmark/tables.py)")
+    p = command("table", help="one paper table or figure from result files (benchmark/results/tables.py)")
     p.add_argument("--spec", type=_json_arg, required=True,
-                   help="the table, its rows and columns (benchmark.tables.spec), JSON or @file")
+                   help="the table, its rows and columns (benchmark.results.tables.spec), JSON or @file")
     p.add_argument("--runs", required=True, nargs="+", help="the result files the table reads")
     p.add_argument("--out", required=True, help="folder for <table>.md and .csv (.png for figures)")
     p.add_argument("--reference", default=None,
@@ -172,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("methods", help="list registered methods")
     _method_file_arg(p)
 
-    # publishing: site, export robustbench|models|verify (benchmark/cli_publish.py)
-    from .cli_publish import add_commands as add_publish_commands
+    # publishing: site, export robustbench|models|verify (benchmark/publishing/cli.py)
+    from benchmark.publishing.cli import add_commands as add_publish_commands
 
     add_publish_commands(sub)
     return parser
@@ -212,7 +212,7 @@ def configure_logging(debug: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # the aggregate command records its own arguments (benchmark.leaderboard_stamp)
+    # the aggregate command records its own arguments (benchmark.results.leaderboard_stamp)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(args)
     configure_logging(debug)
@@ -240,24 +240,24 @@ def _report(args: argparse.Namespace, exc: BaseException, message: str, code: in
 
 
 # the commands that train or attack a model: on a multi-GPU workstation each claims a card of its
-# own before CUDA starts (benchmark.gpu_slots; APBENCH_GPU_SLOTS, set by the workflow)
+# own before CUDA starts (benchmark.runtime.gpu_slots; APBENCH_GPU_SLOTS, set by the workflow)
 GPU_COMMANDS = ("pretrain", "prune", "finetune", "evaluate", "autoattack-shard")
 
 
 def run(args: argparse.Namespace) -> int:
     """The command's work; expected failures propagate as UserError."""
-    from .cli_publish import COMMANDS as PUBLISH_COMMANDS
-    from .cli_publish import run as run_publish
+    from benchmark.publishing.cli import COMMANDS as PUBLISH_COMMANDS
+    from benchmark.publishing.cli import run as run_publish
 
     if args.command in GPU_COMMANDS:
-        from .gpu_slots import claim_from_env
+        from benchmark.runtime.gpu_slots import claim_from_env
 
         claim_from_env()
 
     if args.command in PUBLISH_COMMANDS:
         return run_publish(args)
     if args.command == "methods":
-        from .registry import method_registry
+        from benchmark.core.registry import method_registry
 
         reg = method_registry(args.method_files)
         for name in reg.names():
@@ -266,20 +266,20 @@ def run(args: argparse.Namespace) -> int:
                   f"needs_finetune={cls.needs_finetune}")
         return 0
     if args.command == "stability":
-        from .stages import seed_stability
+        from benchmark.training.stages import seed_stability
 
         record = seed_stability(args.a, args.b, args.out)
         print(f"seed stability: flip fraction {record['seed_flip_fraction']:.4f}, "
               f"jaccard {record['seed_jaccard']:.4f}")
         return 0
     if args.command == "sweep-report":
-        from .sweep import sweep_report
+        from benchmark.planning.sweep import sweep_report
 
         table = sweep_report(args.models, args.out)
         print(table.to_string(index=False))
         return 0
     if args.command == "table":
-        from .tables import write as write_table
+        from benchmark.results.tables import write as write_table
 
         try:
             written = write_table(args.spec, args.runs, args.out, reference_csv=args.reference)
@@ -288,21 +288,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.spec['table']}: " + ", ".join(str(p) for p in written))
         return 0
     if args.command == "import-dense":
-        from .external_dense import import_dense
+        from benchmark.core.external_dense import import_dense
 
         import_dense(args.entry, dataset=args.dataset, arch=args.arch, model_cfg=args.model,
                      out=args.out)
         print(f"dense model: {args.out}")
         return 0
     if args.command == "estimate":
-        from .estimate import main as estimate_main
+        from benchmark.planning.estimate import main as estimate_main
 
         print(estimate_main(args.configfile, device=args.device, targets=args.target or ["all"],
                             calibration=args.calibration), end="")
         return 0
     if args.command == "aggregate":
-        from .aggregate import aggregate, result_files, runs_frame
-        from .leaderboard_stamp import write_stamp
+        from benchmark.results.aggregate import aggregate, result_files, runs_frame
+        from benchmark.results.leaderboard_stamp import write_stamp
 
         runs = args.runs[0] if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else args.runs
         if args.published is not None and not Path(args.published).is_file():
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"excluded: {len(table.attrs['excluded'])} result file(s) that break a rule "
                   f"-> {Path(args.out) / 'excluded.csv'}")
         if not args.no_plots:
-            from .plots import plot_diagnostics, plot_leaderboard
+            from benchmark.results.plots import plot_diagnostics, plot_leaderboard
 
             written = list(plot_leaderboard(table, Path(args.out) / "plots") or [])
             written += list(plot_diagnostics(runs_frame(runs, exclude_invalid=args.exclude_invalid),
@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         write_stamp(args.out, argv=args.argv, cwd=os.getcwd(), inputs=result_files(runs))
         return 0
 
-    from . import stages
+    from benchmark.training import stages
 
     if args.command == "pretrain":
         stages.pretrain(args.config, dataset=args.dataset, arch=args.arch, seed=args.seed,

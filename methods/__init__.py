@@ -1,5 +1,5 @@
 """Pruning methods: one file per method, each a class decorated with ``@register_method("name")``.
 
-The registry (benchmark.registry.method_registry) finds them by reading source, so this package
+The registry (benchmark.core.registry.method_registry) finds them by reading source, so this package
 imports nothing on purpose.
 """

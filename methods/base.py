@@ -9,7 +9,7 @@ literals (the workflow reads them from the source, without importing torch or th
   needs_pretrain   False when the method prunes random weights (RST)
   needs_finetune   False when the searched mask is the final model (RST)
 
-Each keyword defaults to True (``benchmark.registry.TRAIT_DEFAULTS``); the decorator sets the class
+Each keyword defaults to True (``benchmark.core.registry.TRAIT_DEFAULTS``); the decorator sets the class
 attributes, so a class body never writes them. The class overrides what differs from HYDRA's
 defaults: how scores and layer rates start (``init_scores(model, ctx)`` gets a
 ``ScoreInitContext``: the search's generator, the device, a batch source over the training split
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmark.masking import (
+from benchmark.core.masking import (
     apply_masks_to_weights,
     global_counts,
     keep_for_count,
@@ -39,9 +39,9 @@ from benchmark.masking import (
     set_keep,
     to_masked,
 )
-from benchmark.registry import TRAIT_DEFAULTS
-from benchmark.score_init import ScoreInitContext, TrainBatches
-from benchmark.training import TrainConfig, TrainHook
+from benchmark.core.registry import TRAIT_DEFAULTS
+from benchmark.training.score_init import ScoreInitContext, TrainBatches
+from benchmark.training.loop import TrainConfig, TrainHook
 
 from .s2ap import AWP, ScoreSharpness
 
@@ -113,7 +113,7 @@ class PruningMethod:
     #: method-specific options and their defaults; presets set them under methods.<name>.options
     default_options: dict[str, Any] = {}
     #: the paper the class implements, as a literal dict {"key", "name", "authors", "venue", "link"}
-    #: ("key" in RobustBench's style, e.g. "Sehwag2020Hydra"); read from source by benchmark.papers
+    #: ("key" in RobustBench's style, e.g. "Sehwag2020Hydra"); read from source by benchmark.core.papers
     #: for the RobustBench export, from the registered class itself (a subclass states its own)
     paper: dict[str, str] | None = None
 
@@ -157,7 +157,7 @@ class PruningMethod:
         """Creates method-specific parameters on the masked layers (HARP's rates) before loading."""
 
     def init_scores(self, model: nn.Module, ctx: ScoreInitContext) -> None:
-        """Writes every masked layer's ``scores`` (the model's state: ``benchmark.score_init``)."""
+        """Writes every masked layer's ``scores`` (the model's state: ``benchmark.training.score_init``)."""
         scaled_score_init(model)
 
     def init_rates(self, model: nn.Module) -> None:

@@ -92,9 +92,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmark import masking
-from benchmark.registry import register_method
-from benchmark.training import TrainConfig, TrainHook
+from benchmark.core import masking
+from benchmark.core.registry import register_method
+from benchmark.training.loop import TrainConfig, TrainHook
 
 from . import structured
 from .base import PruningMethod, RefreshMasks, ScoreInitContext
@@ -347,7 +347,7 @@ class ZeroPrunedChannels(TrainHook):
 # ---------------------------------------------------------------- the method
 @register_method("harp", learns_scores=True, needs_pretrain=True, needs_finetune=True)
 class Harp(PruningMethod):
-    # the paper this class implements (RobustBench export; read from source by benchmark.papers)
+    # the paper this class implements (RobustBench export; read from source by benchmark.core.papers)
     paper = {"key": "Zhao2023Holistic", "name": "Holistic Adversarially Robust Pruning",
              "authors": "Qi Zhao, Christian Wressnegger",
              "venue": "ICLR 2023", "link": "https://openreview.net/forum?id=sAJDi9lD06L"}

@@ -4,7 +4,7 @@ Scores start at the scaled init sqrt(6 / fan_in) * w / max|w| (so the first mask
 magnitude pruning), every layer keeps the same fraction k, and the scores are trained with the
 robust loss while the weights stay frozen; then the remaining weights are finetuned.
 """
-from benchmark.registry import register_method
+from benchmark.core.registry import register_method
 
 from .base import PruningMethod
 
@@ -12,7 +12,7 @@ from .base import PruningMethod
 @register_method("hydra", learns_scores=True, needs_pretrain=True, needs_finetune=True)
 class Hydra(PruningMethod):
     """The contract's defaults are HYDRA: nothing to override."""
-    # the paper this class implements (RobustBench export; read from source by benchmark.papers)
+    # the paper this class implements (RobustBench export; read from source by benchmark.core.papers)
     paper = {"key": "Sehwag2020Hydra", "name": "HYDRA: Pruning Adversarially Robust Neural Networks",
              "authors": "Vikash Sehwag, Shiqi Wang, Prateek Mittal, Suman Jana",
              "venue": "NeurIPS 2020", "link": "https://arxiv.org/abs/2002.10509"}

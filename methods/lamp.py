@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from benchmark import masking
-from benchmark.registry import register_method
+from benchmark.core import masking
+from benchmark.core.registry import register_method
 
 from .base import PruningMethod, ScoreInitContext, keep_global_counts
 
@@ -51,7 +51,7 @@ def lamp_allocation(model: nn.Module, keep: float) -> dict[str, int]:
 
 @register_method("lamp", learns_scores=False, needs_pretrain=True, needs_finetune=True)
 class Lamp(PruningMethod):
-    # the paper this class implements (RobustBench export; read from source by benchmark.papers)
+    # the paper this class implements (RobustBench export; read from source by benchmark.core.papers)
     paper = {"key": "Lee2021Layer", "name": "Layer-adaptive Sparsity for the Magnitude-based Pruning",
              "authors": "Jaeho Lee, Sejun Park, Sangwoo Mo, Sungsoo Ahn, Jinwoo Shin",
              "venue": "ICLR 2021", "link": "https://arxiv.org/abs/2010.07611"}

@@ -3,7 +3,7 @@
 The scaled init is a per-layer positive rescaling of |w|, so its per-layer top-k is exactly the
 layer's magnitude top-k: a free baseline that shares every line of HYDRA's machinery.
 """
-from benchmark.registry import register_method
+from benchmark.core.registry import register_method
 
 from .base import PruningMethod
 
@@ -11,7 +11,7 @@ from .base import PruningMethod
 @register_method("lwm", learns_scores=False, needs_pretrain=True, needs_finetune=True)
 class LayerwiseMagnitude(PruningMethod):
     """HYDRA's scaled init, never trained (learns_scores=False): the magnitude top-k per layer."""
-    # the paper this class implements (RobustBench export; read from source by benchmark.papers)
+    # the paper this class implements (RobustBench export; read from source by benchmark.core.papers)
     paper = {"key": "Han2015Learning",
              "name": "Learning both Weights and Connections for Efficient Neural Networks",
              "authors": "Song Han, Jeff Pool, John Tran, William J. Dally",

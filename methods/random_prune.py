@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from benchmark import masking
-from benchmark.registry import register_method
+from benchmark.core import masking
+from benchmark.core.registry import register_method
 
 from .base import PruningMethod, ScoreInitContext
 

@@ -32,9 +32,9 @@ import math
 import torch
 import torch.nn as nn
 
-from benchmark import masking
-from benchmark.registry import register_method
-from benchmark.training import TrainConfig
+from benchmark.core import masking
+from benchmark.core.registry import register_method
+from benchmark.training.loop import TrainConfig
 
 from .base import PruningMethod, ScoreInitContext
 
@@ -44,7 +44,7 @@ SCORE_INITS = ("kaiming_uniform", "scaled")
 
 @register_method("rst", learns_scores=True, needs_pretrain=False, needs_finetune=False)
 class RobustScratchTicket(PruningMethod):
-    # the paper this class implements (RobustBench export; read from source by benchmark.papers)
+    # the paper this class implements (RobustBench export; read from source by benchmark.core.papers)
     paper = {"key": "Fu2021Drawing",
              "name": "Drawing Robust Scratch Tickets: Subnetworks with Inborn Robustness Are Found "
                      "within Randomly Initialized Networks",

@@ -42,10 +42,10 @@ import math
 import torch
 import torch.nn as nn
 
-from benchmark.choices import S2AP_GAMMA_STATUS
-from benchmark.masking import masked_layers
-from benchmark.score_perturbation import NORMS, perturbation
-from benchmark.training import TrainHook
+from benchmark.core.choices import S2AP_GAMMA_STATUS
+from benchmark.core.masking import masked_layers
+from benchmark.training.score_perturbation import NORMS, perturbation
+from benchmark.training.loop import TrainHook
 
 
 def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
@@ -73,7 +73,7 @@ class ScoreSharpness(TrainHook):
     # gamma_status (selected / unselected) labels where gamma came from; it changes nothing here
     defaults = {"gamma": 0.01, "warmup": 0.25, "norm": "l2", "regenerate": False,
                 "gamma_status": "unselected"}
-    # the paper of the plug-in (RobustBench export; read from source by benchmark.papers)
+    # the paper of the plug-in (RobustBench export; read from source by benchmark.core.papers)
     paper = {"key": "Piras2025S2AP",
              "name": "S2AP: Score-space Sharpness Minimization for Adversarial Pruning",
              "authors": "Giorgio Piras, Qi Zhao, Fabio Brau, Maura Pintor, Christian Wressnegger, "

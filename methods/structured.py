@@ -1,6 +1,6 @@
 """Structured (output-channel) masks: a pruned channel outputs exactly zero.
 
-Masking a conv's filters (``granularity="channel"`` in ``benchmark.masking``) is not enough for
+Masking a conv's filters (``granularity="channel"`` in ``benchmark.core.masking``) is not enough for
 that: the BatchNorm that follows adds its bias (and a layer its own bias) to a channel whose input
 is zero. A method that prunes channels (HARP with ``structured: true``) therefore hooks the
 outputs while it searches and finetunes (``attach_channel_output_masks``), and zeroes what a
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from benchmark.masking import MASKED_TYPES, MaskedMixin, masked_layers
+from benchmark.core.masking import MASKED_TYPES, MaskedMixin, masked_layers
 
 
 def ste_mask(layer: MaskedMixin) -> torch.Tensor:

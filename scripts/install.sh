@@ -52,7 +52,7 @@ if ! command -v chromium >/dev/null; then
 fi
 
 # where Debian's dataset-fashion-mnist puts its files: the one place the suite names it
-FMNIST=$("$VENV/bin/python" -c 'from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR as d; print(d)')
+FMNIST=$("$VENV/bin/python" -c 'from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR as d; print(d)')
 if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
     if as_root && command -v apt-get >/dev/null; then
         apt_install dataset-fashion-mnist

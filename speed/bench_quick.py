@@ -9,7 +9,7 @@ the cells named by --cells, and the dense model's evaluation. Prints, side by si
      backward counted with its batch size and priced by timing the same model alone);
   3. inside AutoAttack, per attack (APGD-CE, APGD-T, FAB-T, Square): seconds, images passed
      forward / forward+backward, floor, and the time beyond the floor;
-  4. the fast code paths against the reference ones (benchmark.fastpaths) on one pass of each
+  4. the fast code paths against the reference ones (benchmark.core.fastpaths) on one pass of each
      kind, and the AutoAttack flags of both on the first images (they must be identical);
   5. the predicted wall time of the preset's whole DAG on --cores cores: every job's cost from the
      measured job of the same stage and method (the nearest sparsity for evaluations), start-up
@@ -46,9 +46,10 @@ sys.path.insert(0, str(REPO / "speed"))
 import torch  # noqa: E402
 from passes import KINDS, PassCounter, PassPrices, cpu_time  # noqa: E402
 
-from benchmark import config as C  # noqa: E402
-from benchmark import fastpaths, stages  # noqa: E402
-from benchmark.stats import wilson_interval  # noqa: E402
+from benchmark.core import config as C  # noqa: E402
+from benchmark.core import fastpaths
+from benchmark.training import stages  # noqa: E402
+from benchmark.core.stats import wilson_interval  # noqa: E402
 
 ATTACK_ORDER = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
@@ -106,12 +107,13 @@ def _patched(obj, name, wrapper):
 
 @contextlib.contextmanager
 def instrumented(ledger: Ledger, prefix: str):
-    """Every top-level model forward is counted (a global forward hook on benchmark.models.Normalized);
+    """Every top-level model forward is counted (a global forward hook on benchmark.core.models.Normalized);
     evaluation phases and pyautoattack's attacks get labels of their own."""
     from pyautoattack import autopgd_base, fab_base, square
 
-    from benchmark import evaluation, training
-    from benchmark.models import Normalized
+    from benchmark.evaluation import protocol as evaluation
+    from benchmark.training import loop as training
+    from benchmark.core.models import Normalized
 
     def hook(module, args, output):
         if isinstance(module, Normalized):
@@ -153,7 +155,7 @@ def instrumented(ledger: Ledger, prefix: str):
 
 # ---------------------------------------------------------------- the stages of a few cells
 def _traits(method: str) -> dict:
-    from benchmark.registry import method_registry
+    from benchmark.core.registry import method_registry
 
     cls = method_registry().get(method)
     return {k: bool(getattr(cls, k)) for k in ("learns_scores", "needs_pretrain", "needs_finetune")}
@@ -203,8 +205,8 @@ def run_cells(cfg: dict, cells: list[tuple[str, str, str]], work: Path, ledger: 
 # ---------------------------------------------------------------- job start-up
 def startup_seconds(reps: int = 3) -> tuple[float, float]:
     """(wall, CPU) seconds of starting a job's interpreter with what every stage command imports."""
-    code = ("import torch, torchvision, benchmark.cli, benchmark.stages, benchmark.evaluation, "
-            "benchmark.datasets, benchmark.training")
+    code = ("import torch, torchvision, benchmark.cli, benchmark.training.stages, benchmark.evaluation.protocol, "
+            "benchmark.core.datasets, benchmark.training.loop")
     walls, cpus = [], []
     for _ in range(reps):
         before = os.times()
@@ -250,8 +252,8 @@ def thread_speedup(build, input_shape, num_classes, cores: int, steps: int, atta
     interleaved rounds, medians: what giving the lone pretraining every core buys."""
     from torch.utils.data import TensorDataset
 
-    from benchmark.attacks import AttackConfig
-    from benchmark.training import TrainConfig, Trainer
+    from benchmark.evaluation.attacks import AttackConfig
+    from benchmark.training.loop import TrainConfig, Trainer
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand((batch, *input_shape), generator=g)
@@ -281,7 +283,7 @@ def thread_speedup(build, input_shape, num_classes, cores: int, steps: int, atta
 # ---------------------------------------------------------------- the DAG and its schedule
 def preset_jobs(cfg: dict) -> list[dict]:
     """Every job `make <preset>` runs (pretrain, prune, finetune, evaluate, aggregate), with deps."""
-    from benchmark.registry import method_registry
+    from benchmark.core.registry import method_registry
 
     registry = method_registry()
     cells = C.grid_cells(cfg, registry)
@@ -410,8 +412,8 @@ def path_ratios(build, input_shape, num_classes, reps: int = 9) -> dict[str, tup
 def flags_identical(model_path: Path, cfg: dict, dataset: str, arch: str, n: int) -> tuple[bool, float, float]:
     """AutoAttack (the preset's version, batch and seed) on the first n test images, on the fast
     and on the reference paths: identical flags? (and the CPU seconds of each)."""
-    from benchmark.autoattack_eval import run_autoattack
-    from benchmark.evaluation import first_n, prepare_for_eval
+    from benchmark.evaluation.autoattack import run_autoattack
+    from benchmark.evaluation.protocol import first_n, prepare_for_eval
 
     info = stages.dataset_info(dataset)
     model, _, _ = stages.load_exported(model_path, arch, info, cfg["model"])
@@ -498,8 +500,8 @@ def main(argv=None) -> int:
         run_cells(cfg, cells, work, ledger, dataset, arch)
         ledger.save(ledger_file)
         print(f"    (stages ran in {time.perf_counter() - t_all:.0f} s wall)", flush=True)
-    from benchmark.datasets import get_info
-    from benchmark.models import build_model
+    from benchmark.core.datasets import get_info
+    from benchmark.core.models import build_model
 
     info = get_info(dataset)
     width = float(cfg["model"]["width"])
@@ -638,7 +640,7 @@ def _goals(cfg, jobs, ev, wall, args, same) -> list[str]:
     # the score-learning method above every baseline at each sparsity both were run at
     out += _separation(ev.values(), "measured here")
     if args.results and Path(args.results).is_dir():
-        from benchmark.results import read_result
+        from benchmark.core.result_file import read_result
 
         records = [read_result(p) for p in sorted(Path(args.results).rglob("*.json"))]
         out += _separation(records, f"{args.results}")
@@ -648,7 +650,7 @@ def _goals(cfg, jobs, ev, wall, args, same) -> list[str]:
 def _separation(records, where: str) -> list[str]:
     """A goal line per (score-learning cell, sparsity): its AutoAttack Wilson interval lies above
     the interval of every baseline (learns no scores) at the same sparsity."""
-    from benchmark.registry import method_registry
+    from benchmark.core.registry import method_registry
 
     registry = method_registry()
     by_sp: dict[float, list[dict]] = defaultdict(list)
@@ -673,7 +675,7 @@ def _separation(records, where: str) -> list[str]:
 
 
 def _default_cells(cfg) -> list[tuple[str, str, str]]:
-    from benchmark.registry import method_registry
+    from benchmark.core.registry import method_registry
 
     registry = method_registry()
     sps = sorted(cfg["grid"]["sparsities"], key=float)

@@ -54,7 +54,7 @@ Calibration (read by the cost estimate): one entry per architecture and precisio
 evaluation and AutoAttack figures were all measured, in the format of
 benchmark/calibration/calibration.json: seconds per optimiser step (pretrain, search,
 search + S2AP, finetune, finetune + AWP) and per evaluated image (clean, PGD-50, AutoAttack
-standard). Evaluation always runs in float32 (benchmark.readiness), so an architecture's bf16 and
+standard). Evaluation always runs in float32 (benchmark.evaluation.readiness), so an architecture's bf16 and
 fp32 entries share their per-image figures. The training loss of the step figures is PGD-AT
 (TRADES costs one more forward per attack step). AutoAttack's cost depends on how many images
 survive each attack: the survival of the quickly-trained model is printed beside it.
@@ -108,7 +108,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # torch-free: the calibration format, its checks and its merge are the cost estimate's own
-from benchmark import calibration as cal  # noqa: E402
+from benchmark.planning import calibration as cal  # noqa: E402
 
 CALIBRATION_FILE = cal.CALIBRATION_FILE
 SECONDS_KEYS = cal.SECONDS
@@ -181,7 +181,7 @@ class Report:
         self.log.flush()
 
     def save(self, entries: list[dict]) -> None:
-        from benchmark.io import atomic_write_json
+        from benchmark.core.io import atomic_write_json
 
         atomic_write_json(self.out / "figures.json", self.figures)
         atomic_write_json(self.out / "calibration_fragment.json", fragment(entries))
@@ -289,8 +289,8 @@ def print_environment(say: Report, env: dict) -> None:
 def check_imports() -> int:
     """What this script imports, each reported; exit status 1 when something is missing."""
     missing = []
-    modules = ["torch", "numpy", "tqdm", "pyautoattack", "benchmark.training", "benchmark.stages",
-               "benchmark.evaluation", "benchmark.autoattack_eval", "methods.base", "methods.hydra",
+    modules = ["torch", "numpy", "tqdm", "pyautoattack", "benchmark.training.loop", "benchmark.training.stages",
+               "benchmark.evaluation.protocol", "benchmark.evaluation.autoattack", "methods.base", "methods.hydra",
                "methods.harp", "methods.s2ap"]
     for name in modules:
         try:
@@ -335,7 +335,7 @@ def bundle_deps(target: Path) -> int:
 # ---------------------------------------------------------------- the calibration file
 def merge(fragment_path: Path, calibration_path: Path) -> int:
     """Merges a fragment's entries into the calibration file: same key, replaced; new, added."""
-    from benchmark.io import read_json
+    from benchmark.core.io import read_json
 
     frag = read_json(fragment_path)
     check_calibration(frag, fragment_path)
@@ -360,7 +360,7 @@ def merge(fragment_path: Path, calibration_path: Path) -> int:
 
 
 def check_calibration(doc: Any, path: Path | str) -> None:
-    """The format the cost estimate reads (benchmark.calibration), with a measured, positive figure
+    """The format the cost estimate reads (benchmark.planning.calibration), with a measured, positive figure
     for every step and image; a CalibrationError (a ValueError) naming the file and the field."""
     found = cal.problems(doc)
     if not found:
@@ -449,7 +449,7 @@ def _public_style_layer(module, keep: float):
     """A Conv2d/Linear twin whose forward recomputes its mask from the scores on every call."""
     from torch import nn
 
-    from benchmark.masking import kept_count
+    from benchmark.core.masking import kept_count
 
     _, conv, linear = _public_style_classes()
     if isinstance(module, nn.Conv2d):
@@ -493,8 +493,8 @@ class PublicStyleHydra:
         import torch
         from torch import nn
 
-        from benchmark.losses import RobustLoss
-        from benchmark.training import build_optimizer
+        from benchmark.training.losses import RobustLoss
+        from benchmark.training.loop import build_optimizer
 
         self.bf16 = bf16 and device.type == "cuda"
         self.channels_last = channels_last and device.type == "cuda"
@@ -534,7 +534,7 @@ class PublicStyleHydra:
 
     def epoch(self, dataset, seed: int) -> int:
         """One pass over ``dataset`` in the order our Trainer draws with the same seed."""
-        from benchmark.training import make_loader
+        from benchmark.training.loop import make_loader
 
         loader = make_loader(dataset, self.cfg.batch_size, shuffle=True,
                              generator=self._torch.Generator().manual_seed(seed),
@@ -551,8 +551,8 @@ class PublicStyleHydra:
 
 # ---------------------------------------------------------------- the suite's code paths
 def train_cfg(info, m: Matrix, loss: str = "pgd_at", epochs: int = 20, lr: float = 0.1):
-    from benchmark.attacks import AttackConfig
-    from benchmark.training import TrainConfig
+    from benchmark.evaluation.attacks import AttackConfig
+    from benchmark.training.loop import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=lr, momentum=0.9, weight_decay=5e-4, batch_size=m.batch,
                        loss=loss, attack=AttackConfig(info.eps, m.attack_steps, info.step_size),
@@ -560,8 +560,8 @@ def train_cfg(info, m: Matrix, loss: str = "pgd_at", epochs: int = 20, lr: float
 
 
 def stage_training(name: str, cfg, dataset, device, precision: str):
-    """The stages' own trainer set-up (benchmark.stages.StageTraining), without files."""
-    from benchmark.stages import StageTraining
+    """The stages' own trainer set-up (benchmark.training.stages.StageTraining), without files."""
+    from benchmark.training.stages import StageTraining
 
     lowp = precision == "bf16"
     return StageTraining(name=name, train=cfg, train_set=dataset, val_set=None, device=device,
@@ -572,9 +572,9 @@ def search_model(method_name: str, arch: str, width: float, info, m: Matrix, cfg
     """As the prune stage builds it: plain model, then the method's search set-up and mode."""
     import torch
 
-    from benchmark import masking
-    from benchmark.models import build_model
-    from benchmark.registry import method_registry
+    from benchmark.core import masking
+    from benchmark.core.models import build_model
+    from benchmark.core.registry import method_registry
 
     torch.manual_seed(0)
     model = build_model(arch, info, width=width)
@@ -590,8 +590,8 @@ def make_trainer(variant: str, arch: str, width: float, precision: str, info, m:
     hooks started at a mid-search epoch (S2AP past its warm-up, AWP active)."""
     import torch
 
-    from benchmark import masking
-    from benchmark.models import build_model
+    from benchmark.core import masking
+    from benchmark.core.models import build_model
 
     cfg = train_cfg(info, m)
     if variant == "dense":
@@ -629,7 +629,7 @@ class Check:
     def __init__(self, args, say: Report):
         import torch
 
-        from benchmark.datasets import get_info
+        from benchmark.core.datasets import get_info
 
         self.args, self.say = args, say
         self.torch = torch
@@ -713,7 +713,7 @@ class Check:
     def part_steps(self, arch: str, precision: str) -> dict:
         from torch.utils.data import TensorDataset
 
-        from benchmark.registry import method_registry
+        from benchmark.core.registry import method_registry
 
         m, say = self.m, self.say
         width = m.widths[arch]
@@ -769,7 +769,7 @@ class Check:
         import torch
         from torch.utils.data import TensorDataset
 
-        from benchmark.models import build_model
+        from benchmark.core.models import build_model
 
         m, say = self.m, self.say
         width = m.widths[arch]
@@ -822,8 +822,8 @@ class Check:
         import torch
         from torch.utils.data import TensorDataset
 
-        from benchmark.evaluation import prepare_for_eval
-        from benchmark.models import build_model
+        from benchmark.evaluation.protocol import prepare_for_eval
+        from benchmark.core.models import build_model
 
         m = self.m
         width = m.widths[arch]
@@ -848,7 +848,7 @@ class Check:
         return (y_adv.detach().cpu() == y.cpu())
 
     def aa_ours(self, model, x, y, n_shard: int | None = None):
-        from benchmark.autoattack_eval import run_autoattack
+        from benchmark.evaluation.autoattack import run_autoattack
 
         state = Path(tempfile.mkdtemp(prefix="gpu_check_aa_"))  # not in --out: $OUT brings back 8 files
         try:  # a fresh state folder: an earlier run's shard files would be resumed, not attacked
@@ -927,7 +927,7 @@ class Check:
     def part_eval(self, arch: str, aa: bool = False) -> dict:
         import torch
 
-        from benchmark.evaluation import clean_flags, pgd_flags
+        from benchmark.evaluation.protocol import clean_flags, pgd_flags
 
         m, say = self.m, self.say
         model = (self.aa_model[0] if arch == "resnet18" and self.aa_model is not None

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.utils.data import TensorDataset
 
-    from benchmark.datasets import get_info
+    from benchmark.core.datasets import get_info
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")

@@ -1,5 +1,5 @@
 """Result files for the publishing tests (site, RobustBench export, model export, publish),
-built by the suite's own writer (benchmark.results.build_record / write_result) from a real
+built by the suite's own writer (benchmark.core.result_file.build_record / write_result) from a real
 evaluate_model run, as tests/test_aggregate.py builds its fixtures: the model gets every image
 wrong, so no attack runs and it takes milliseconds, and the counts and per-image flags are then
 set to the values a test asks for (consistently: every image robust to an attack is clean-correct,
@@ -16,9 +16,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmark import masking, results
-from benchmark.evaluation import evaluate_model, prepare_for_eval
-from benchmark.provenance import provenance
+from benchmark.core import masking
+from benchmark.core import result_file as results
+from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
+from benchmark.core.provenance import provenance
 
 STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -120,7 +121,7 @@ def result_record(*, dataset: str = "cifar10", arch: str = "resnet18", method: s
                   no_autoattack: bool = False, stage_code: str | None = None,
                   model_file: str | Path | None = None, pgd_broke: int = 0,
                   stage_configs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A validated result record (benchmark.results.build_record) with these numbers."""
+    """A validated result record (benchmark.core.result_file.build_record) with these numbers."""
     if attacks is not None and list(attacks) == STANDARD:
         attacks = None
     aa_n_eff = None if no_autoattack else aa_n
@@ -184,7 +185,7 @@ def result_record(*, dataset: str = "cifar10", arch: str = "resnet18", method: s
 
 
 def results_sha256(path: str | Path) -> str:
-    from benchmark.io import sha256_file
+    from benchmark.core.io import sha256_file
 
     return sha256_file(path)
 

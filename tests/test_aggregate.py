@@ -1,9 +1,9 @@
 """The leaderboard: pooling, intervals, the S2AP table, and what it refuses to believe.
 
-Every fixture is a result file written by the suite's own writer (benchmark.results): a real
+Every fixture is a result file written by the suite's own writer (benchmark.core.result_file): a real
 evaluate_model run (on a model that gets every image wrong, so that no attack runs and it takes
 milliseconds) whose counts and flags are then set to the values a test needs, a sparsity measured
-by benchmark.masking.measure_sparsity, and real provenance. The files therefore have exactly the
+by benchmark.core.masking.measure_sparsity, and real provenance. The files therefore have exactly the
 format the evaluation stage writes.
 """
 import copy
@@ -17,12 +17,13 @@ import torch
 import torch.nn as nn
 from publishing_fixtures import _sparsity  # one builder for both fixture modules
 
-from benchmark import masking, results
-from benchmark.aggregate import AggregationError, aggregate, build_tables, read_leaderboard
-from benchmark.evaluation import evaluate_model, prepare_for_eval
-from benchmark.plots import plot_diagnostics, plot_leaderboard
-from benchmark.provenance import provenance
-from benchmark.stats import mcnemar, wilson_interval
+from benchmark.core import masking
+from benchmark.core import result_file as results
+from benchmark.results.aggregate import AggregationError, aggregate, build_tables, read_leaderboard
+from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
+from benchmark.results.plots import plot_diagnostics, plot_leaderboard
+from benchmark.core.provenance import provenance
+from benchmark.core.stats import mcnemar, wilson_interval
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
@@ -498,10 +499,10 @@ def _s2ap_search_summary(gamma: float) -> dict:
     """S2AP's measurements from a real (short) 99 % HYDRA search of the offline preset's network."""
     from torch.utils.data import TensorDataset
 
-    from benchmark.attacks import AttackConfig
-    from benchmark.datasets import get_info
-    from benchmark.models import build_model
-    from benchmark.training import TrainConfig, Trainer
+    from benchmark.evaluation.attacks import AttackConfig
+    from benchmark.core.datasets import get_info
+    from benchmark.core.models import build_model
+    from benchmark.training.loop import TrainConfig, Trainer
     from methods.base import RefreshMasks
     from methods.s2ap import ScoreSharpness
 
@@ -524,7 +525,7 @@ def _s2ap_search_summary(gamma: float) -> dict:
 
 @pytest.mark.slow
 def test_an_s2ap_run_that_flips_nothing_is_flagged_inactive_and_one_at_the_chosen_gamma_is_not(tmp_path):
-    from benchmark import config as C
+    from benchmark.core import config as C
 
     offline = C.load_preset(Path(__file__).resolve().parent.parent / "presets" / "offline.yaml")
     chosen = offline["methods"]["hydra"]["s2ap"]["gamma"]

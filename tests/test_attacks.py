@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.attacks import AttackConfig, pgd_linf
+from benchmark.evaluation.attacks import AttackConfig, pgd_linf
 
 
 def _model():

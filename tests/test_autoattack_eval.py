@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 from pyautoattack import AutoAttack
 
-import benchmark.autoattack_eval as aae
-from benchmark.autoattack_eval import capture_autoattack_log, parse_log, resolve_attacks, run_autoattack
-from benchmark.evaluation import prepare_for_eval
+import benchmark.evaluation.autoattack as aae
+from benchmark.evaluation.autoattack import capture_autoattack_log, parse_log, resolve_attacks, run_autoattack
+from benchmark.evaluation.protocol import prepare_for_eval
 
 
 class Linear(nn.Module):
@@ -186,7 +186,7 @@ def test_a_shard_run_at_another_eps_is_refused(monkeypatch):
 def test_progress_is_logged_per_shard_and_per_attack(caplog):
     m = prepare_for_eval(Linear())
     x, y = data(m, 8)
-    with caplog.at_level(logging.INFO, logger="benchmark.autoattack_eval"):
+    with caplog.at_level(logging.INFO, logger="benchmark.evaluation.autoattack"):
         run_autoattack(m, x, y, eps=0.05, attacks=["apgd-ce"], seed=0, shard_size=4)
     text = caplog.text
     for shard in ("1/2 (images 0-4)", "2/2 (images 4-8)"):
@@ -195,7 +195,7 @@ def test_progress_is_logged_per_shard_and_per_attack(caplog):
         assert f"AutoAttack shard {shard}: apgd-ce - 1/1 - " in text
     assert "2/2 shards done" in text and "ETA" in text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="benchmark.autoattack_eval"):
+    with caplog.at_level(logging.INFO, logger="benchmark.evaluation.autoattack"):
         run_autoattack(m, x, y, eps=0.05, attacks=["apgd-ce"], seed=0, progress=False)
     assert "robust accuracy" not in caplog.text  # progress=False keeps it at DEBUG
 
@@ -207,4 +207,4 @@ def test_autoattack_module_does_not_import_the_evaluation_module():
     tree = ast.parse(open(aae.__file__).read())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert "benchmark.evaluation" not in imported and "evaluation" not in imported
+    assert "benchmark.evaluation.protocol" not in imported and "evaluation" not in imported

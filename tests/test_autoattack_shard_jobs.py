@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import config as C
-from benchmark import stages
-from benchmark.io import read_json
+from benchmark.core import config as C
+from benchmark.training import stages
+from benchmark.core.io import read_json
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET, ARCH = "fashion-mnist", "small_cnn"

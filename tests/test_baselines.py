@@ -9,11 +9,12 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from benchmark import masking, stages
-from benchmark.config import method_traits
-from benchmark.masking import global_counts
-from benchmark.registry import method_registry
-from benchmark.score_init import ScoreInitContext
+from benchmark.core import masking
+from benchmark.training import stages
+from benchmark.core.config import method_traits
+from benchmark.core.masking import global_counts
+from benchmark.core.registry import method_registry
+from benchmark.training.score_init import ScoreInitContext
 from methods.lamp import Lamp, lamp_scores
 from methods.random_prune import RandomPrune
 from methods.rst import RobustScratchTicket

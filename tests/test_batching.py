@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from benchmark import batching, results
-from benchmark.aggregate import AggregationError, aggregate
-from benchmark.evaluation import evaluate_model, prepare_for_eval
+from benchmark.evaluation import batching
+from benchmark.core import result_file as results
+from benchmark.results.aggregate import AggregationError, aggregate
+from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
 from tests.test_aggregate import edit, write_result
 
 

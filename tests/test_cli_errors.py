@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import cli
-from benchmark.errors import DEBUG_ENV
+from benchmark.core.errors import DEBUG_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,9 +81,9 @@ def test_unsafe_checkpoint_is_refused_without_running_its_code(tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_of_another_architecture_names_file_and_model(tmp_path):
-    from benchmark.datasets import get_info
-    from benchmark.io import atomic_torch_save
-    from benchmark.models import build_model
+    from benchmark.core.datasets import get_info
+    from benchmark.core.io import atomic_torch_save
+    from benchmark.core.models import build_model
 
     model = build_model("small_cnn", get_info("fashion-mnist"), width=0.25)
     path = tmp_path / "model.pt"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark import config as C
-from benchmark.registry import (
+from benchmark.core import config as C
+from benchmark.core.registry import (
     ARCHITECTURES,
     DATASETS,
     TRAIT_DEFAULTS,
@@ -40,7 +40,7 @@ def _method_file(tmp_path: Path, name: str, cls: str, traits: str = "", body: st
     path = tmp_path / f"{name}_method.py"
     path.write_text(textwrap.dedent(f"""\
         {imports}
-        from benchmark.registry import register_method
+        from benchmark.core.registry import register_method
 
 
         @register_method("{name}"{", " + traits if traits else ""})
@@ -365,7 +365,7 @@ def test_method_without_pretrain_or_finetune(quick, tmp_path):
 @pytest.mark.slow
 def test_config_module_imports_no_torch():
     # what the Snakefile runs while it is parsed: validation, the DAG's cells, the cheap machine check
-    code = ("import sys; from benchmark import config as C, preflight; "
+    code = ("import sys; from benchmark.core import config as C; from benchmark.planning import preflight; "
             "cfg = C.validate(C.load_preset('presets/paper_cifar10.yaml')); "
             "cells = C.grid_cells(cfg); [C.cell_json(cfg, c) for c in cells]; "
             "preflight.machine_problems(cfg, deep=False); "
@@ -460,7 +460,7 @@ def _marking_file(tmp_path: Path, name: str, decorator: str, class_line: str) ->
     path = tmp_path / f"{name}.py"
     path.write_text(textwrap.dedent(f"""\
         open({str(marker)!r}, "w").write("this file ran")
-        from benchmark.registry import register_method
+        from benchmark.core.registry import register_method
         from methods.base import PruningMethod
         FLAG = False
 
@@ -531,7 +531,7 @@ def test_traits_live_in_the_decorator_only(tmp_path):
 def test_loading_a_method_checks_the_contract_in_the_job_process(tmp_path):
     path = tmp_path / "loose.py"
     path.write_text(textwrap.dedent("""\
-        from benchmark.registry import register_method
+        from benchmark.core.registry import register_method
 
 
         @register_method("loose")
@@ -599,7 +599,7 @@ def test_a_stage_may_have_zero_epochs_where_it_does_not_run(quick):
 
 
 def test_schema_file_ships_with_the_package():
-    assert C.SCHEMA_PATH.is_relative_to(Path(C.__file__).parent)
+    assert C.SCHEMA_PATH.is_relative_to(Path(C.__file__).parent.parent)
     linked = REPO / "workflows" / "schema" / "config.schema.yaml"
     assert linked.resolve() == C.SCHEMA_PATH.resolve()  # Snakemake's convention, same file
     pyproject = (REPO / "pyproject.toml").read_text()

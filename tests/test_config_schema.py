@@ -1,5 +1,5 @@
 """The config schema's lists of valid words are the code's own lists: every enum is filled from
-benchmark.choices or a registry, and benchmark.choices equals what the code (and the installed
+benchmark.core.choices or a registry, and benchmark.core.choices equals what the code (and the installed
 pyautoattack) accepts."""
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ import torch
 import torch.nn as nn
 import yaml
 
-from benchmark import autoattack_eval, choices, losses, stages, training
-from benchmark import config as C
-from benchmark.registry import ARCHITECTURES, DATASETS, method_registry
+from benchmark.evaluation import autoattack as autoattack_eval
+from benchmark.core import choices
+from benchmark.training import losses
+from benchmark.training import stages
+from benchmark.training import loop as training
+from benchmark.core import config as C
+from benchmark.core.registry import ARCHITECTURES, DATASETS, method_registry
 
 REPO = Path(__file__).resolve().parent.parent
 

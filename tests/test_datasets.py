@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import datasets as D
-from benchmark.registry import DATASETS, UnknownNameError
+from benchmark.core import datasets as D
+from benchmark.core.registry import DATASETS, UnknownNameError
 
 FASHION_SYSTEM_DIR = Path(D.DEFAULT_FASHION_MNIST_SYSTEM_DIR)
 
@@ -468,6 +468,6 @@ def test_datasets_module_imports_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, benchmark.datasets, benchmark.errors; sys.exit('torch' in sys.modules)"
+    code = "import sys, benchmark.core.datasets, benchmark.core.errors; sys.exit('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0

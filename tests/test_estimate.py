@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import calibration as cal
-from benchmark import config as C
-from benchmark import estimate as E
+from benchmark.planning import calibration as cal
+from benchmark.core import config as C
+from benchmark.planning import estimate as E
 from benchmark.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,15 +19,16 @@ import torch
 import torch.nn as nn
 from pyautoattack import AutoAttack
 
-from benchmark import config as C
-from benchmark import masking, stages
-from benchmark.aggregate import aggregate, read_leaderboard
-from benchmark.autoattack_eval import ATTACK_OBJECTS
-from benchmark.datasets import build_splits
-from benchmark.evaluation import image_sums, images_digest
-from benchmark.io import atomic_torch_save
-from benchmark.masking import SparsityError
-from benchmark.results import read_result
+from benchmark.core import config as C
+from benchmark.core import masking
+from benchmark.training import stages
+from benchmark.results.aggregate import aggregate, read_leaderboard
+from benchmark.evaluation.autoattack import ATTACK_OBJECTS
+from benchmark.core.datasets import build_splits
+from benchmark.evaluation.protocol import image_sums, images_digest
+from benchmark.core.io import atomic_torch_save
+from benchmark.core.masking import SparsityError
+from benchmark.core.result_file import read_result
 
 DATASET, ARCH = "fashion-mnist", "small_cnn"
 EPS = 0.05  # not the dataset's default (0.1): an evaluation that ignores the preset shows
@@ -181,12 +182,12 @@ def test_autoattack_progress_reaches_the_log_while_it_runs(trained, watch, tmp_p
                 during.append(watch.phase == "autoattack")
 
     probe = Probe(logging.INFO)
-    logging.getLogger("benchmark.autoattack_eval").addHandler(probe)
+    logging.getLogger("benchmark.evaluation.autoattack").addHandler(probe)
     try:
         with caplog.at_level(logging.INFO, logger="benchmark"):
             evaluate(cfg, dense, tmp_path / "r.json")
     finally:
-        logging.getLogger("benchmark.autoattack_eval").removeHandler(probe)
+        logging.getLogger("benchmark.evaluation.autoattack").removeHandler(probe)
     assert during == [True]  # logged inside pyautoattack's run, not after it
     text = caplog.text
     assert "AutoAttack shard 1/1 (images 0-8): started" in text

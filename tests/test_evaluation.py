@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmark.evaluation import assert_eval_ready, clean_flags, evaluate_model, pgd_flags, prepare_for_eval
+from benchmark.evaluation.protocol import assert_eval_ready, clean_flags, evaluate_model, pgd_flags, prepare_for_eval
 
 
 class Picker(nn.Module):

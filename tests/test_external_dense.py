@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import config as C
-from benchmark import external_dense as X
-from benchmark.datasets import get_info
-from benchmark.errors import CheckpointError, MissingFileError
-from benchmark.models import build_model
+from benchmark.core import config as C
+from benchmark.core import external_dense as X
+from benchmark.core.datasets import get_info
+from benchmark.core.errors import CheckpointError, MissingFileError
+from benchmark.core.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 INFO = get_info("cifar10")
@@ -188,7 +188,7 @@ def test_the_workflow_imports_once_instead_of_pretraining(tmp_path):
 
 
 def test_a_missing_external_file_is_a_machine_problem(tmp_path):
-    from benchmark import preflight
+    from benchmark.planning import preflight
 
     cfg = C.validate(C.load_preset(_preset(tmp_path)), search_dirs=[REPO])
     problems = preflight.machine_problems(cfg, [REPO], deep=False, workdir=tmp_path)

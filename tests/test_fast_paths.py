@@ -1,6 +1,6 @@
 """The speed-ups give bit for bit the numbers of the code they replace.
 
-Every fast path (benchmark.fastpaths: channels-last max pooling, the eval BatchNorm input
+Every fast path (benchmark.core.fastpaths: channels-last max pooling, the eval BatchNorm input
 gradient, the identity adaptive pool, attacks that differentiate the input only) keeps the
 reference path behind a switch. Each layer is compared with its nn counterpart on inputs full of
 ties (ReLU zeros, repeated values), through double backward; and one model of the tiny preset goes
@@ -19,11 +19,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from benchmark import config as C
-from benchmark import fastpaths, stages
-from benchmark.attacks import AttackConfig, pgd_linf
-from benchmark.models.norm import BatchNorm2d
-from benchmark.models.pooling import AdaptiveAvgPool2d, MaxPool2d
+from benchmark.core import config as C
+from benchmark.core import fastpaths
+from benchmark.training import stages
+from benchmark.evaluation.attacks import AttackConfig, pgd_linf
+from benchmark.core.models.norm import BatchNorm2d
+from benchmark.core.models.pooling import AdaptiveAvgPool2d, MaxPool2d
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET, ARCH = "fashion-mnist", "small_cnn"

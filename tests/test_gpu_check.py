@@ -173,8 +173,8 @@ ARCH, WIDTH = "resnet18", 0.0625
 
 def _pair(loss="pgd_at"):
     """Our HYDRA search model and trainer, and the public-style model, from the same weights."""
-    from benchmark.datasets import get_info
-    from benchmark.models import build_model
+    from benchmark.core.datasets import get_info
+    from benchmark.core.models import build_model
 
     info = get_info("cifar10")
     m = gc.Matrix(quick=True, batch=8, attack_steps=2)
@@ -193,7 +193,7 @@ def _pair(loss="pgd_at"):
 
 
 def _layers(model):
-    from benchmark.masking import masked_layers
+    from benchmark.core.masking import masked_layers
 
     return dict(masked_layers(model))
 

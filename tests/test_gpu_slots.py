@@ -1,5 +1,5 @@
 """One job per GPU on a workstation, tested on the CPU with a simulated card count: the slot
-assignment (benchmark/gpu_slots.py), the workflow's wiring of it (--resources gpu=N with the
+assignment (benchmark/runtime/gpu_slots.py), the workflow's wiring of it (--resources gpu=N with the
 local-gpu profile), and the profile's coverage of every rule that trains or attacks."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark import gpu_slots
-from benchmark.errors import ConfigError
+from benchmark.runtime import gpu_slots
+from benchmark.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 JOB = """
 import json, os, sys, time
 sys.path.insert(0, {repo!r})
-from benchmark.gpu_slots import claim_from_env
+from benchmark.runtime.gpu_slots import claim_from_env
 card = claim_from_env()
 start = time.monotonic()
 time.sleep({hold})
@@ -144,7 +144,7 @@ def test_the_gpu_profile_covers_every_rule_that_trains_or_attacks():
 
 
 def test_the_runner_turns_gpus_into_a_gpu_resource():
-    from benchmark.runner import gpu_arguments
+    from benchmark.runtime.runner import gpu_arguments
 
     args = ["--profile", "p", "--gpus", "auto", "--configfile", "x.yaml"]
     # in place: --configfile takes every word after it

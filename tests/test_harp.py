@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from benchmark import masking
-from benchmark.attacks import AttackConfig
-from benchmark.training import TrainConfig, Trainer
+from benchmark.core import masking
+from benchmark.evaluation.attacks import AttackConfig
+from benchmark.training.loop import TrainConfig, Trainer
 from methods import structured
 from methods.base import RefreshMasks, ScoreInitContext, TrainBatches
 from methods.harp import Harp, RateHinge, erk_keep
@@ -407,8 +407,8 @@ def test_without_the_mechanism_the_bn_bias_would_leak():
 
 
 def test_classifier_keeps_its_outputs_and_shortcuts_share_the_block_rate():
-    from benchmark.datasets import get_info
-    from benchmark.models import build_model
+    from benchmark.core.datasets import get_info
+    from benchmark.core.models import build_model
 
     model = build_model("resnet18", get_info("cifar10"), width=0.125)
     method, model = setup(0.5, model=model, image=32, **OUTPUT_CHANNELS)
@@ -460,7 +460,7 @@ def test_prune_and_finetune_stages_with_s2ap_and_awp(variant, tmp_path, monkeypa
     """HARP through the real stages (toy data), S2AP's two passes and AWP included."""
     from types import SimpleNamespace
 
-    from benchmark import stages
+    from benchmark.training import stages
 
     info = SimpleNamespace(name="toy", num_classes=10, in_channels=3, image_size=8,
                            eps=8 / 255, steps=1, step_size=2 / 255)
@@ -639,8 +639,8 @@ def test_the_offline_harp_99_percent_search_meets_its_budget_without_projection(
     the 010_uni start, through the real prune stage. Two things are cheaper than in the study, so
     that the test takes seconds: the attack has 2 steps instead of 10 and the dense model trained
     for one epoch. The budget must be met by the hinge, with no projection."""
-    from benchmark import config as C
-    from benchmark import stages
+    from benchmark.core import config as C
+    from benchmark.training import stages
 
     cfg = C.validate(C.load_preset(Path(__file__).resolve().parent.parent / "presets" / "offline.yaml"))
     cfg["data"]["root"] = str(tmp_path / "data")

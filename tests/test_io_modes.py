@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import io
-from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
+from benchmark.core import io
+from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_result_checkpoint_leaderboard_and_plot_are_0644(tmp_path, umask):
     ckpt = io.atomic_torch_save({"state_dict": {"w": torch.zeros(2)}, "masks": None, "meta": "{}"},
                                 tmp_path / "model.pt")
     board = io.atomic_write_text(tmp_path / "leaderboard.md", "| method |\n")
-    from benchmark.plots import _plt, _save
+    from benchmark.results.plots import _plt, _save
 
     fig = _plt().figure()
     plot = _save(fig, tmp_path / "plots" / "board.png")
@@ -45,7 +45,7 @@ DEBIAN_LABELS = Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR) / "t10k-labels-idx1-ubyte
 
 @pytest.mark.skipif(not DEBIAN_LABELS.is_file(), reason="apt-get install dataset-fashion-mnist")
 def test_extracted_dataset_copy_is_0644(tmp_path, umask):
-    from benchmark import datasets as D
+    from benchmark.core import datasets as D
 
     umask(0o022)
     dst = tmp_path / "t10k-labels-idx1-ubyte"

@@ -2,7 +2,7 @@
 
 ``methods/`` (the contract, the pruners, the S2AP plug-in) builds on ``benchmark/``; the stages
 get S2AP's hooks from the method object and the score perturbation from
-``benchmark.score_perturbation``. The scan reads every file's syntax tree, so an import inside a
+``benchmark.training.score_perturbation``. The scan reads every file's syntax tree, so an import inside a
 function, a relative import that climbs out of the package, and ``importlib.import_module`` /
 ``__import__`` with a literal name all count.
 """

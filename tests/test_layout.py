@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import masking
-from benchmark.datasets import get_info
-from benchmark.models import build_model
-from benchmark.stages import StageTraining
-from benchmark.training import TrainConfig
+from benchmark.core import masking
+from benchmark.core.datasets import get_info
+from benchmark.core.models import build_model
+from benchmark.training.stages import StageTraining
+from benchmark.training.loop import TrainConfig
 from methods.hydra import Hydra
 from methods.random_prune import RandomPrune
 

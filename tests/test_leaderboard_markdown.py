@@ -10,10 +10,10 @@ from pathlib import Path
 import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
-from benchmark.aggregate import aggregate, build_tables, read_leaderboard
+from benchmark.results.aggregate import aggregate, build_tables, read_leaderboard
 from benchmark.cli import main as cli_main
-from benchmark.leaderboard_stamp import STAMP_NAME, read_stamp
-from benchmark.published import add_published, match_key
+from benchmark.results.leaderboard_stamp import STAMP_NAME, read_stamp
+from benchmark.results.published import add_published, match_key
 
 REV_A, REV_B = "a" * 40, "b" * 40
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from benchmark import masking
-from benchmark.masking import kept_count, topk_mask_count
+from benchmark.core import masking
+from benchmark.core.masking import kept_count, topk_mask_count
 
 
 def toy_net():
@@ -261,7 +261,7 @@ def test_input_channel_masks_prune_whole_columns_and_round_trip():
 
 
 def test_a_finetune_attack_shares_one_product_per_optimiser_step_with_the_same_numbers():
-    from benchmark import fastpaths
+    from benchmark.core import fastpaths
 
     net = half_kept_net("finetune")
     masking.apply_masks_to_weights(net)

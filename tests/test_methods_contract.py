@@ -5,7 +5,7 @@ the method files a user names:
     python -m pytest tests/test_methods_contract.py --method-file a.py --method-file b.py
     python -m pytest tests/test_methods_contract.py --method-preset presets/mine.yaml   (its method_files)
 
-The pipeline below is the prune stage's order (benchmark/stages.py): prepare_weights on the plain
+The pipeline below is the prune stage's order (benchmark/training/stages.py): prepare_weights on the plain
 model when the method needs no dense model, to_masked at the method's granularity, setup_layers,
 init_scores (with training batches and the robust loss, as the stage gives them), init_rates,
 refresh, search mode, a short Trainer run when the method learns scores, finalize_search; then the
@@ -23,13 +23,13 @@ import torch.nn as nn
 import yaml
 from torch.utils.data import TensorDataset
 
-from benchmark import masking
-from benchmark.attacks import AttackConfig
-from benchmark.config import method_traits
-from benchmark.losses import RobustLoss
-from benchmark.registry import Registry, method_registry, read_method_file
-from benchmark.score_init import ScoreInitContext, TrainBatches
-from benchmark.training import TrainConfig, Trainer
+from benchmark.core import masking
+from benchmark.evaluation.attacks import AttackConfig
+from benchmark.core.config import method_traits
+from benchmark.training.losses import RobustLoss
+from benchmark.core.registry import Registry, method_registry, read_method_file
+from benchmark.training.score_init import ScoreInitContext, TrainBatches
+from benchmark.training.loop import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [ROOT / "examples" / "my_method.py", ROOT / "examples" / "snip_method.py"]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from benchmark.cli import main as cli_main
-from benchmark.datasets import get_info
-from benchmark.model_export import (
+from benchmark.core.datasets import get_info
+from benchmark.core.model_files import (
     ChecksumMismatchError,
     ModelFileError,
     NotACheckpointError,
@@ -22,7 +22,7 @@ from benchmark.model_export import (
     sha256_file,
     verify_manifest,
 )
-from benchmark.models import build_model
+from benchmark.core.models import build_model
 
 
 def suite_model_file(path: Path, seed: int) -> torch.nn.Module:

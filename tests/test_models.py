@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from benchmark.datasets import get_info
-from benchmark.models import Normalized, architecture_names, build_model, build_plain
-from benchmark.registry import ARCHITECTURES, DATASETS, UnknownNameError
+from benchmark.core.datasets import get_info
+from benchmark.core.models import Normalized, architecture_names, build_model, build_plain
+from benchmark.core.registry import ARCHITECTURES, DATASETS, UnknownNameError
 
 torch.set_num_threads(2)
 
@@ -133,7 +133,7 @@ class _SwappedLinear(nn.Linear):
 
 
 def _swap(module, gen):
-    """Replaces children by subclasses through setattr, as benchmark.masking does."""
+    """Replaces children by subclasses through setattr, as benchmark.core.masking does."""
     for name, child in list(module.named_children()):
         if type(child) in (nn.Conv2d, nn.Linear):
             new = copy.deepcopy(child)

@@ -34,10 +34,10 @@ def test_a_non_editable_install_validates_a_preset(tmp_path):
     code = (
         "import benchmark, sys; from pathlib import Path\n"
         f"assert Path(benchmark.__file__).is_relative_to({str(site)!r}), benchmark.__file__\n"
-        "from benchmark import config as C\n"
+        "from benchmark.core import config as C\n"
         f"cfg = C.validate(C.load_preset({str(REPO / 'presets' / 'tiny.yaml')!r}))\n"
         "assert C.grid_cells(cfg) and 'torch' not in sys.modules\n"
-        "from benchmark import calibration, reference\n"
+        "from benchmark.planning import calibration\nfrom benchmark.results import reference\n"
         "assert len(reference.load_reference()[0]) == 154 and calibration.load().source\n"
     )
     env = dict(os.environ, PYTHONPATH=str(site))

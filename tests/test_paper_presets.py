@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import config as C
-from benchmark import estimate, reference, tables
+from benchmark.core import config as C
+from benchmark.planning import estimate
+from benchmark.results import reference
+from benchmark.results import tables
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = REPO / "presets"
@@ -306,7 +308,7 @@ def test_docs_map_every_target_to_the_presets_that_feed_it():
             for m in re.finditer(r"^\| `(\w+)` \|[^|]*\|([^|]*)\|", text, re.M)}
     assert {k: v for k, v in rows.items() if k in feeds} == dict(feeds)
     assert set(feeds) == {k.target for k in tables.KINDS.values()}
-    # the method-name mapping is the one table of benchmark/reference.py
+    # the method-name mapping is the one table of benchmark/results/reference.py
     mapping = dict(re.findall(r"^\| `(\w+)` \| (\w+) \|$", text, re.M))
     assert mapping == reference.METHOD_NAMES
 

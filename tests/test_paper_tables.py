@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import reference, tables
-from benchmark.tables import TableError
+from benchmark.results import reference
+from benchmark.results import tables
+from benchmark.results.tables import TableError
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -253,7 +254,7 @@ def test_overhead_table_reads_the_results_timing(tmp_path):
 
 # ------------------------------------------------------------------ which cells a table reads
 def test_table_cells_follow_the_kind_and_the_presets_narrowing():
-    from benchmark import config as C
+    from benchmark.core import config as C
 
     cfg = C.validate(C.load_preset(REPO / "presets" / "paper_cifar10.yaml"), search_dirs=[REPO])
     registry = C.methods_of(cfg)
@@ -270,7 +271,7 @@ def test_table_cells_follow_the_kind_and_the_presets_narrowing():
 
 
 def test_a_table_the_grid_cannot_fill_is_refused_by_validation():
-    from benchmark import config as C
+    from benchmark.core import config as C
 
     cfg = C.load_preset(REPO / "presets" / "paper_svhn.yaml")
     cfg["grid"]["s2ap"] = ["off", "on"]
@@ -355,7 +356,7 @@ def test_smoke_main_cifar10_table_end_to_end(tmp_path):
 
 
 def test_smoke_reference_fixture_follows_the_smoke_protocol():
-    from benchmark import config as C
+    from benchmark.core import config as C
 
     cfg = C.load_presets([REPO / "presets" / "paper_cifar10.yaml", REPO / "presets" / "smoke.yaml"])
     ref, note = reference.load_reference(FIXTURES / "smoke_reference.csv")

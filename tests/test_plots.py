@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from matplotlib.container import ErrorbarContainer
 
-from benchmark.plots import accuracy_figure, diagnostics_figure, diagnostics_panels, plot_diagnostics, plot_leaderboard
+from benchmark.results.plots import accuracy_figure, diagnostics_figure, diagnostics_panels, plot_diagnostics, plot_leaderboard
 
 
 def leaderboard_rows(**extra) -> pd.DataFrame:
-    """One seed per row, as benchmark.aggregate writes it: std NaN, Wilson bounds set."""
+    """One seed per row, as benchmark.results.aggregate writes it: std NaN, Wilson bounds set."""
     rows = []
     for method, s2ap in (("hydra", "off"), ("hydra", "on")):
         for sp in (90.0, 95.0):

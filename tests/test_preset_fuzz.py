@@ -21,8 +21,8 @@ import pytest
 import torch
 import yaml
 
-from benchmark import config as C
-from benchmark import preflight
+from benchmark.core import config as C
+from benchmark.planning import preflight
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "presets" / "tiny.yaml"
@@ -31,7 +31,7 @@ TINY = REPO / "presets" / "tiny.yaml"
 METHOD_FILES = {
     "bad_import.py": """\
         import a_module_that_is_not_installed  # noqa: F401
-        from benchmark.registry import register_method
+        from benchmark.core.registry import register_method
         from methods.base import PruningMethod
 
 
@@ -40,7 +40,7 @@ METHOD_FILES = {
             pass
         """,
     "syntax_error.py": """\
-        from benchmark.registry import register_method
+        from benchmark.core.registry import register_method
         from methods.base import PruningMethod
 
 
@@ -49,7 +49,7 @@ METHOD_FILES = {
             pass
         """,
     "non_literal.py": """\
-        from benchmark.registry import register_method
+        from benchmark.core.registry import register_method
         from methods.base import PruningMethod
 
         LEARNS = True
@@ -60,7 +60,7 @@ METHOD_FILES = {
             pass
         """,
     "not_a_method.py": """\
-        from benchmark.registry import register_method
+        from benchmark.core.registry import register_method
 
 
         @register_method("not_a_method")

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from benchmark import progress
+from benchmark.runtime import progress
 
 
 def test_duration_and_clock_formats():
@@ -42,8 +42,8 @@ def test_job_without_terminal_logs_steps_within_an_epoch(monkeypatch):
     import torch.nn as nn
     from torch.utils.data import TensorDataset
 
-    from benchmark.attacks import AttackConfig
-    from benchmark.training import TrainConfig, Trainer
+    from benchmark.evaluation.attacks import AttackConfig
+    from benchmark.training.loop import TrainConfig, Trainer
 
     monkeypatch.setenv(progress.PROGRESS_ENV, "0")
     monkeypatch.setenv(progress.PROGRESS_INTERVAL_ENV, "1e-9")  # every step

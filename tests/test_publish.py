@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-from benchmark import config as apcfg
-from benchmark.aggregate import read_leaderboard
+from benchmark.core import config as apcfg
+from benchmark.results.aggregate import read_leaderboard
 from benchmark.cli import main as cli_main
-from benchmark.datasets import get_info
-from benchmark.model_export import load_from_manifest, read_manifest, verify_manifest
-from benchmark.models import build_model
-from benchmark.publish import PublishError, check_run, publish
+from benchmark.core.datasets import get_info
+from benchmark.core.model_files import load_from_manifest, read_manifest, verify_manifest
+from benchmark.core.models import build_model
+from benchmark.publishing.publish import PublishError, check_run, publish
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = "pubtest"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from benchmark import reference as R
+from benchmark.results import reference as R
 
 
 @pytest.fixture(scope="module")

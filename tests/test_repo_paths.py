@@ -1,6 +1,6 @@
 """The repository is self-contained: no file it tracks names a path outside it (a reference file
 on one machine, a home folder, a temporary folder). The one exception is the documented default
-of Debian's Fashion-MNIST package, which lives in one place (benchmark/datasets.py)."""
+of Debian's Fashion-MNIST package, which lives in one place (benchmark/core/datasets.py)."""
 from __future__ import annotations
 
 import re
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
+from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 # written in pieces, so this file does not name them itself
@@ -21,7 +21,7 @@ FORBIDDEN = {
     "a temporary folder": re.compile(r"(?<![\w.~])/" + r"tmp\b"),
     "a system data folder": re.compile(r"(?<![\w.])/" + r"usr/share\b"),
 }
-DEBIAN_DEFAULT = "benchmark/datasets.py"
+DEBIAN_DEFAULT = "benchmark/core/datasets.py"
 # .gitignore patterns are relative to the repository by definition (a leading slash is its root)
 NOT_PATHS = {".gitignore"}
 

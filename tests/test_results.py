@@ -10,9 +10,11 @@ import torch
 import torch.nn as nn
 from pyautoattack import AutoAttack
 
-from benchmark import masking, provenance, results
-from benchmark.evaluation import evaluate_model, prepare_for_eval
-from benchmark.results import ResultError
+from benchmark.core import masking
+from benchmark.core import provenance
+from benchmark.core import result_file as results
+from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
+from benchmark.core.result_file import ResultError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,8 +39,8 @@ def record(n=16):
 
 
 def test_schema_enums_are_the_codes_lists():
-    from benchmark import stages
-    from benchmark.autoattack_eval import VERSION_ATTACKS
+    from benchmark.training import stages
+    from benchmark.evaluation.autoattack import VERSION_ATTACKS
 
     schema = results.load_schema()
     defs = schema["$defs"]
@@ -117,25 +119,27 @@ def test_dirty_means_tracked_source_files_changed_results_excluded(tmp_path):
 def test_stage_code_digest_follows_the_stage_imports_only(tmp_path):
     files = {
         "benchmark/__init__.py": "",
-        "benchmark/stages.py": "from .helper import f\nREG = {'m': 'benchmark.models.net:build'}\n",
+        "benchmark/training/__init__.py": "",
+        "benchmark/training/stages.py": "from benchmark.helper import f\nREG = {'m': 'benchmark.core.models.net:build'}\n",
         "benchmark/helper.py": "def f():\n    return 1\n",
-        "benchmark/models/__init__.py": "",
-        "benchmark/models/net.py": "def build():\n    pass\n",
-        "benchmark/aggregate.py": "from .helper import f\n",
+        "benchmark/core/models/__init__.py": "",
+        "benchmark/core/models/net.py": "def build():\n    pass\n",
+        "benchmark/results/aggregate.py": "from .helper import f\n",
         "benchmark/unused.py": "",
-        "methods/hydra.py": "from benchmark.stages import REG\n",
+        "methods/hydra.py": "from benchmark.training.stages import REG\n",
     }
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     assert provenance.stage_code_files(tmp_path) == [
-        "benchmark/__init__.py", "benchmark/helper.py", "benchmark/models/__init__.py",
-        "benchmark/models/net.py", "benchmark/stages.py", "methods/hydra.py"]
+        "benchmark/__init__.py", "benchmark/core/models/__init__.py", "benchmark/core/models/net.py",
+        "benchmark/helper.py", "benchmark/training/__init__.py", "benchmark/training/stages.py",
+        "methods/hydra.py"]
     digest = provenance.stage_code_digest(tmp_path)
-    (tmp_path / "benchmark/aggregate.py").write_text("# the leaderboard changed\n")
+    (tmp_path / "benchmark/results/aggregate.py").write_text("# the leaderboard changed\n")
     (tmp_path / "benchmark/unused.py").write_text("y = 2\n")
     assert provenance.stage_code_digest(tmp_path) == digest
-    for rel in ("benchmark/helper.py", "benchmark/models/net.py", "methods/hydra.py"):
+    for rel in ("benchmark/helper.py", "benchmark/core/models/net.py", "methods/hydra.py"):
         (tmp_path / rel).write_text((tmp_path / rel).read_text() + "# edited\n")
         assert provenance.stage_code_digest(tmp_path) != digest, rel
         digest = provenance.stage_code_digest(tmp_path)
@@ -145,8 +149,8 @@ def test_every_result_records_revision_dirty_flag_and_stage_code():
     prov = provenance.provenance()
     assert set(prov["git"]) == {"revision", "dirty", "dirty_files"}
     assert prov["stage_code"] == provenance.stage_code_digest()
-    assert "benchmark/evaluation.py" in provenance.stage_code_files()
-    assert "benchmark/aggregate.py" not in provenance.stage_code_files()
+    assert "benchmark/evaluation/protocol.py" in provenance.stage_code_files()
+    assert "benchmark/results/aggregate.py" not in provenance.stage_code_files()
 
 
 def test_record_is_plain_json(tmp_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
-from benchmark.io import load_checkpoint
+from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
+from benchmark.core.io import load_checkpoint
 
 # real training runs, killed and resumed (seconds each): make test-fast leaves them out
 pytestmark = pytest.mark.slow
@@ -114,8 +114,8 @@ def _tiny_trainer(tmp_path, epochs=3, hooks=(), fingerprint="a"):
     import torch.nn as nn
     from torch.utils.data import TensorDataset
 
-    from benchmark.attacks import AttackConfig
-    from benchmark.training import TrainConfig, Trainer
+    from benchmark.evaluation.attacks import AttackConfig
+    from benchmark.training.loop import TrainConfig, Trainer
 
     gen = torch.Generator().manual_seed(0)
     ds = TensorDataset(torch.rand(48, 1, 4, 4, generator=gen), torch.randint(0, 2, (48,), generator=gen))
@@ -136,7 +136,7 @@ def test_sigterm_during_a_checkpoint_write_lets_it_finish(tmp_path, monkeypatch)
     """The signal arrives while the epoch-1 checkpoint is being written (its bytes are out, the
     rename is still to come): the write completes, the loop stops after it, and that checkpoint
     resumes to the uninterrupted weights."""
-    from benchmark.errors import Interrupted
+    from benchmark.core.errors import Interrupted
 
     reference = _tiny_trainer(tmp_path / "ref")
     reference.fit()
@@ -171,8 +171,8 @@ def test_checkpoint_from_another_config_is_not_resumed(tmp_path):
     import torch.nn as nn
     from torch.utils.data import TensorDataset
 
-    from benchmark.attacks import AttackConfig
-    from benchmark.training import TrainConfig, Trainer
+    from benchmark.evaluation.attacks import AttackConfig
+    from benchmark.training.loop import TrainConfig, Trainer
 
     ds = TensorDataset(torch.rand(32, 1, 4, 4), torch.randint(0, 2, (32,)))
     cfg = TrainConfig(epochs=1, lr=0.1, batch_size=16, attack=AttackConfig(0.1, 1, 0.1), val_attack_steps=0)

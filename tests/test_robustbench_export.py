@@ -14,8 +14,8 @@ import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
 from benchmark.cli import main as cli_main
-from benchmark.export_robustbench import NotExportable, eps_text, export_robustbench, robustbench_entry
-from benchmark.papers import PaperMetadataError, class_paper, method_paper
+from benchmark.publishing.export_robustbench import NotExportable, eps_text, export_robustbench, robustbench_entry
+from benchmark.core.papers import PaperMetadataError, class_paper, method_paper
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = ["link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
@@ -91,7 +91,7 @@ def test_paper_metadata_comes_from_the_method_classes():
 
 def test_a_paper_that_is_not_a_literal_is_an_error_naming_the_line(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("from benchmark.registry import register_method\n\n"
+    f.write_text("from benchmark.core.registry import register_method\n\n"
                  "@register_method('mine')\nclass Mine:\n    paper = dict(key='x')\n")
     with pytest.raises(PaperMetadataError, match=r"m\.py:5: Mine\.paper must be a literal dict"):
         method_paper("mine", [f])
@@ -127,7 +127,7 @@ def test_the_autoattack_import_of_robustbench_is_resolved_with_the_old_api():
     """robustbench's `from autoattack import AutoAttack` with fra31's signature, on pyautoattack."""
     import torch
 
-    from benchmark.robustbench_compat import ensure_autoattack_module
+    from benchmark.core.robustbench_compat import ensure_autoattack_module
 
     module = ensure_autoattack_module()
     from autoattack import AutoAttack  # noqa: F401  (the import robustbench makes)
@@ -149,7 +149,7 @@ def test_the_autoattack_import_of_robustbench_is_resolved_with_the_old_api():
 def test_cifar10_entry_loads_with_robustbench_own_json_reading(tmp_path, monkeypatch, capsys):
     if importlib.util.find_spec("robustbench") is None:
         pytest.skip("the robustbench extra is not installed (pip install -e '.[robustbench]')")
-    from benchmark.robustbench_compat import import_robustbench
+    from benchmark.core.robustbench_compat import import_robustbench
 
     import_robustbench()
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel

@@ -6,10 +6,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from benchmark import masking
-from benchmark.attacks import AttackConfig
-from benchmark.score_perturbation import NORMS, perturbation
-from benchmark.training import TrainConfig, Trainer
+from benchmark.core import masking
+from benchmark.evaluation.attacks import AttackConfig
+from benchmark.training.score_perturbation import NORMS, perturbation
+from benchmark.training.loop import TrainConfig, Trainer
 from methods.base import KeepPrunedZero, RefreshMasks
 from methods.s2ap import AWP, ScoreSharpness
 

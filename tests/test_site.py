@@ -12,11 +12,11 @@ from pathlib import Path
 import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
-from benchmark.aggregate import AggregationError, aggregate, read_leaderboard
+from benchmark.results.aggregate import AggregationError, aggregate, read_leaderboard
 from benchmark.cli import main as cli_main
-from benchmark.io import replace_dir
-from benchmark.site import build_site, site_data
-from benchmark.site.generator import inline_json
+from benchmark.core.io import replace_dir
+from benchmark.publishing.site import build_site, site_data
+from benchmark.publishing.site.generator import inline_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -320,7 +320,7 @@ def test_delta_vs_original_on_the_s2ap_row(site):
 
 
 def test_svg_whiskers_for_one_seed_and_dodged_equal_points(tmp_path):
-    from benchmark.svg_plots import accuracy_vs_sparsity, method_colors
+    from benchmark.results.svg_plots import accuracy_vs_sparsity, method_colors
 
     rows = [{"method": m, "s2ap": "off", "arch": "a", "sparsity": 90.0, "autoattack": 41.0,
              "autoattack_lo": 31.9, "autoattack_hi": 50.8, "autoattack_n": 100} for m in ("x", "y")]
@@ -376,7 +376,7 @@ def test_site_target_in_the_workflow(tmp_path):
 
 
 def test_the_s2ap_plot_draws_the_interval_over_seeds_and_falls_back_to_a_dashed_per_image_one():
-    from benchmark.svg_plots import method_colors, s2ap_difference
+    from benchmark.results.svg_plots import method_colors, s2ap_difference
 
     three = {"method": "hydra", "sparsity": 90.0, "delta": 1.5, "delta_lo": -2.0, "delta_hi": 5.0,
              "b": 40, "c": 55, "n_paired": 30_000, "p_value": 0.15}

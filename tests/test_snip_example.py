@@ -15,12 +15,12 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import TensorDataset
 
-from benchmark import masking
-from benchmark.attacks import AttackConfig, pgd_linf
-from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
-from benchmark.losses import RobustLoss
-from benchmark.registry import method_registry
-from benchmark.score_init import ScoreInitContext, TrainBatches
+from benchmark.core import masking
+from benchmark.evaluation.attacks import AttackConfig, pgd_linf
+from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
+from benchmark.training.losses import RobustLoss
+from benchmark.core.registry import method_registry
+from benchmark.training.score_init import ScoreInitContext, TrainBatches
 
 REPO = Path(__file__).resolve().parent.parent
 SNIP = REPO / "examples" / "snip_method.py"

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from benchmark.provenance import config_hash, provenance
-from benchmark.stats import flags_to_str, mcnemar, str_to_flags, wilson_interval
+from benchmark.core.provenance import config_hash, provenance
+from benchmark.core.stats import flags_to_str, mcnemar, str_to_flags, wilson_interval
 
 
 @pytest.mark.parametrize("correct,n,expected", [

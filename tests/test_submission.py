@@ -13,15 +13,15 @@ import pytest
 import torch
 import yaml
 
-from benchmark import config as C
-from benchmark import stages
-from benchmark.aggregate import aggregate
+from benchmark.core import config as C
+from benchmark.training import stages
+from benchmark.results.aggregate import aggregate
 from benchmark.cli import main as cli_main
-from benchmark.datasets import get_info
-from benchmark.model_export import export_models
-from benchmark.models import build_model
-from benchmark.results import read_result
-from benchmark.submission import SubmissionError, read_submission, submissions_for, submit
+from benchmark.core.datasets import get_info
+from benchmark.core.model_files import export_models
+from benchmark.core.models import build_model
+from benchmark.core.result_file import read_result
+from benchmark.publishing.submission import SubmissionError, read_submission, submissions_for, submit
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET, ARCH, WIDTH = "fashion-mnist", "small_cnn", 0.5  # the tiny preset's
@@ -297,7 +297,7 @@ def test_the_workflow_lists_the_submissions_of_its_preset(tmp_path):
 
 @pytest.mark.slow
 def test_a_submission_result_whose_claims_block_disagrees_with_its_metrics_is_refused(entry, monkeypatch, tmp_path):
-    from benchmark.results import ResultError
+    from benchmark.core.result_file import ResultError
 
     monkeypatch.chdir(entry["root"])
     folder = make_submission(entry["root"], "checked", entry["safetensors"])
@@ -322,6 +322,6 @@ def test_listing_submissions_imports_no_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from benchmark import submission; submission.submissions_for('tiny'); "
+    code = ("import sys; from benchmark.publishing import submission; submission.submissions_for('tiny'); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)

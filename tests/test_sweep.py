@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.sweep import sweep_report
+from benchmark.planning.sweep import sweep_report
 
 
 def fake_model(path, gamma, val_pgd, seed=0, sparsity=90.0, method="hydra", noflip=None):

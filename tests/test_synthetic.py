@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.datasets import build_splits, get_info
-from benchmark.synthetic import SyntheticImages, synthetic_splits
+from benchmark.core.datasets import build_splits, get_info
+from benchmark.core.synthetic import SyntheticImages, synthetic_splits
 
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn", "fashion-mnist", "imagenet"])
@@ -61,8 +61,8 @@ def test_a_linear_model_learns_it():
 def test_synthetic_presets_need_no_data_on_this_machine(tmp_path):
     from pathlib import Path
 
-    from benchmark import config as C
-    from benchmark import preflight
+    from benchmark.core import config as C
+    from benchmark.planning import preflight
 
     repo = Path(__file__).resolve().parent.parent
     cfg = C.validate(C.load_presets([repo / "presets" / "paper_imagenet.yaml",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def test_a_lone_job_takes_its_extra_threads_only_while_their_cores_are_idle(monkeypatch):
-    from benchmark.threads import job_threads
+    from benchmark.runtime.threads import job_threads
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     runtime = {"threads": 1}

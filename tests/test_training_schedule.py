@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from benchmark import io
-from benchmark.training import TrainConfig, Trainer, build_scheduler
+from benchmark.core import io
+from benchmark.training.loop import TrainConfig, Trainer, build_scheduler
 
 
 def lrs_per_epoch(epochs: int, lr: float = 0.1, schedule: str = "step") -> list[float]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark import diagnostics, masking
-from benchmark.datasets import get_info
-from benchmark.models import build_model
-from benchmark.score_init import ScoreInitContext
+from benchmark.training import diagnostics
+from benchmark.core import masking
+from benchmark.core.datasets import get_info
+from benchmark.core.models import build_model
+from benchmark.training.score_init import ScoreInitContext
 from methods.harp import Harp
 from methods.hydra import Hydra
 from methods.random_prune import RandomPrune

@@ -154,7 +154,7 @@ def test_plugin_method_without_pretrain_gets_no_dense_model(tmp_path):
     plugin = tmp_path / "scratch.py"
     plugin.write_text(textwrap.dedent("""\
         from methods.base import PruningMethod
-        from benchmark.registry import register_method
+        from benchmark.core.registry import register_method
 
 
         @register_method("scratch", learns_scores=True, needs_pretrain=False, needs_finetune=False)
@@ -216,7 +216,7 @@ def test_tiny_end_to_end(tmp_path):
     manifest = json.loads((results / "export" / "models" / "manifest.json").read_text())
     assert {m["method"] for m in manifest["models"]} >= {"dense", "hydra"}
     assert (results / "export" / "robustbench").is_dir()  # fashion-mnist: nothing to export
-    from benchmark.model_export import load_from_manifest, verify_manifest
+    from benchmark.core.model_files import load_from_manifest, verify_manifest
 
     assert verify_manifest(results / "export" / "models" / "manifest.json") == []
     hydra = next(m for m in manifest["models"] if m["method"] == "hydra")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
+from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ["work/tiny/finetune/fashion-mnist/small_cnn/hydra/off/sp90/seed0/model.pt",
@@ -110,7 +110,7 @@ def test_editing_a_method_file_reruns_its_jobs_only(ran):
 def test_an_unused_method_file_reruns_nothing(ran, tmp_path):
     repo, work = ran
     unused = textwrap.dedent("""\
-        from benchmark.registry import register_method
+        from benchmark.core.registry import register_method
         from methods.base import PruningMethod
 
 

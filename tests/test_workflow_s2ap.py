@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
+from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = REPO / "presets"

@@ -29,7 +29,7 @@ def _run_resource(name):
 
 # Pretraining runs before anything else can (every other job needs a dense model), so on one
 # machine the pretrain jobs share all of its cores instead of leaving all but runtime.threads idle;
-# a job takes the extra threads only while those cores are idle (benchmark/threads.py). A thread
+# a job takes the extra threads only while those cores are idle (benchmark/runtime/threads.py). A thread
 # count changes the last bits of a training run, never its hash: the count used is recorded in
 # the model's meta and the result. On a cluster each job has its own node share.
 PRETRAIN_TARGETS = {(c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in DENSE} | {
@@ -42,7 +42,7 @@ PRETRAIN_THREADS = (
     else THREADS
 )
 # A multi-GPU workstation (workflows/profiles/local-gpu, --resources gpu=N): every job that
-# trains or attacks claims one of the N cards for itself (benchmark/gpu_slots.py).
+# trains or attacks claims one of the N cards for itself (benchmark/runtime/gpu_slots.py).
 GPU_SLOTS = _run_resource("gpu") if workflow.local_exec else None
 REFERENCE_CSV = (
     apcfg.resolve_file(CFG["reference_csv"], SEARCH_DIRS, field="reference_csv")
@@ -179,7 +179,7 @@ wildcard_constraints:
     arch=_alternation(CFG["grid"]["archs"]),
     method=_alternation(TRAITS),
     recipe="[0-9a-f]{10}",
-    # canonical spelling only (benchmark.config.canonical_sparsity): "90", "99.5", never "90.0"
+    # canonical spelling only (benchmark.core.config.canonical_sparsity): "90", "99.5", never "90.0"
     sparsity=r"0|0\.[0-9]*[1-9]|[1-9][0-9]?(\.[0-9]*[1-9])?",
     seed=r"[0-9]+",
     s2ap="off|on|score|awp|n-a",

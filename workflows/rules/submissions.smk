@@ -1,6 +1,6 @@
 # External submissions: every folder submissions/<name>/ whose submission.yaml names this preset
 # is evaluated with the preset's protocol into results/<preset>/submissions/<name>.json, which the
-# leaderboard includes (python -m benchmark submit; benchmark/submission.py).
+# leaderboard includes (python -m benchmark submit; benchmark/publishing/submission.py).
 #   snakemake submissions --profile workflows/profiles/local --configfile presets/quick.yaml
 
 

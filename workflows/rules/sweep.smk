@@ -4,7 +4,7 @@
 # grid's): the mask search with the score step at that gamma (the grid value "score": no AWP, so
 # the sweep isolates the score-space step; gamma 0 runs the same two-pass path and equals the plain
 # method), then the plain finetune. The report selects one gamma per (dataset, arch, method) on
-# the validation slice only: mean over seeds, then over sparsities (benchmark/sweep.py).
+# the validation slice only: mean over seeds, then over sparsities (benchmark/planning/sweep.py).
 
 
 if SWEEP:

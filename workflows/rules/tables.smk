@@ -1,4 +1,4 @@
-# The paper's tables and figures (benchmark/tables.py; docs/paper_tables.md says which preset feeds
+# The paper's tables and figures (benchmark/results/tables.py; docs/paper_tables.md says which preset feeds
 # which): one target each, needing exactly the results its cells read.
 #   snakemake table_main --configfile presets/paper_cifar10.yaml
 #   snakemake table_main --configfile presets/paper_cifar10.yaml presets/smoke.yaml   (smoke form)

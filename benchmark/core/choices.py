@@ -1,0 +1,48 @@
+"""The closed lists of words a preset may use, in one module without torch.
+
+The config schema's enums are filled from here (``benchmark.core.config.load_schema``), so a value the
+code accepts is a value the schema accepts and the other way round. The code implementing each
+choice imports its list from here; where it keeps its own list (a torch module, a third-party
+package), ``tests/test_config_schema.py`` pins the two equal.
+"""
+from __future__ import annotations
+
+#: grid.s2ap: off; on (score-space step in the search and AWP in the finetune); score (search
+#: step only); awp (finetune AWP only, the ablation)
+S2AP_GRID_VALUES = ("off", "on", "score", "awp")
+#: the s2ap value of a method that learns no scores; never written in a preset
+S2AP_NA = "n/a"
+
+#: s2ap.norm and diagnostics.norm: how the score perturbation z_l is scaled per layer
+#: (formulas beside the code that computes it)
+S2AP_NORMS = ("l2", "linf", "adaptive")
+
+#: s2ap.gamma_status: whether the preset's S2AP gamma was chosen by a gamma sweep on its own
+#: dataset and architecture (selected) or carried over from elsewhere (unselected: the paper's
+#: values are not public); a label, it changes nothing in training, the leaderboard shows it
+S2AP_GAMMA_STATUS = ("selected", "unselected")
+#: purpose: what a preset's numbers are for; "plumbing" (the tiny preset: every stage runs, the
+#: numbers mean nothing) heads its leaderboard with a note saying so (benchmark/results/aggregate.py)
+PURPOSES = ("benchmark", "plumbing")
+
+#: train.loss (benchmark/training/losses.py)
+LOSSES = ("pgd_at", "trades", "clean")
+
+#: train.schedule (benchmark/training/loop.py), stepped once per epoch; step: x0.1 at 50 % and again at
+#: 75 % of the epochs (RST's published piecewise schedule)
+SCHEDULES = ("cosine", "constant", "step")
+
+#: evaluate.autoattack.version -> the attacks pyautoattack 0.2.0 runs for it, in its order
+#: (AutoAttack._set_version); evaluate.autoattack.attacks is a subset of its version's list
+AUTOATTACK_VERSIONS: dict[str, tuple[str, ...]] = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+#: every attack name pyautoattack knows (its ``AttackName`` literal)
+AUTOATTACK_ATTACKS = tuple(dict.fromkeys(a for attacks in AUTOATTACK_VERSIONS.values() for a in attacks))
+
+#: the paper tables and figures a preset can feed (preset key ``tables``; one Snakemake target
+#: each, benchmark/results/tables.py; docs/paper_tables.md)
+PAPER_TABLES = ("main", "structured", "vit", "imagenet", "baselines", "ablation", "sharpness",
+                "stability", "overhead")

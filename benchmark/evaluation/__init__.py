@@ -1,0 +1,2 @@
+"""The evaluation protocol: PGD, AutoAttack (pyautoattack), the ready-for-evaluation model, batch
+sizes. Builds on ``benchmark.core`` and ``benchmark.runtime``."""

@@ -1,0 +1,477 @@
+"""Publishing a finished run: ``results/<preset>/`` -> ``results/published/<preset>/``.
+
+A run writes ``results/<preset>/`` (ignored by git: it is yours). ``python -m benchmark publish
+--preset NAME`` (``make publish PRESET=NAME``) copies it to ``results/published/<preset>/``
+(committed), only when every integrity check passes; otherwise it refuses with every reason and
+writes nothing. The checks:
+
+- ``git``: the repository is a git checkout at a commit, with no uncommitted change to a tracked
+  file outside ``results/``, no untracked file under ``benchmark/`` or ``methods/`` (code the
+  commit would not have), and the preset file and its method files committed;
+- ``finished``: the aggregation finished (``leaderboard.stamp.json``), its inputs are every result
+  the preset's grid asks for (plus any submissions), and no input changed since it was aggregated;
+- ``results``: every result file validates (``benchmark.core.result_file.read_result``) and was made for
+  this preset from a clean tree at the current revision (HEAD) by the current stage code;
+- ``leaderboard``: the recorded aggregation, rerun into a scratch folder, gives the same tables
+  (every CSV and markdown file byte for byte);
+- ``models``: every result names the model file it evaluated, and that file still has the sha256
+  the result recorded (the published model is the one that was evaluated); the exported copies
+  are verified against their manifest.
+
+What is published: the result JSONs (``runs/``, ``submissions/``), the leaderboard tables and
+plots, the model manifest and, when their total size is at most ``MODEL_BUDGET_BYTES`` (32 MiB),
+the safetensors model files (the quick and offline presets' small CNNs take under 10 MiB; a
+larger export is published as its manifest only, whose sha256 lets anyone verify a copy hosted
+elsewhere), the RobustBench entries, a site of the preset (``site/``) and ``published.json`` (the
+revision, the checks passed, and the sha256 of every published file). Then
+``results/published/site/`` is rebuilt over every published preset.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmark.core.errors import UserError
+from benchmark.core.io import atomic_write_json, replace_dir, sha256_file
+from benchmark.core.paths import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+REPO = REPO_ROOT
+PUBLISHED = Path("results") / "published"
+MODEL_BUDGET_BYTES = 32 * 2 ** 20
+PUBLISHED_MODEL_FORMATS = ("safetensors",)
+PUBLISHED_FORMAT = "apbench-published-run"
+CHECKS = ("git", "finished", "results", "leaderboard", "models")
+# code a commit must hold: an untracked file there changes what runs without changing the revision
+CODE_DIRS = ("benchmark", "methods")
+
+
+class PublishError(UserError, ValueError):
+    """A run that must not be published; ``problems`` lists (check, detail) pairs."""
+
+    def __init__(self, preset: str, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  [{check}] {detail}" for check, detail in problems)
+        super().__init__(f"refusing to publish results/{preset}: {len(problems)} problem(s)\n{lines}")
+
+
+@dataclass
+class RunCheck:
+    """What the checks found: the problems, and what publishing needs."""
+    preset: str
+    root: Path
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    revision: str | None = None
+    cfg: dict[str, Any] | None = None
+    preset_file: Path | None = None
+    results: list[Path] = field(default_factory=list)
+    models: dict[Path, Path] = field(default_factory=dict)  # result -> the model file it evaluated
+
+    def fail(self, check: str, detail: str) -> None:
+        self.problems.append((check, detail))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "results" / self.preset
+
+
+# ---------------------------------------------------------------- git
+def _git(args: list[str], repo: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=60)
+
+
+def _check_git(chk: RunCheck, repo: Path, committed: list[Path]) -> None:
+    from benchmark.core.provenance import git_revision
+
+    git = git_revision(repo)
+    if git["revision"] == "unknown" or git["dirty"] is None:
+        chk.fail("git", f"{repo} is not a git checkout with a commit: published numbers must name "
+                        "the revision that made them")
+        return
+    chk.revision = git["revision"]
+    if git["dirty"]:
+        chk.fail("git", "uncommitted changes to tracked files: " + ", ".join(git["dirty_files"][:10])
+                 + (" ..." if len(git["dirty_files"]) > 10 else "")
+                 + " (commit or stash them, rerun the preset, then publish)")
+    status = _git(["status", "--porcelain", "--untracked-files=all", "--", *CODE_DIRS], repo)
+    untracked = [line[3:] for line in status.stdout.splitlines() if line.startswith("??")]
+    if untracked:
+        chk.fail("git", "untracked code the commit does not hold: " + ", ".join(untracked[:10])
+                 + " (commit it, or move it out of " + "/, ".join(CODE_DIRS) + "/)")
+    for path in committed:
+        try:
+            rel = path.resolve().relative_to(repo.resolve())
+        except ValueError:
+            chk.fail("git", f"{path} lies outside the repository {repo}: the commit cannot hold it")
+            continue
+        if _git(["ls-files", "--error-unmatch", "--", str(rel)], repo).returncode != 0:
+            chk.fail("git", f"{rel} is not committed: the published run must be reproducible from "
+                            "the commit")
+
+
+# ---------------------------------------------------------------- the run
+def _preset(chk: RunCheck) -> list[Path]:
+    """Loads the preset; returns the files the commit must hold (the preset and its method files)."""
+    from benchmark.core import config as apcfg
+
+    path = chk.root / "presets" / f"{chk.preset}.yaml"
+    if not path.is_file():
+        chk.fail("finished", f"preset file {path} not found")
+        return []
+    try:
+        cfg = apcfg.load_preset(path)
+        cfg = apcfg.validate(cfg, search_dirs=[chk.root, REPO])
+    except (UserError, ValueError) as exc:
+        chk.fail("finished", f"preset {path} does not validate: {exc}")
+        return [path]
+    chk.cfg, chk.preset_file = cfg, path
+    return [path, *map(Path, apcfg.resolve_method_files(cfg["method_files"], [chk.root, REPO]))]
+
+
+def expected_results(cfg: dict[str, Any], root: Path) -> list[Path]:
+    """The result files the preset's grid asks for (the workflow's RUNS)."""
+    from benchmark.core import config as apcfg
+
+    methods = apcfg.methods_of(cfg, [root, REPO])
+    cells = apcfg.grid_cells(cfg, methods)
+    out = []
+    for c in apcfg.dense_cells(cfg, cells) + cells:
+        out.append(root / "results" / cfg["name"] / "runs" / c["dataset"] / c["arch"] / c["method"]
+                   / apcfg.s2ap_to_path(c["s2ap"]) / f"sp{c['sparsity']}" / f"seed{c['seed']}.json")
+    return out
+
+
+def _stamp_cwd(stamp: dict[str, Any], root: Path) -> Path:
+    cwd = Path(stamp.get("cwd") or root)
+    return cwd if cwd.is_dir() else root
+
+
+def _check_finished(chk: RunCheck) -> dict[str, Any] | None:
+    from benchmark.results.leaderboard_stamp import read_stamp
+
+    try:
+        stamp = read_stamp(chk.run_dir)
+    except UserError as exc:
+        chk.fail("finished", str(exc))
+        return None
+    cwd = _stamp_cwd(stamp, chk.root)
+    inputs = {}
+    for name, sha in stamp["inputs"].items():
+        path = (cwd / name).resolve()
+        inputs[path] = sha
+        if not path.is_file():
+            chk.fail("finished", f"{name} was aggregated but no longer exists")
+        elif sha256_file(path) != sha:
+            chk.fail("finished", f"{name} changed since the leaderboard was aggregated (rerun the "
+                                 "workflow: its aggregate job runs again)")
+        try:
+            path.relative_to(chk.run_dir.resolve())
+        except ValueError:
+            chk.fail("finished", f"{name} lies outside {chk.run_dir}: a published run holds only "
+                                 "its own results")
+    if chk.cfg is not None:
+        missing = [p for p in expected_results(chk.cfg, chk.root) if p.resolve() not in inputs]
+        if missing:
+            chk.fail("finished", f"the run is not finished: {len(missing)} result(s) of the preset's "
+                                 f"grid are not in its leaderboard, e.g. {missing[0]} (run `make run "
+                                 f"PRESET={chk.preset}` to finish it)")
+    chk.results = sorted(inputs)
+    return stamp
+
+
+def _check_results(chk: RunCheck) -> None:
+    from benchmark.core.provenance import stage_code_digest
+    from benchmark.core.result_file import ResultError, read_result
+
+    current = stage_code_digest()
+    for path in chk.results:
+        if not path.is_file():
+            continue
+        try:
+            res = read_result(path)
+        except ResultError as exc:
+            chk.fail("results", str(exc))
+            continue
+        git = res["provenance"]["git"]
+        where = os.path.relpath(path, chk.root)
+        if res["cell"].get("preset") != chk.preset:
+            chk.fail("results", f"{where} was made for preset {res['cell'].get('preset')!r}")
+        if git["dirty"] is None:
+            chk.fail("results", f"{where} was made outside a git checkout (revision unknown)")
+        elif git["dirty"]:
+            chk.fail("results", f"{where} was made from a tree with uncommitted changes "
+                                f"({', '.join(git['dirty_files'][:5])})")
+        if chk.revision and git["revision"] != chk.revision:
+            chk.fail("results", f"{where} was made at revision {git['revision'][:12]}, HEAD is "
+                                f"{chk.revision[:12]}: rerun the preset at the current revision")
+        if res["provenance"]["stage_code"] != current:
+            chk.fail("results", f"{where} was made by other stage code ({res['provenance']['stage_code']}"
+                                f", current {current}): rerun it")
+        stale = _stale_stages(chk.cfg, res)
+        if stale:
+            chk.fail("results", f"{where}: its {', '.join(stale)} stage ran with another config than "
+                                "the preset's for its cell (a model kept from before the preset "
+                                "changed): delete it and rerun the cell")
+
+
+# the stages whose config a cell's result records from the checkpoints that made its model
+CELL_STAGES = ("prune", "finetune")
+
+
+def _stale_stages(cfg: dict[str, Any] | None, res: dict[str, Any]) -> list[str]:
+    """The stages of ``res`` whose recorded config does not hash as the preset's for its cell.
+    The cell's config_hash comes from the preset when the result is written, the recorded configs
+    from the checkpoints: a checkpoint Snakemake did not rerun (its metadata lost, say) shows only
+    here."""
+    from benchmark.core import config as apcfg
+
+    cell = res["cell"]
+    if cfg is None or res.get("submission") or cell.get("method") == "dense":
+        return []
+    stale = []
+    for stage in CELL_STAGES:
+        recorded = (res.get("config") or {}).get(stage)
+        if recorded is None:
+            continue
+        expected = apcfg.stage_config(cfg, stage, dataset=cell["dataset"], arch=cell["arch"],
+                                      method=cell["method"], s2ap=cell["s2ap"])
+        if apcfg.stage_key(recorded) != apcfg.stage_key(expected):
+            stale.append(stage)
+    return stale
+
+
+def _out_arg(argv: list[str]) -> tuple[int, str, str] | None:
+    """(index, value, prefix) of the --out argument: argv[index] == prefix + value."""
+    for i, a in enumerate(argv):
+        if a == "--out" and i + 1 < len(argv):
+            return i + 1, argv[i + 1], ""
+        if a.startswith("--out="):
+            return i, a.split("=", 1)[1], "--out="
+    return None
+
+
+def _check_leaderboard(chk: RunCheck, stamp: dict[str, Any]) -> None:
+    argv = list(stamp["argv"])
+    if not argv or argv[0] != "aggregate":
+        chk.fail("leaderboard", f"the stamp records {argv[:1]}, not an aggregate command")
+        return
+    out = _out_arg(argv)
+    cwd = _stamp_cwd(stamp, chk.root)
+    if out is None or (cwd / out[1]).resolve() != chk.run_dir.resolve():
+        chk.fail("leaderboard", f"the recorded aggregation wrote to {out[1] if out else '?'}, not "
+                                f"{chk.run_dir}")
+        return
+    with tempfile.TemporaryDirectory(prefix="apbench-publish-") as tmp:
+        argv[out[0]] = out[2] + tmp
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.run([sys.executable, "-m", "benchmark", *argv, "--no-plots"], cwd=cwd,
+                              env=env, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+            chk.fail("leaderboard", f"the aggregation does not run again: {tail}")
+            return
+        made = sorted(p.name for p in Path(tmp).iterdir()
+                      if p.is_file() and p.suffix in (".csv", ".md"))
+        for name in made:
+            ours = chk.run_dir / name
+            if not ours.is_file():
+                chk.fail("leaderboard", f"{ours} is missing (the aggregation writes it)")
+            elif ours.read_bytes() != (Path(tmp) / name).read_bytes():
+                chk.fail("leaderboard", f"{ours} differs from what its aggregation gives again: "
+                                        "edited by hand, or made from other inputs (rerun the "
+                                        "workflow)")
+
+
+def _check_models(chk: RunCheck, stamp: dict[str, Any] | None) -> None:
+    """Every result names the model file it evaluated, and that file is still the one."""
+    from benchmark.core.result_file import ResultError, read_result
+
+    cwd = _stamp_cwd(stamp or {}, chk.root)
+    for path in chk.results:
+        try:
+            res = read_result(path)
+        except (ResultError, OSError):
+            continue  # reported by the results check
+        where = os.path.relpath(path, chk.root)
+        model = res.get("model")
+        if not model or not model.get("sha256"):
+            chk.fail("models", f"{where} does not name the model file it evaluated (made by an "
+                               "older version of the suite): rerun it")
+            continue
+        src = (cwd / model["path"]).resolve()
+        if not src.is_file():
+            chk.fail("models", f"{where}: its model file {model['path']} is gone (work/ holds the "
+                               "models of a run: rerun the preset)")
+        elif sha256_file(src) != model["sha256"]:
+            chk.fail("models", f"{where}: its model file {model['path']} is not the one it evaluated "
+                               "(the sha256 differs): rerun the preset")
+        else:
+            chk.models[path] = src
+
+
+def check_run(preset: str, *, root: str | Path = ".", repo: str | Path | None = None) -> RunCheck:
+    """Every integrity check of a run (see the module docstring); ``.problems`` empty when it may
+    be published."""
+    root = Path(root).resolve()
+    chk = RunCheck(preset=preset, root=root)
+    committed = _preset(chk)
+    _check_git(chk, Path(repo).resolve() if repo is not None else root, committed)
+    stamp = _check_finished(chk)
+    _check_results(chk)
+    if stamp is not None and not any(c in ("finished", "results") for c, _ in chk.problems):
+        _check_leaderboard(chk, stamp)
+    _check_models(chk, stamp)
+    return chk
+
+
+# ---------------------------------------------------------------- publishing
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def _reference(cfg: dict[str, Any], root: Path) -> str | None:
+    from benchmark.core import config as apcfg
+
+    if not cfg.get("reference_csv"):
+        return None
+    return apcfg.resolve_file(cfg["reference_csv"], [root, REPO], field="reference_csv")
+
+
+def _publish_models(chk: RunCheck, copied: dict[Path, Path], tmp: Path, budget: int) -> dict[str, Any]:
+    """Exports every result's model beside the published results, keeps the safetensors files
+    when their total fits the budget (the manifest, with every sha256, always), and verifies
+    what it keeps."""
+    from benchmark.core.model_files import export_models, verify_manifest
+
+    out_dir = tmp / "export" / "models"
+    manifest = export_models(sorted(copied.values()), out_dir,
+                             sources={str(dst): chk.models[src] for src, dst in copied.items()})
+    keep = [f for r in manifest["models"] for fmt, f in r["files"].items()
+            if fmt in PUBLISHED_MODEL_FORMATS]
+    total = sum(int(f["size"]) for f in keep)
+    included = total <= budget
+    for record in manifest["models"]:
+        for fmt, f in list(record["files"].items()):
+            if fmt not in PUBLISHED_MODEL_FORMATS or not included:
+                (out_dir / f["path"]).unlink()
+            if fmt not in PUBLISHED_MODEL_FORMATS:
+                del record["files"][fmt]
+    manifest["files_included"] = included
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    if included:
+        problems = verify_manifest(out_dir / "manifest.json")
+        if problems:
+            raise PublishError(chk.preset, [("models", line) for line in problems])
+    return {"included": included, "bytes": total, "budget_bytes": budget,
+            "formats": list(PUBLISHED_MODEL_FORMATS),
+            "why": None if included else (f"the model files take {total:,} bytes, more than the "
+                                          f"budget of {budget:,}: host them elsewhere; the "
+                                          "manifest's sha256 verifies a copy")}
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def publish(preset: str, *, root: str | Path = ".", repo: str | Path | None = None,
+            model_budget: int = MODEL_BUDGET_BYTES) -> Path:
+    """Checks the run of ``preset`` and, when it passes, replaces ``results/published/<preset>/``
+    with it and rebuilds ``results/published/site/``; returns the published folder. PublishError
+    with every problem otherwise (nothing is written)."""
+    from benchmark.core import config as apcfg
+    from benchmark.publishing.export_robustbench import export_robustbench
+    from benchmark.publishing.site import build_site
+
+    chk = check_run(preset, root=root, repo=repo)
+    if chk.problems:
+        raise PublishError(preset, chk.problems)
+    root = chk.root
+    run_dir = chk.run_dir.resolve()
+    pub_dir = root / PUBLISHED / preset
+    method_files = apcfg.resolve_method_files(chk.cfg["method_files"], [root, REPO])
+    reference = _reference(chk.cfg, root)
+    info: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
+        copied_map = {}
+        for res in chk.results:
+            dst = tmp / res.relative_to(run_dir)
+            _copy(res, dst)
+            copied_map[res] = dst
+        copied = sorted(copied_map.values())
+        for table in sorted(run_dir.iterdir()):
+            if table.is_file() and table.suffix in (".csv", ".md"):
+                _copy(table, tmp / table.name)
+        if (run_dir / "plots").is_dir():
+            shutil.copytree(run_dir / "plots", tmp / "plots")
+        info["models"] = _publish_models(chk, copied_map, tmp, model_budget)
+        export_robustbench(copied, tmp / "export" / "robustbench", method_files=method_files,
+                           reference_csv=reference)
+        build_site(copied, tmp / "site", reference_csv=reference, method_files=method_files,
+                   models_manifest=(tmp / "export" / "models" / "manifest.json"
+                                    if info["models"]["included"] else None),
+                   robustbench_dir=tmp / "export" / "robustbench",
+                   title=f"Adversarial pruning leaderboard: {preset} (published)")
+        record = {"format": PUBLISHED_FORMAT, "version": 1, "preset": preset,
+                  "revision": chk.revision,
+                  "published_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "results": len(copied), "checks": list(CHECKS), "models": info["models"],
+                  "files": _file_digests(tmp)}
+        atomic_write_json(tmp / "published.json", record)
+
+    replace_dir(pub_dir, build)
+    log.info("published %s -> %s", run_dir, pub_dir)
+    build_published_site(root)
+    return pub_dir
+
+
+def published_presets(root: str | Path = ".") -> list[str]:
+    base = Path(root) / PUBLISHED
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / "published.json").is_file())
+
+
+def build_published_site(root: str | Path = ".") -> Path | None:
+    """``results/published/site/``: one site over every published preset (None when none is)."""
+    from benchmark.core import config as apcfg
+    from benchmark.publishing.site import build_site
+
+    root = Path(root)
+    presets = published_presets(root)
+    if not presets:
+        return None
+    base = root / PUBLISHED
+    runs, manifests, method_files = [], [], []
+    for preset in presets:
+        folder = base / preset
+        runs += [d for d in (folder / "runs", folder / "submissions") if d.is_dir()]
+        manifest = folder / "export" / "models" / "manifest.json"
+        if manifest.is_file() and json.loads(manifest.read_text()).get("files_included"):
+            manifests.append(manifest)
+        preset_file = root / "presets" / f"{preset}.yaml"
+        if preset_file.is_file():
+            cfg = apcfg.load_preset(preset_file)
+            method_files += [f for f in apcfg.resolve_method_files(cfg.get("method_files") or [],
+                                                                   [root, REPO])
+                             if f not in method_files]
+    return build_site(runs, base / "site", models_manifest=manifests or None,
+                      robustbench_dir=str(base / "{preset}" / "export" / "robustbench"),
+                      method_files=method_files,
+                      title="Adversarial pruning leaderboard: published runs")
+
+
+__all__ = ["PublishError", "RunCheck", "CHECKS", "MODEL_BUDGET_BYTES", "check_run", "publish",
+           "expected_results", "published_presets", "build_published_site"]

@@ -1,4 +1,0 @@
-"""The static web leaderboard: ``build_site(runs, out_dir, ...)`` (benchmark.site.generator)."""
-from benchmark.site.generator import build_site, site_data
-
-__all__ = ["build_site", "site_data"]
