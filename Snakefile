@@ -24,7 +24,7 @@ from benchmark.core import external_dense
 from benchmark.planning import preflight
 from benchmark.publishing import submission as submission_lib
 from benchmark.results import reference as apref
-from benchmark.results import tables
+from benchmark.core import paper_tables as tables
 
 # Not a `configfile:` directive: that one would also be loaded under --configfile, and its keys
 # (per-method overrides, say) would leak into the other preset.

@@ -33,7 +33,16 @@ from pathlib import Path
 
 from benchmark.core.choices import PURPOSES
 from benchmark.core.errors import DEBUG_ENV, Interrupted, MissingFileError, UserError
-from benchmark.core.registry import UnknownNameError
+from benchmark.core.external_dense import import_dense
+from benchmark.core.registry import UnknownNameError, method_registry
+from benchmark.planning.estimate import main as estimate_main
+from benchmark.publishing.cli import COMMANDS as PUBLISH_COMMANDS
+from benchmark.publishing.cli import add_commands as add_publish_commands
+from benchmark.publishing.cli import run as run_publish
+from benchmark.results.leaderboard_stamp import write_stamp
+from benchmark.results.loading import result_files
+from benchmark.results.tables import write as write_table
+from benchmark.runtime.gpu_slots import claim_from_env
 from benchmark.runtime.signals import raise_on_stop_signals
 
 # the registry's UnknownNameError predates UserError; both are the user's to fix
@@ -173,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     _method_file_arg(p)
 
     # publishing: site, export robustbench|models|verify (benchmark/publishing/cli.py)
-    from benchmark.publishing.cli import add_commands as add_publish_commands
 
     add_publish_commands(sub)
     return parser
@@ -246,18 +254,14 @@ GPU_COMMANDS = ("pretrain", "prune", "finetune", "evaluate", "autoattack-shard")
 
 def run(args: argparse.Namespace) -> int:
     """The command's work; expected failures propagate as UserError."""
-    from benchmark.publishing.cli import COMMANDS as PUBLISH_COMMANDS
-    from benchmark.publishing.cli import run as run_publish
 
     if args.command in GPU_COMMANDS:
-        from benchmark.runtime.gpu_slots import claim_from_env
 
         claim_from_env()
 
     if args.command in PUBLISH_COMMANDS:
         return run_publish(args)
     if args.command == "methods":
-        from benchmark.core.registry import method_registry
 
         reg = method_registry(args.method_files)
         for name in reg.names():
@@ -266,20 +270,19 @@ def run(args: argparse.Namespace) -> int:
                   f"needs_finetune={cls.needs_finetune}")
         return 0
     if args.command == "stability":
-        from benchmark.training.stages import seed_stability
+        from benchmark.training.stages import seed_stability  # deferred: pyautoattack, torch, tqdm
 
         record = seed_stability(args.a, args.b, args.out)
         print(f"seed stability: flip fraction {record['seed_flip_fraction']:.4f}, "
               f"jaccard {record['seed_jaccard']:.4f}")
         return 0
     if args.command == "sweep-report":
-        from benchmark.planning.sweep import sweep_report
+        from benchmark.planning.sweep import sweep_report  # deferred: pandas
 
         table = sweep_report(args.models, args.out)
         print(table.to_string(index=False))
         return 0
     if args.command == "table":
-        from benchmark.results.tables import write as write_table
 
         try:
             written = write_table(args.spec, args.runs, args.out, reference_csv=args.reference)
@@ -288,21 +291,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.spec['table']}: " + ", ".join(str(p) for p in written))
         return 0
     if args.command == "import-dense":
-        from benchmark.core.external_dense import import_dense
 
         import_dense(args.entry, dataset=args.dataset, arch=args.arch, model_cfg=args.model,
                      out=args.out)
         print(f"dense model: {args.out}")
         return 0
     if args.command == "estimate":
-        from benchmark.planning.estimate import main as estimate_main
 
         print(estimate_main(args.configfile, device=args.device, targets=args.target or ["all"],
                             calibration=args.calibration), end="")
         return 0
     if args.command == "aggregate":
-        from benchmark.results.aggregate import aggregate, result_files, runs_frame
-        from benchmark.results.leaderboard_stamp import write_stamp
+        from benchmark.results.aggregate import aggregate, runs_frame  # deferred: pandas
 
         runs = args.runs[0] if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else args.runs
         if args.published is not None and not Path(args.published).is_file():
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"excluded: {len(table.attrs['excluded'])} result file(s) that break a rule "
                   f"-> {Path(args.out) / 'excluded.csv'}")
         if not args.no_plots:
-            from benchmark.results.plots import plot_diagnostics, plot_leaderboard
+            from benchmark.results.plots import plot_diagnostics, plot_leaderboard  # deferred: pandas
 
             written = list(plot_leaderboard(table, Path(args.out) / "plots") or [])
             written += list(plot_diagnostics(runs_frame(runs, exclude_invalid=args.exclude_invalid),
@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         write_stamp(args.out, argv=args.argv, cwd=os.getcwd(), inputs=result_files(runs))
         return 0
 
-    from benchmark.training import stages
+    from benchmark.training import stages  # deferred: pyautoattack, torch, tqdm
 
     if args.command == "pretrain":
         stages.pretrain(args.config, dataset=args.dataset, arch=args.arch, seed=args.seed,

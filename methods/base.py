@@ -40,8 +40,8 @@ from benchmark.core.masking import (
     to_masked,
 )
 from benchmark.core.registry import TRAIT_DEFAULTS
-from benchmark.training.score_init import ScoreInitContext, TrainBatches
 from benchmark.training.loop import TrainConfig, TrainHook
+from benchmark.training.score_init import ScoreInitContext, TrainBatches
 
 from .s2ap import AWP, ScoreSharpness
 

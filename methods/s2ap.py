@@ -44,8 +44,8 @@ import torch.nn as nn
 
 from benchmark.core.choices import S2AP_GAMMA_STATUS
 from benchmark.core.masking import masked_layers
-from benchmark.training.score_perturbation import NORMS, perturbation
 from benchmark.training.loop import TrainHook
+from benchmark.training.score_perturbation import NORMS, perturbation
 
 
 def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:

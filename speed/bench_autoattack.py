@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.evaluation.autoattack import run_autoattack  # noqa: E402
 from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR  # noqa: E402
+from benchmark.evaluation.autoattack import run_autoattack  # noqa: E402
 from benchmark.evaluation.protocol import prepare_for_eval  # noqa: E402
 
 FMNIST = Path(DEFAULT_FASHION_MNIST_SYSTEM_DIR)

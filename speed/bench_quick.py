@@ -47,9 +47,9 @@ import torch  # noqa: E402
 from passes import KINDS, PassCounter, PassPrices, cpu_time  # noqa: E402
 
 from benchmark.core import config as C  # noqa: E402
-from benchmark.core import fastpaths
-from benchmark.training import stages  # noqa: E402
+from benchmark.core import fastpaths  # noqa: E402
 from benchmark.core.stats import wilson_interval  # noqa: E402
+from benchmark.training import stages  # noqa: E402
 
 ATTACK_ORDER = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
@@ -111,9 +111,9 @@ def instrumented(ledger: Ledger, prefix: str):
     evaluation phases and pyautoattack's attacks get labels of their own."""
     from pyautoattack import autopgd_base, fab_base, square
 
+    from benchmark.core.models import Normalized
     from benchmark.evaluation import protocol as evaluation
     from benchmark.training import loop as training
-    from benchmark.core.models import Normalized
 
     def hook(module, args, output):
         if isinstance(module, Normalized):

@@ -28,12 +28,12 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark import masking  # noqa: E402
-from benchmark.evaluation.attacks import AttackConfig  # noqa: E402
 from benchmark.core.datasets import get_info  # noqa: E402
 from benchmark.core.models import build_model  # noqa: E402
 from benchmark.core.registry import method_registry  # noqa: E402
-from benchmark.training.score_init import ScoreInitContext  # noqa: E402
+from benchmark.evaluation.attacks import AttackConfig  # noqa: E402
 from benchmark.training.loop import TrainConfig, Trainer  # noqa: E402
+from benchmark.training.score_init import ScoreInitContext  # noqa: E402
 
 
 def make_trainer(variant: str, args, info, data, device):

@@ -48,15 +48,15 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.planning import calibration as cal  # noqa: E402
 from benchmark import masking  # noqa: E402
-from benchmark.evaluation.attacks import AttackConfig, pgd_linf  # noqa: E402
 from benchmark.core.datasets import get_info  # noqa: E402
-from benchmark.evaluation.protocol import prepare_for_eval  # noqa: E402
 from benchmark.core.models import build_model  # noqa: E402
 from benchmark.core.registry import method_registry  # noqa: E402
-from benchmark.training.score_init import ScoreInitContext  # noqa: E402
+from benchmark.evaluation.attacks import AttackConfig, pgd_linf  # noqa: E402
+from benchmark.evaluation.protocol import prepare_for_eval  # noqa: E402
+from benchmark.planning import calibration as cal  # noqa: E402
 from benchmark.training.loop import TrainConfig, Trainer  # noqa: E402
+from benchmark.training.score_init import ScoreInitContext  # noqa: E402
 
 # architecture -> (dataset whose shape it is measured at, batch size at width 1). Small batches
 # keep a CPU run short; the estimate scales a step linearly to the preset's batch size.

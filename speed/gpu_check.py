@@ -493,8 +493,8 @@ class PublicStyleHydra:
         import torch
         from torch import nn
 
-        from benchmark.training.losses import RobustLoss
         from benchmark.training.loop import build_optimizer
+        from benchmark.training.losses import RobustLoss
 
         self.bf16 = bf16 and device.type == "cuda"
         self.channels_last = channels_last and device.type == "cuda"
@@ -822,8 +822,8 @@ class Check:
         import torch
         from torch.utils.data import TensorDataset
 
-        from benchmark.evaluation.protocol import prepare_for_eval
         from benchmark.core.models import build_model
+        from benchmark.evaluation.protocol import prepare_for_eval
 
         m = self.m
         width = m.widths[arch]

@@ -18,8 +18,8 @@ import torch.nn as nn
 
 from benchmark.core import masking
 from benchmark.core import result_file as results
-from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
 from benchmark.core.provenance import provenance
+from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
 
 STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
 REVISION = "0123456789abcdef0123456789abcdef01234567"

@@ -19,11 +19,11 @@ from publishing_fixtures import _sparsity  # one builder for both fixture module
 
 from benchmark.core import masking
 from benchmark.core import result_file as results
-from benchmark.results.aggregate import AggregationError, aggregate, build_tables, read_leaderboard
-from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
-from benchmark.results.plots import plot_diagnostics, plot_leaderboard
 from benchmark.core.provenance import provenance
 from benchmark.core.stats import mcnemar, wilson_interval
+from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
+from benchmark.results.aggregate import AggregationError, aggregate, build_tables, read_leaderboard
+from benchmark.results.plots import plot_diagnostics, plot_leaderboard
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
@@ -499,9 +499,9 @@ def _s2ap_search_summary(gamma: float) -> dict:
     """S2AP's measurements from a real (short) 99 % HYDRA search of the offline preset's network."""
     from torch.utils.data import TensorDataset
 
-    from benchmark.evaluation.attacks import AttackConfig
     from benchmark.core.datasets import get_info
     from benchmark.core.models import build_model
+    from benchmark.evaluation.attacks import AttackConfig
     from benchmark.training.loop import TrainConfig, Trainer
     from methods.base import RefreshMasks
     from methods.s2ap import ScoreSharpness

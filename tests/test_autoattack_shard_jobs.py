@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from benchmark.core import config as C
-from benchmark.training import stages
 from benchmark.core.io import read_json
+from benchmark.training import stages
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET, ARCH = "fashion-mnist", "small_cnn"

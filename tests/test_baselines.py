@@ -10,10 +10,10 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 from benchmark.core import masking
-from benchmark.training import stages
 from benchmark.core.config import method_traits
 from benchmark.core.masking import global_counts
 from benchmark.core.registry import method_registry
+from benchmark.training import stages
 from benchmark.training.score_init import ScoreInitContext
 from methods.lamp import Lamp, lamp_scores
 from methods.random_prune import RandomPrune

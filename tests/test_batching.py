@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from benchmark.evaluation import batching
 from benchmark.core import result_file as results
-from benchmark.results.aggregate import AggregationError, aggregate
+from benchmark.evaluation import batching
 from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
+from benchmark.results.aggregate import AggregationError, aggregate
 from tests.test_aggregate import edit, write_result
 
 

@@ -11,13 +11,12 @@ import torch
 import torch.nn as nn
 import yaml
 
-from benchmark.evaluation import autoattack as autoattack_eval
 from benchmark.core import choices
-from benchmark.training import losses
-from benchmark.training import stages
-from benchmark.training import loop as training
 from benchmark.core import config as C
 from benchmark.core.registry import ARCHITECTURES, DATASETS, method_registry
+from benchmark.evaluation import autoattack as autoattack_eval
+from benchmark.training import loop as training
+from benchmark.training import losses, stages
 
 REPO = Path(__file__).resolve().parent.parent
 

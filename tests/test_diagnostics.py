@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from benchmark.training import diagnostics as D
 from benchmark.core import masking
 from benchmark.evaluation.attacks import AttackConfig
+from benchmark.training import diagnostics as D
 
 
 def toy_net():

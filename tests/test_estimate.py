@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.planning import calibration as cal
-from benchmark.core import config as C
-from benchmark.planning import estimate as E
 from benchmark.cli import main as cli_main
+from benchmark.core import config as C
+from benchmark.planning import calibration as cal
+from benchmark.planning import estimate as E
 
 REPO = Path(__file__).resolve().parent.parent
 SECONDS = {"pretrain_step": 0.5, "search_step": 0.6, "search_step_s2ap": 0.7, "finetune_step": 0.4,

@@ -21,14 +21,14 @@ from pyautoattack import AutoAttack
 
 from benchmark.core import config as C
 from benchmark.core import masking
-from benchmark.training import stages
-from benchmark.results.aggregate import aggregate, read_leaderboard
-from benchmark.evaluation.autoattack import ATTACK_OBJECTS
 from benchmark.core.datasets import build_splits
-from benchmark.evaluation.protocol import image_sums, images_digest
 from benchmark.core.io import atomic_torch_save
 from benchmark.core.masking import SparsityError
 from benchmark.core.result_file import read_result
+from benchmark.evaluation.autoattack import ATTACK_OBJECTS
+from benchmark.evaluation.protocol import image_sums, images_digest
+from benchmark.results.aggregate import aggregate, read_leaderboard
+from benchmark.training import stages
 
 DATASET, ARCH = "fashion-mnist", "small_cnn"
 EPS = 0.05  # not the dataset's default (0.1): an evaluation that ignores the preset shows

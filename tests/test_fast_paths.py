@@ -21,10 +21,10 @@ import torch.nn as nn
 
 from benchmark.core import config as C
 from benchmark.core import fastpaths
-from benchmark.training import stages
-from benchmark.evaluation.attacks import AttackConfig, pgd_linf
 from benchmark.core.models.norm import BatchNorm2d
 from benchmark.core.models.pooling import AdaptiveAvgPool2d, MaxPool2d
+from benchmark.evaluation.attacks import AttackConfig, pgd_linf
+from benchmark.training import stages
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET, ARCH = "fashion-mnist", "small_cnn"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark.runtime import gpu_slots
 from benchmark.core.errors import ConfigError
+from benchmark.runtime import gpu_slots
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,8 @@ import torch
 from benchmark.core import masking
 from benchmark.core.datasets import get_info
 from benchmark.core.models import build_model
-from benchmark.training.stages import StageTraining
 from benchmark.training.loop import TrainConfig
+from benchmark.training.stages import StageTraining
 from methods.hydra import Hydra
 from methods.random_prune import RandomPrune
 

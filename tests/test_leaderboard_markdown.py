@@ -10,8 +10,8 @@ from pathlib import Path
 import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
-from benchmark.results.aggregate import aggregate, build_tables, read_leaderboard
 from benchmark.cli import main as cli_main
+from benchmark.results.aggregate import aggregate, build_tables, read_leaderboard
 from benchmark.results.leaderboard_stamp import STAMP_NAME, read_stamp
 from benchmark.results.published import add_published, match_key
 

@@ -24,12 +24,12 @@ import yaml
 from torch.utils.data import TensorDataset
 
 from benchmark.core import masking
-from benchmark.evaluation.attacks import AttackConfig
 from benchmark.core.config import method_traits
-from benchmark.training.losses import RobustLoss
 from benchmark.core.registry import Registry, method_registry, read_method_file
-from benchmark.training.score_init import ScoreInitContext, TrainBatches
+from benchmark.evaluation.attacks import AttackConfig
 from benchmark.training.loop import TrainConfig, Trainer
+from benchmark.training.losses import RobustLoss
+from benchmark.training.score_init import ScoreInitContext, TrainBatches
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [ROOT / "examples" / "my_method.py", ROOT / "examples" / "snip_method.py"]

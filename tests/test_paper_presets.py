@@ -12,8 +12,7 @@ import pytest
 
 from benchmark.core import config as C
 from benchmark.planning import estimate
-from benchmark.results import reference
-from benchmark.results import tables
+from benchmark.results import reference, tables
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = REPO / "presets"

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.results import reference
-from benchmark.results import tables
+from benchmark.results import reference, tables
 from benchmark.results.tables import TableError
 
 REPO = Path(__file__).resolve().parent.parent

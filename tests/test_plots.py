@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 from matplotlib.container import ErrorbarContainer
 
-from benchmark.results.plots import accuracy_figure, diagnostics_figure, diagnostics_panels, plot_diagnostics, plot_leaderboard
+from benchmark.results.plots import (
+    accuracy_figure,
+    diagnostics_figure,
+    diagnostics_panels,
+    plot_diagnostics,
+    plot_leaderboard,
+)
 
 
 def leaderboard_rows(**extra) -> pd.DataFrame:

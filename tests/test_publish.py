@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-from benchmark.core import config as apcfg
-from benchmark.results.aggregate import read_leaderboard
 from benchmark.cli import main as cli_main
+from benchmark.core import config as apcfg
 from benchmark.core.datasets import get_info
 from benchmark.core.model_files import load_from_manifest, read_manifest, verify_manifest
 from benchmark.core.models import build_model
 from benchmark.publishing.publish import PublishError, check_run, publish
+from benchmark.results.aggregate import read_leaderboard
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = "pubtest"

@@ -10,11 +10,10 @@ import torch
 import torch.nn as nn
 from pyautoattack import AutoAttack
 
-from benchmark.core import masking
-from benchmark.core import provenance
+from benchmark.core import masking, provenance
 from benchmark.core import result_file as results
-from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
 from benchmark.core.result_file import ResultError
+from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,8 +38,8 @@ def record(n=16):
 
 
 def test_schema_enums_are_the_codes_lists():
-    from benchmark.training import stages
     from benchmark.evaluation.autoattack import VERSION_ATTACKS
+    from benchmark.training import stages
 
     schema = results.load_schema()
     defs = schema["$defs"]
@@ -120,7 +119,8 @@ def test_stage_code_digest_follows_the_stage_imports_only(tmp_path):
     files = {
         "benchmark/__init__.py": "",
         "benchmark/training/__init__.py": "",
-        "benchmark/training/stages.py": "from benchmark.helper import f\nREG = {'m': 'benchmark.core.models.net:build'}\n",
+        "benchmark/training/stages.py": "from benchmark.helper import f\n"
+                                        "REG = {'m': 'benchmark.core.models.net:build'}\n",
         "benchmark/helper.py": "def f():\n    return 1\n",
         "benchmark/core/models/__init__.py": "",
         "benchmark/core/models/net.py": "def build():\n    pass\n",

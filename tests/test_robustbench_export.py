@@ -14,8 +14,8 @@ import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
 from benchmark.cli import main as cli_main
-from benchmark.publishing.export_robustbench import NotExportable, eps_text, export_robustbench, robustbench_entry
 from benchmark.core.papers import PaperMetadataError, class_paper, method_paper
+from benchmark.publishing.export_robustbench import NotExportable, eps_text, export_robustbench, robustbench_entry
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = ["link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.runtime import runner
 from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
+from benchmark.runtime import runner
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "presets" / "tiny.yaml"

@@ -8,8 +8,8 @@ from torch.utils.data import TensorDataset
 
 from benchmark.core import masking
 from benchmark.evaluation.attacks import AttackConfig
-from benchmark.training.score_perturbation import NORMS, perturbation
 from benchmark.training.loop import TrainConfig, Trainer
+from benchmark.training.score_perturbation import NORMS, perturbation
 from methods.base import KeepPrunedZero, RefreshMasks
 from methods.s2ap import AWP, ScoreSharpness
 

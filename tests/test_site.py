@@ -12,11 +12,11 @@ from pathlib import Path
 import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
-from benchmark.results.aggregate import AggregationError, aggregate, read_leaderboard
 from benchmark.cli import main as cli_main
 from benchmark.core.io import replace_dir
 from benchmark.publishing.site import build_site, site_data
 from benchmark.publishing.site.generator import inline_json
+from benchmark.results.aggregate import AggregationError, aggregate, read_leaderboard
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,8 +21,8 @@ import pandas as pd
 import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
-from benchmark.results.aggregate import aggregate, read_leaderboard
 from benchmark.publishing.site import build_site
+from benchmark.results.aggregate import aggregate, read_leaderboard
 
 # a browser start takes seconds: make test-fast leaves these out
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

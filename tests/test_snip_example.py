@@ -16,10 +16,10 @@ import yaml
 from torch.utils.data import TensorDataset
 
 from benchmark.core import masking
-from benchmark.evaluation.attacks import AttackConfig, pgd_linf
 from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
-from benchmark.training.losses import RobustLoss
 from benchmark.core.registry import method_registry
+from benchmark.evaluation.attacks import AttackConfig, pgd_linf
+from benchmark.training.losses import RobustLoss
 from benchmark.training.score_init import ScoreInitContext, TrainBatches
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,15 +13,15 @@ import pytest
 import torch
 import yaml
 
-from benchmark.core import config as C
-from benchmark.training import stages
-from benchmark.results.aggregate import aggregate
 from benchmark.cli import main as cli_main
+from benchmark.core import config as C
 from benchmark.core.datasets import get_info
 from benchmark.core.model_files import export_models
 from benchmark.core.models import build_model
 from benchmark.core.result_file import read_result
 from benchmark.publishing.submission import SubmissionError, read_submission, submissions_for, submit
+from benchmark.results.aggregate import aggregate
+from benchmark.training import stages
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET, ARCH, WIDTH = "fashion-mnist", "small_cnn", 0.5  # the tiny preset's

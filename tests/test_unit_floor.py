@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.training import diagnostics
 from benchmark.core import masking
 from benchmark.core.datasets import get_info
 from benchmark.core.models import build_model
+from benchmark.training import diagnostics
 from benchmark.training.score_init import ScoreInitContext
 from methods.harp import Harp
 from methods.hydra import Hydra

@@ -12,6 +12,8 @@ from __future__ import annotations
 S2AP_GRID_VALUES = ("off", "on", "score", "awp")
 #: the s2ap value of a method that learns no scores; never written in a preset
 S2AP_NA = "n/a"
+#: "n/a" cannot be a path component; this is its spelling in paths and wildcards
+S2AP_NA_PATH = "n-a"
 
 #: s2ap.norm and diagnostics.norm: how the score perturbation z_l is scaled per layer
 #: (formulas beside the code that computes it)

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,9 @@ import yaml
 
 from benchmark.core import choices
 from benchmark.core import external_dense as _external
+from benchmark.core import paper_tables as _tables
 from benchmark.core import registry as _registry
+from benchmark.core.cells import canonical_sparsity, s2ap_from_path, s2ap_to_path  # noqa: F401 - the config's API
 from benchmark.core.paths import SCHEMAS_DIR
 
 SCHEMA_PATH = SCHEMAS_DIR / "config.schema.yaml"
@@ -38,8 +39,7 @@ TRAIN_STAGES = ("pretrain", "prune", "finetune")
 # scores gets it automatically (such a method shows n/a in the leaderboard, not off).
 S2AP_CHOICES = choices.S2AP_GRID_VALUES
 S2AP_NA = choices.S2AP_NA
-# "n/a" cannot be a path component; this is its spelling in paths and wildcards.
-S2AP_NA_PATH = "n-a"
+S2AP_NA_PATH = choices.S2AP_NA_PATH
 
 # Defaults of one training stage: the published HYDRA recipe (docs/methods.md), so a full-size preset
 # that names only its grid trains like the paper. Short presets override epochs and subsets.
@@ -222,23 +222,6 @@ def load_preset(path: str | Path) -> dict[str, Any]:
     return load_presets([path])
 
 
-# ---------------------------------------------------------------------------------- sparsity
-def canonical_sparsity(value: Any) -> str:
-    """One spelling per sparsity, for paths and keys: 90, 90.0, "90", "90.0" -> "90"; 99.5 -> "99.5"."""
-    if isinstance(value, bool):
-        raise ValueError(f"sparsity must be a number, got {value!r}")
-    try:
-        dec = Decimal(str(float(value) if not isinstance(value, str) else value.strip()))
-    except (InvalidOperation, ValueError, TypeError):
-        raise ValueError(f"sparsity must be a number in percent, got {value!r}") from None
-    if not dec.is_finite():
-        raise ValueError(f"sparsity must be finite, got {value!r}")
-    text = format(dec.normalize(), "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
-
-
 def _check_sparsity(value: Any) -> str:
     try:
         text = canonical_sparsity(value)
@@ -324,7 +307,7 @@ def validate(cfg: Mapping[str, Any], method_files: Iterable[str | Path] | None =
     choices), the schema (typos, types, ranges, enums), then the rules that span fields. Nothing
     here depends on the machine; ``benchmark.planning.preflight`` checks that.
     """
-    import jsonschema
+    import jsonschema  # deferred: jsonschema
 
     search_dirs = list(search_dirs)
     if method_files is None:
@@ -424,8 +407,6 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
         except ConfigError as exc:
             problems.append(str(exc))
 
-    from benchmark.results import tables as _tables  # imports this module: not at the top
-
     problems += _tables.preset_problems(cfg, traits)
     problems += _external.entries_problems(cfg)
 
@@ -473,12 +454,8 @@ def s2ap_uses_awp(s2ap: str) -> bool:
     return s2ap in ("on", "awp")
 
 
-def s2ap_to_path(s2ap: str) -> str:
-    return S2AP_NA_PATH if s2ap == S2AP_NA else s2ap
 
 
-def s2ap_from_path(text: str) -> str:
-    return S2AP_NA if text == S2AP_NA_PATH else text
 
 
 def stage_config(cfg: Mapping[str, Any], stage: str, *, dataset: str, arch: str,

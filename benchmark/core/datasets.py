@@ -27,6 +27,7 @@ import copy
 import gzip
 import hashlib
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def dataset_names() -> list[str]:
 # ------------------------------------------------------------------------------- transforms
 def _transforms(name: str, augment: bool):
     """(train_transform, eval_transform); both end in ToTensor so pixels stay in [0, 1]."""
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # deferred: torchvision
 
     if name == "cifar10":
         train = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
@@ -122,7 +123,7 @@ def _with_transform(ds, transform):
     A shallow copy shares the decoded arrays (CIFAR: 150 MB) or the file list (ImageNet: a scan of
     1.28M files) instead of loading them twice; only the transform differs between the views.
     """
-    from torchvision.datasets.vision import StandardTransform
+    from torchvision.datasets.vision import StandardTransform  # deferred: torchvision
 
     view = copy.copy(ds)
     view.transform = transform
@@ -184,7 +185,7 @@ def _torchvision_file_problems(name: str, files: Iterable[tuple[Path, str]], *, 
 
 def _check_labels(name: str, split: str, ds, num_classes: int, source: Path) -> None:
     """Labels outside [0, num_classes) would index past the model's output: refuse them."""
-    import numpy as np
+    import numpy as np  # deferred: numpy
 
     labels = getattr(ds, "targets", None)
     if labels is None:
@@ -204,7 +205,7 @@ _CIFAR_FOLDER = "cifar-10-batches-py"
 
 
 def _load_cifar10(root: Path, eval_tf, *, download: bool, **_):
-    from torchvision import datasets
+    from torchvision import datasets  # deferred: torchvision
 
     folder = root / _CIFAR_FOLDER
     files = "cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta"
@@ -230,7 +231,7 @@ def _load_cifar10(root: Path, eval_tf, *, download: bool, **_):
 
 
 def _load_svhn(root: Path, eval_tf, *, download: bool, **_):
-    from torchvision import datasets
+    from torchvision import datasets  # deferred: torchvision
 
     # torchvision puts SVHN's .mat files straight into root; a subfolder keeps them apart from
     # the other datasets sharing the data root
@@ -338,7 +339,7 @@ def _verify_fashion_mnist(raw: Path, system_dir: Path, download: bool) -> None:
 
 def _load_fashion_mnist(root: Path, eval_tf, *, download: bool,
                         fashion_mnist_system_dir: str | Path = DEFAULT_FASHION_MNIST_SYSTEM_DIR, **_):
-    from torchvision import datasets
+    from torchvision import datasets  # deferred: torchvision
 
     system_dir = Path(fashion_mnist_system_dir)
     raw = root / "FashionMNIST" / "raw"
@@ -368,7 +369,7 @@ def _load_fashion_mnist(root: Path, eval_tf, *, download: bool,
 
 
 def _load_imagenet(root: Path, eval_tf, *, imagenet_root: str | Path | None = None, **_):
-    from torchvision import datasets
+    from torchvision import datasets  # deferred: torchvision
 
     remedy = ("To fix: pass `data.imagenet_root` pointing at a folder with train/ and val/ "
               "ImageFolder trees (one subfolder of images per class, the same classes in both); "
@@ -438,8 +439,8 @@ def missing_files(name: str, root: str | Path, *, download: bool = False,
 def labels_of(ds) -> list[int]:
     """The labels of a dataset in item order, read without decoding an image where the dataset
     holds them (torchvision's ``targets``/``labels``, a Subset of such, a TensorDataset)."""
-    import numpy as np
-    from torch.utils.data import Subset, TensorDataset
+    import numpy as np  # deferred: numpy
+    from torch.utils.data import Subset, TensorDataset  # deferred: torch
 
     if isinstance(ds, Subset):
         inner = labels_of(ds.dataset)
@@ -457,7 +458,6 @@ def majority_share(ds) -> float | None:
     """The fraction of the set's images in its most frequent class: the accuracy of a model that
     always answers that class (None for an empty set). A model no better than this has learned
     nothing; the leaderboard flags such results as degenerate."""
-    from collections import Counter
 
     labels = labels_of(ds)
     if not labels:
@@ -468,7 +468,7 @@ def majority_share(ds) -> float | None:
 def split_indices(n: int, val_size: int, seed: int = 0) -> tuple[list[int], list[int]]:
     """(train_indices, val_indices) of a training set of n images: a seeded permutation whose
     first val_size entries are validation. Depends only on (n, val_size, seed)."""
-    import torch
+    import torch  # deferred: torch
 
     if not 0 <= val_size < n:
         raise ConfigError(f"data.val_size must be in [0, {n - 1}] for a training set of {n} "
@@ -490,12 +490,12 @@ def build_splits(name: str, root: str | Path, *, val_size: int, train_subset: in
     ``synthetic`` replaces the files by stand-in images of the dataset's shape
     (benchmark/core/synthetic.py; no augmentation), cut into the same splits.
     """
-    from torch.utils.data import Subset
+    from torch.utils.data import Subset  # deferred: torch
 
     info = get_info(name)
     root = Path(root)
     if synthetic:
-        from benchmark.core.synthetic import synthetic_splits
+        from benchmark.core.synthetic import synthetic_splits  # deferred: torch
 
         full_eval, test = synthetic_splits(info)
         full_train = full_eval

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmark.core.config import canonical_sparsity, s2ap_to_path
+from benchmark.core.cells import canonical_sparsity, s2ap_to_path
+from benchmark.core.provenance import config_hash
 
 S2AP_NA = "n/a"
 
@@ -73,7 +74,6 @@ def result_key(result: Mapping[str, Any]) -> tuple:
     cell = result["cell"]
     chash = result.get("config_hash") or cell.get("config_hash")
     if not chash:
-        from benchmark.core.provenance import config_hash
 
         chash = config_hash(result.get("config")) if result.get("config") is not None else "none"
     return row_key({**cell, "config_hash": chash})

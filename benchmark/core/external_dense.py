@@ -27,6 +27,7 @@ Torch-free at import: ``benchmark.core.config`` reads the entries while the Snak
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import time
@@ -34,7 +35,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmark.core.datasets import get_info
 from benchmark.core.errors import CheckpointError, ConfigError, MissingFileError
+from benchmark.core.io import atomic_torch_save, load_state_dict_checked
+from benchmark.core.model_files import ModelFileError, sniff_format
+from benchmark.core.robustbench_compat import import_robustbench
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +160,15 @@ def verify(path: Path, entry: Mapping[str, Any]) -> None:
 def read_state_dict(path: Path) -> dict[str, Any]:
     """The state_dict of a verified file: safetensors, or torch with weights_only=True (also
     inside a {"state_dict" | "model_state_dict" | "model" | "net": ...} wrapper)."""
-    import torch
+    import torch  # deferred: torch
 
-    from benchmark.core.model_files import ModelFileError, sniff_format
 
     try:
         kind = sniff_format(path)
     except ModelFileError as exc:
         raise CheckpointError(str(exc)) from exc
     if kind == "safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # deferred: optional safetensors
 
         return load_file(str(path), device="cpu")
     try:
@@ -184,9 +188,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
 
 def _robustbench_state_dict(path: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
     """RobustBench's own model for the entry, built by its code from the verified local file."""
-    import importlib
 
-    from benchmark.core.robustbench_compat import import_robustbench
 
     rb = entry["robustbench"]
     import_robustbench()  # the extra, with its `import autoattack` resolved
@@ -207,7 +209,7 @@ def _normaliser(sd: Mapping[str, Any], name: str):
 def adapt_state_dict(sd: Mapping[str, Any], model: Any, source: Path) -> dict[str, Any]:
     """``sd`` as the state_dict of our ``Normalized`` model: the network's keys found under one
     wrapper prefix, our normalisation kept (a different one in the checkpoint is an error)."""
-    import torch
+    import torch  # deferred: torch
 
     ours = model.state_dict()
     net_keys = [k[len("net."):] for k in ours if k.startswith("net.")]
@@ -235,9 +237,7 @@ def adapt_state_dict(sd: Mapping[str, Any], model: Any, source: Path) -> dict[st
 def import_dense(entry: Mapping[str, Any], *, dataset: str, arch: str, model_cfg: Mapping[str, Any],
                  out: str | Path, search_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
     """Checks and converts an external dense model into a ``dense.pt`` of the suite."""
-    from benchmark.core.datasets import get_info
-    from benchmark.core.io import atomic_torch_save, load_state_dict_checked
-    from benchmark.core.models import build_model
+    from benchmark.core.models import build_model  # deferred: torch
 
     t0 = time.perf_counter()
     if (entry["dataset"], entry["arch"]) != (dataset, arch):

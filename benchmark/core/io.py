@@ -77,7 +77,7 @@ def _json_default(obj: Any):
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    import torch
+    import torch  # deferred: torch
 
     # through a file object: given a path, torch names the archive's folder after the (random)
     # temporary file, and two saves of the same object would differ byte-wise
@@ -90,7 +90,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu",
                     remedy: str = "rerun the stage that writes it") -> Any:
     """torch.load with weights_only=True and a message that names the file and the remedy when
     it fails."""
-    import torch
+    import torch  # deferred: torch
 
     path = Path(path)
     if not path.is_file():

@@ -34,14 +34,16 @@ import json
 import os
 import pickle
 import struct
+import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmark.core.datasets import get_info
 from benchmark.core.entries import canon_s2ap, expand_runs, model_key, preset_of, result_entry_id, result_key
 from benchmark.core.errors import CorruptFileError, MissingFileError
-from benchmark.core.io import atomic_write_text, replace_dir, sha256_file
+from benchmark.core.io import atomic_write_text, load_checkpoint, replace_dir, sha256_file
 from benchmark.core.result_file import read_result
 
 MANIFEST_FORMAT = "apbench-model-manifest"
@@ -149,14 +151,14 @@ def verify_file(path: str | Path, sha256: str, size: int | None = None) -> None:
 # ------------------------------------------------------------------------------ loading
 def _load_tensors(path: Path, kind: str) -> dict[str, Any]:
     if kind == "safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # deferred: optional safetensors
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error type for a damaged file
             raise TruncatedFileError(f"{path} is a damaged safetensors file ({exc}): truncated or "
                                      "corrupted. Download it again and check its sha256.") from exc
-    import torch
+    import torch  # deferred: torch
 
     if kind == "torch-zip" and not zipfile.is_zipfile(path):
         raise TruncatedFileError(f"{path} is a truncated PyTorch file (its zip archive has no end "
@@ -228,8 +230,7 @@ def load_from_manifest(manifest_path: str | Path, model: str, fmt: str = "safete
     state = load_state_dict_verified(manifest_path.parent / entry["path"], entry["sha256"], entry.get("size"))
     if not build:
         return state
-    from benchmark.core.datasets import get_info
-    from benchmark.core.models import build_model
+    from benchmark.core.models import build_model  # deferred: torch
 
     net = build_model(record["arch"], get_info(record["dataset"]), width=float(record.get("width", 1.0)))
     net.load_state_dict(state, strict=True)
@@ -279,7 +280,6 @@ def check_source(result: Mapping[str, Any], src: Path, result_path: str | Path) 
 
 
 def _plain_state_dict(path: Path) -> dict[str, Any]:
-    from benchmark.core.io import load_checkpoint
 
     if sniff_format(path) == "safetensors":  # a submission's file
         return {k: v.contiguous().clone() for k, v in _load_tensors(path, "safetensors").items()}
@@ -291,10 +291,9 @@ def _plain_state_dict(path: Path) -> dict[str, Any]:
 
 
 def _write_model(state: dict[str, Any], meta: dict[str, str], folder: Path) -> dict[str, Path]:
-    import tempfile
 
-    import torch
-    from safetensors.torch import save_file
+    import torch  # deferred: torch
+    from safetensors.torch import save_file  # deferred: optional safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -320,7 +319,6 @@ def export_models(runs: Any, out_dir: str | Path, *, work_dir: str | Path | None
     manifest. ``sources`` maps a result file to its model file; otherwise ``model_source`` finds
     it under ``work_dir`` (default ``work/<preset>``). A missing model file is an error naming
     the result: a manifest without it would publish an entry nobody can download."""
-    from benchmark.core.datasets import get_info
 
     out_dir = Path(out_dir)
     sources = {str(Path(k)): Path(v) for k, v in (sources or {}).items()}

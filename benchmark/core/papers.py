@@ -18,6 +18,7 @@ import functools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
 from benchmark.core.paths import REPO_ROOT
 
 METHODS_DIR = REPO_ROOT / "methods"

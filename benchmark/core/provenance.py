@@ -32,6 +32,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
 from benchmark.core.paths import REPO_ROOT
 
 # Distribution names (what pip knows), not import names: importing torch just to read its

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
 from benchmark.core.paths import REPO_ROOT
 
 METHOD_ENTRY_POINT_GROUP = "adversarial_pruning.methods"

@@ -38,8 +38,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from benchmark.core.io import atomic_write_json
+from benchmark.core.io import _json_default, atomic_write_json
 from benchmark.core.paths import SCHEMAS_DIR
+from benchmark.core.provenance import config_hash as _hash
+from benchmark.core.stats import wilson_interval
 
 SCHEMA_VERSION = 2
 SCHEMA_FILE = SCHEMAS_DIR / "result.schema.json"
@@ -82,7 +84,7 @@ def load_schema() -> dict[str, Any]:
 
 
 def _schema_errors(record: Any) -> list[ResultError]:
-    import jsonschema
+    import jsonschema  # deferred: jsonschema
 
     if isinstance(record, dict) and record.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         return [ResultError("schema_version", (
@@ -329,7 +331,6 @@ SUBMISSION_SPARSITY_TOLERANCE = 0.5
 
 def submission_measured(record: Mapping[str, Any]) -> dict[str, Any]:
     """What we measured of a submission, in % (the Wilson 95 % interval beside each accuracy)."""
-    from benchmark.core.stats import wilson_interval
 
     def pct(name: str) -> tuple[float | None, list[float] | None]:
         m = record["metrics"][name]
@@ -421,7 +422,6 @@ def structure_of(granularity: str | None) -> str:
 
 def _plain(obj: Any) -> Any:
     """The record exactly as JSON will give it back (tuples become lists, tensors' numbers plain)."""
-    from benchmark.core.io import _json_default
 
     return json.loads(json.dumps(obj, default=_json_default))
 
@@ -449,7 +449,6 @@ def build_record(*, cell: Mapping[str, Any], structure: str, configs: Mapping[st
     if config_hash is None:
         config_hash = cell.get("config_hash")
     if config_hash is None:
-        from benchmark.core.provenance import config_hash as _hash
 
         config_hash = _hash(configs)
     record = {

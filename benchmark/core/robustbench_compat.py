@@ -34,8 +34,8 @@ class RobustBenchUnavailable(ImportError):
 
 
 def _shim_module() -> types.ModuleType:
-    import pyautoattack
-    import pyautoattack.state as state
+    import pyautoattack  # deferred: pyautoattack
+    import pyautoattack.state as state  # deferred: pyautoattack
 
     class AutoAttack(pyautoattack.AutoAttack):
         """fra31/auto-attack's call signature on top of pyautoattack's."""
@@ -60,7 +60,8 @@ def _shim_module() -> types.ModuleType:
             x_adv, y_adv = out if isinstance(out, tuple) else (out, None)
             return (x_adv, y_adv) if return_labels else x_adv
 
-    module = types.ModuleType(SHIM_NAME, "fra31/auto-attack's API over pyautoattack (benchmark.core.robustbench_compat)")
+    module = types.ModuleType(SHIM_NAME, "fra31/auto-attack's API over pyautoattack "
+                              "(benchmark.core.robustbench_compat)")
     module.AutoAttack = AutoAttack
     module.state = state
     module.__path__ = []  # a package, so `import autoattack.state` resolves through sys.modules

@@ -52,7 +52,7 @@ def seed_interval(values: Sequence[float], level: float = 0.95,
     mean = sum(vals) / n
     if n < max(min_seeds, 2):
         return mean, math.nan, math.nan
-    from scipy.stats import t
+    from scipy.stats import t  # deferred: scipy
 
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
     half = float(t.ppf((1.0 + level) / 2.0, n - 1)) * sd / math.sqrt(n)
@@ -105,7 +105,7 @@ def str_to_flags(s: str, as_tensor: bool = False) -> Any:
         raise ValueError(f"flag string may hold only '0' and '1', found {bad}")
     flags = [ch == "1" for ch in s]
     if as_tensor:
-        import torch
+        import torch  # deferred: torch
 
         return torch.tensor(flags, dtype=torch.bool)
     return flags

@@ -44,11 +44,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from pyautoattack import AutoAttack
 
 from benchmark.core.io import atomic_write_json, read_json
-from benchmark.evaluation.readiness import assert_eval_ready, fork_devices
 from benchmark.core.result_file import AUTOATTACK_VERSIONS as VERSION_ATTACKS
 from benchmark.core.stats import flags_to_str, str_to_flags
+from benchmark.evaluation.readiness import assert_eval_ready, fork_devices
 
 LOGGER_NAME = "auto-attack"
 log = logging.getLogger(__name__)
@@ -259,7 +260,6 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     ``device`` and ready for evaluation (see benchmark.evaluation.readiness.prepare_for_eval); a model with
     a module in training mode is refused.
     """
-    from pyautoattack import AutoAttack
 
     assert_eval_ready(model)
     if seed is None:

@@ -37,11 +37,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset, TensorDataset
 
+from benchmark.core.stats import flags_to_str
 from benchmark.evaluation.attacks import AttackConfig, pgd_linf
 from benchmark.evaluation.autoattack import resolve_attacks, run_autoattack
 from benchmark.evaluation.batching import SOURCE_MEMORY, SOURCE_PRESET, choose_batch_size
 from benchmark.evaluation.readiness import assert_eval_ready, fork_devices, prepare_for_eval
-from benchmark.core.stats import flags_to_str
 
 TOP_KEYS = {"eps", "pgd_steps", "pgd_step_size", "pgd_seed", "clean_n", "pgd_n", "batch_size",
             "autoattack"}

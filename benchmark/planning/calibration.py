@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core.errors import CorruptFileError
+from benchmark.core.io import atomic_write_text
 from benchmark.core.paths import PACKAGE_DIR
 
 FORMAT = "apbench-calibration"
@@ -182,7 +183,6 @@ def load(path: str | Path | None = None) -> Calibration:
 def merge(path: str | Path, new_entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Writes ``new_entries`` into the file (created if absent), each replacing an entry of the
     same key; atomically, and only a valid result."""
-    from benchmark.core.io import atomic_write_text
 
     path = Path(path)
     obj = read(path) if path.is_file() else {"format": FORMAT, "version": VERSION, "entries": []}

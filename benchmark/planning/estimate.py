@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.planning import calibration as _cal
 from benchmark.core import config as apcfg
-from benchmark.results import tables as _tables
+from benchmark.core import paper_tables as _tables
+from benchmark.core.datasets import get_info
 from benchmark.core.errors import ConfigError
 from benchmark.core.paths import REPO_ROOT
+from benchmark.planning import calibration as _cal
 
 TRAINING_RULES = ("pretrain", "prune", "prune_second_seed", "finetune")
 COMPUTE_RULES = ("import_dense", "pretrain", "prune", "prune_second_seed", "finetune", "evaluate",
@@ -153,7 +154,6 @@ class Cost:
 
 
 def _info(dataset: str):
-    from benchmark.core.datasets import get_info
 
     return get_info(dataset)
 

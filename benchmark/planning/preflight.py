@@ -28,6 +28,7 @@ from typing import Any
 from benchmark.core import config as _config
 from benchmark.core import external_dense as _external
 from benchmark.core import registry as _registry
+from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ def _under(workdir: Path, path: str | os.PathLike) -> Path:
 
 def dataset_problems(cfg: Mapping[str, Any], workdir: str | Path = ".") -> list[str]:
     """Datasets of the grid whose files are neither on disk nor allowed to be downloaded."""
-    from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
 
     workdir = Path(workdir)
     data = cfg["data"]
@@ -108,7 +108,7 @@ def device_problem(cfg: Mapping[str, Any], *, use_torch: bool) -> str | None:
     if device.startswith("cuda"):
         index = int(device.partition(":")[2] or 0)
         if use_torch:
-            import torch
+            import torch  # deferred: torch
 
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         else:
@@ -119,7 +119,7 @@ def device_problem(cfg: Mapping[str, Any], *, use_torch: bool) -> str | None:
                     "present, else the CPU) or cpu")
     elif device == "mps":
         if use_torch:
-            import torch
+            import torch  # deferred: torch
 
             ok = torch.backends.mps.is_available()
         else:

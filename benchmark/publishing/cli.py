@@ -16,6 +16,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmark.core.model_files import export_models, verify_manifest
+from benchmark.publishing.export_robustbench import export_robustbench
+from benchmark.publishing.publish import PublishError, check_run, publish
+from benchmark.publishing.submission import submit
+
 COMMANDS = ("site", "export", "publish", "submit")
 
 
@@ -68,7 +73,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "site":
-        from benchmark.publishing.site import build_site
+        from benchmark.publishing.site import build_site  # deferred: pandas
 
         index = build_site(args.runs, args.out, reference_csv=args.reference,
                            models_manifest=args.models, logs_dir=args.logs,
@@ -78,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"site: {index}")
         return 0
     if args.command == "publish":
-        from benchmark.publishing.publish import PublishError, check_run, publish
 
         if args.check_only:
             chk = check_run(args.preset, root=args.root)
@@ -91,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
               f"commit it: git add {folder} {Path(args.root) / 'results' / 'published' / 'site'}")
         return 0
     if args.command == "submit":
-        from benchmark.publishing.submission import submit
 
         record = submit(args.folder, preset_file=args.preset, out=args.out, state_dir=args.state_dir)
         sub = record["submission"]
@@ -103,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
                  else "; every claim confirmed"))
         return 0
     if args.export_kind == "robustbench":
-        from benchmark.publishing.export_robustbench import export_robustbench
 
         summary = export_robustbench(args.runs, args.out, method_files=args.method_file,
                                      reference_csv=args.reference)
@@ -114,13 +116,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"robustbench: {len(summary.written)} entries, {len(summary.skipped)} not exported -> {args.out}")
         return 0
     if args.export_kind == "models":
-        from benchmark.core.model_files import export_models
 
         manifest = export_models(args.runs, args.out, work_dir=args.work)
         print(f"models: {len(manifest['models'])} -> {Path(args.out) / 'manifest.json'}")
         return 0
     if args.export_kind == "verify":
-        from benchmark.core.model_files import verify_manifest
 
         problems = verify_manifest(args.manifest)
         for line in problems:

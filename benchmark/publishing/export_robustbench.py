@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core.config import canonical_sparsity
-from benchmark.core.entries import canon_s2ap, expand_runs, result_entry_id, result_key, row_key, slug
+from benchmark.core.entries import canon_s2ap, expand_runs, preset_of, result_entry_id, result_key, row_key, slug
 from benchmark.core.io import atomic_write_text, replace_dir
 from benchmark.core.papers import method_paper, s2ap_paper, training_paper
 from benchmark.core.result_file import read_result
@@ -256,8 +256,7 @@ def reported_lookup(files: list[Path], reference_csv: str | Path | None) -> dict
     aggregation's own rule (original methods only: no dense model, no S2AP)."""
     if reference_csv is None or not files:
         return {}
-    from benchmark.results.aggregate import build_tables
-    from benchmark.core.entries import preset_of
+    from benchmark.results.aggregate import build_tables  # deferred: pandas
 
     # one leaderboard per preset: the aggregation never pools results of different protocols
     by_preset: dict[str | None, list[Path]] = {}

@@ -40,9 +40,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmark.core import config as apcfg
 from benchmark.core.errors import UserError
 from benchmark.core.io import atomic_write_json, replace_dir, sha256_file
+from benchmark.core.model_files import export_models, verify_manifest
 from benchmark.core.paths import REPO_ROOT
+from benchmark.core.provenance import git_revision, stage_code_digest
+from benchmark.core.result_file import ResultError, read_result
+from benchmark.publishing.export_robustbench import export_robustbench
+from benchmark.results.leaderboard_stamp import read_stamp
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +97,6 @@ def _git(args: list[str], repo: Path) -> subprocess.CompletedProcess:
 
 
 def _check_git(chk: RunCheck, repo: Path, committed: list[Path]) -> None:
-    from benchmark.core.provenance import git_revision
 
     git = git_revision(repo)
     if git["revision"] == "unknown" or git["dirty"] is None:
@@ -122,7 +127,6 @@ def _check_git(chk: RunCheck, repo: Path, committed: list[Path]) -> None:
 # ---------------------------------------------------------------- the run
 def _preset(chk: RunCheck) -> list[Path]:
     """Loads the preset; returns the files the commit must hold (the preset and its method files)."""
-    from benchmark.core import config as apcfg
 
     path = chk.root / "presets" / f"{chk.preset}.yaml"
     if not path.is_file():
@@ -140,7 +144,6 @@ def _preset(chk: RunCheck) -> list[Path]:
 
 def expected_results(cfg: dict[str, Any], root: Path) -> list[Path]:
     """The result files the preset's grid asks for (the workflow's RUNS)."""
-    from benchmark.core import config as apcfg
 
     methods = apcfg.methods_of(cfg, [root, REPO])
     cells = apcfg.grid_cells(cfg, methods)
@@ -157,7 +160,6 @@ def _stamp_cwd(stamp: dict[str, Any], root: Path) -> Path:
 
 
 def _check_finished(chk: RunCheck) -> dict[str, Any] | None:
-    from benchmark.results.leaderboard_stamp import read_stamp
 
     try:
         stamp = read_stamp(chk.run_dir)
@@ -190,8 +192,6 @@ def _check_finished(chk: RunCheck) -> dict[str, Any] | None:
 
 
 def _check_results(chk: RunCheck) -> None:
-    from benchmark.core.provenance import stage_code_digest
-    from benchmark.core.result_file import ResultError, read_result
 
     current = stage_code_digest()
     for path in chk.results:
@@ -233,7 +233,6 @@ def _stale_stages(cfg: dict[str, Any] | None, res: dict[str, Any]) -> list[str]:
     The cell's config_hash comes from the preset when the result is written, the recorded configs
     from the checkpoints: a checkpoint Snakemake did not rerun (its metadata lost, say) shows only
     here."""
-    from benchmark.core import config as apcfg
 
     cell = res["cell"]
     if cfg is None or res.get("submission") or cell.get("method") == "dense":
@@ -294,7 +293,6 @@ def _check_leaderboard(chk: RunCheck, stamp: dict[str, Any]) -> None:
 
 def _check_models(chk: RunCheck, stamp: dict[str, Any] | None) -> None:
     """Every result names the model file it evaluated, and that file is still the one."""
-    from benchmark.core.result_file import ResultError, read_result
 
     cwd = _stamp_cwd(stamp or {}, chk.root)
     for path in chk.results:
@@ -341,7 +339,6 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _reference(cfg: dict[str, Any], root: Path) -> str | None:
-    from benchmark.core import config as apcfg
 
     if not cfg.get("reference_csv"):
         return None
@@ -352,7 +349,6 @@ def _publish_models(chk: RunCheck, copied: dict[Path, Path], tmp: Path, budget: 
     """Exports every result's model beside the published results, keeps the safetensors files
     when their total fits the budget (the manifest, with every sha256, always), and verifies
     what it keeps."""
-    from benchmark.core.model_files import export_models, verify_manifest
 
     out_dir = tmp / "export" / "models"
     manifest = export_models(sorted(copied.values()), out_dir,
@@ -390,9 +386,7 @@ def publish(preset: str, *, root: str | Path = ".", repo: str | Path | None = No
     """Checks the run of ``preset`` and, when it passes, replaces ``results/published/<preset>/``
     with it and rebuilds ``results/published/site/``; returns the published folder. PublishError
     with every problem otherwise (nothing is written)."""
-    from benchmark.core import config as apcfg
-    from benchmark.publishing.export_robustbench import export_robustbench
-    from benchmark.publishing.site import build_site
+    from benchmark.publishing.site import build_site  # deferred: pandas
 
     chk = check_run(preset, root=root, repo=repo)
     if chk.problems:
@@ -446,8 +440,7 @@ def published_presets(root: str | Path = ".") -> list[str]:
 
 def build_published_site(root: str | Path = ".") -> Path | None:
     """``results/published/site/``: one site over every published preset (None when none is)."""
-    from benchmark.core import config as apcfg
-    from benchmark.publishing.site import build_site
+    from benchmark.publishing.site import build_site  # deferred: pandas
 
     root = Path(root)
     presets = published_presets(root)

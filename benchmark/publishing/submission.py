@@ -50,8 +50,15 @@ from typing import Any
 
 import yaml
 
+from benchmark.core import config as apcfg
+from benchmark.core import model_files as mx
+from benchmark.core import result_file as results
+from benchmark.core.datasets import get_info
 from benchmark.core.errors import ConfigError
+from benchmark.core.io import sha256_file
 from benchmark.core.paths import REPO_ROOT, SCHEMAS_DIR
+from benchmark.core.provenance import provenance
+from benchmark.core.registry import ARCHITECTURES, DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,7 @@ def load_schema() -> dict[str, Any]:
 
 def read_submission(folder: str | Path) -> dict[str, Any]:
     """The validated submission.yaml of a folder; SubmissionError('schema'/'file') otherwise."""
-    import jsonschema
+    import jsonschema  # deferred: jsonschema
 
     folder = Path(folder)
     path = folder / SUBMISSION_FILE
@@ -157,7 +164,6 @@ def _truncated(path: Path) -> bool:
 def load_submitted_state(folder: Path, spec: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """(model file, state_dict) after the checks: the file exists in the folder, its size and
     sha256 are the YAML's, and it reads as safetensors or with weights_only=True."""
-    from benchmark.core import model_files as mx
 
     entry = spec["model"]
     path = folder / entry["file"]
@@ -185,7 +191,7 @@ def load_submitted_state(folder: Path, spec: dict[str, Any]) -> tuple[Path, dict
 
 def _classifier(net: Any) -> str | None:
     """The name of the model's last Linear layer (its outputs are the class scores)."""
-    import torch.nn as nn
+    import torch.nn as nn  # deferred: torch
 
     name = None
     for n, module in net.named_modules():
@@ -198,7 +204,7 @@ def build_submitted_model(folder: Path, state: dict[str, Any], arch: str, info: 
                           width: float) -> Any:
     """The registered architecture with the submitted weights loaded strictly; SubmissionError
     ('classes' or 'architecture') naming the mismatch."""
-    from benchmark.core.models import build_model
+    from benchmark.core.models import build_model  # deferred: torch
 
     net = build_model(arch, info, width=width)
     head = _classifier(net)
@@ -233,7 +239,6 @@ def build_submitted_model(folder: Path, state: dict[str, Any], arch: str, info: 
 def resolve_preset(name: str, preset_file: str | Path | None = None,
                    search_dirs: Iterable[str | Path] = ()) -> tuple[Path, dict[str, Any]]:
     """(preset file, validated preset) of the preset a submission names."""
-    from benchmark.core import config as apcfg
 
     dirs = [Path.cwd(), *map(Path, search_dirs), REPO]
     if preset_file is None:
@@ -259,15 +264,11 @@ def submit(folder: str | Path, *, preset_file: str | Path | None = None,
            out: str | Path | None = None, state_dir: str | Path | None = None,
            search_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
     """Checks, loads and evaluates a submission; writes and returns its result record."""
-    from benchmark.core import config as apcfg
-    from benchmark.core import masking
-    from benchmark.core import result_file as results
-    from benchmark.core.datasets import get_info
+    from benchmark.core import masking  # deferred: torch
+
+    # deferred: pyautoattack, torch
     from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval, stage_config
-    from benchmark.core.io import sha256_file
-    from benchmark.core.provenance import provenance
-    from benchmark.core.registry import ARCHITECTURES, DATASETS
-    from benchmark.training.stages import apply_runtime, load_splits
+    from benchmark.training.stages import apply_runtime, load_splits  # deferred: pyautoattack, torch, tqdm
 
     t0 = time.perf_counter()
     folder = Path(folder)

@@ -19,15 +19,18 @@ from typing import Any
 import pandas as pd
 
 from benchmark.core.io import atomic_output
+from benchmark.results.svg_plots import dodge_offsets
+from benchmark.results.aggregate import runs_frame
+from benchmark.core.stats import wilson_interval
 
 METRIC_TITLES = {"clean": "Clean", "pgd": "PGD", "autoattack": "AutoAttack"}
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib
 
     return plt
 
@@ -59,7 +62,6 @@ def wilson_whiskers(rows: pd.DataFrame, metric: str) -> tuple[Any, Any] | None:
     """(lower, upper) distances in points from each row's value to its Wilson 95 % bounds: the
     leaderboard's ``<metric>_lo/_hi`` when present, else from the pooled count (mean accuracy x
     images per seed x seeds). None when no row has an interval."""
-    from benchmark.core.stats import wilson_interval
 
     lo, hi = [], []
     for _, r in rows.iterrows():
@@ -101,7 +103,6 @@ def _figure_legend(fig: Any, axes: Any) -> None:
 
 def accuracy_figure(block: pd.DataFrame, metrics: list[str], title: str = "") -> Any:
     """The figure of one (dataset, arch): a panel per metric, accuracy (%) vs nominal sparsity."""
-    from benchmark.results.svg_plots import dodge_offsets
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
@@ -205,7 +206,6 @@ def diagnostics_panels(df: pd.DataFrame) -> list[tuple[str, str, float, str, flo
 
 
 def diagnostics_figure(block: pd.DataFrame, panels: list, title: str = "") -> Any:
-    from benchmark.results.svg_plots import dodge_offsets
 
     plt = _plt()
     keys = ["dataset", "arch", "method", "s2ap", "sparsity"]
@@ -251,7 +251,6 @@ def plot_diagnostics(df_or_runs: pd.DataFrame | str | Path, out_dir: str | Path)
     Writes nothing when there is no diagnostics column.
     """
     if isinstance(df_or_runs, (str, Path, list, tuple)):
-        from benchmark.results.aggregate import runs_frame
 
         df = runs_frame(df_or_runs)
     else:

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.core.errors import CorruptFileError
+from benchmark.results.leaderboard_file import read_leaderboard
 
 PUBLISHED_DIR = Path("results") / "published"
 MATCH_KEY = ("dataset", "arch", "method", "s2ap", "structure", "sparsity", "eps", "autoattack_n")
@@ -66,10 +67,7 @@ def load_published(path: str | Path) -> pd.DataFrame:
     """A published leaderboard.csv; CorruptFileError naming the file when it lacks a key column."""
     path = Path(path)
     try:
-        from benchmark.results.aggregate import TEXT_COLUMNS
-
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""],
-                            dtype={c: str for c in TEXT_COLUMNS})
+        frame = read_leaderboard(path)
     except (OSError, ValueError) as exc:
         raise CorruptFileError(f"cannot read the published leaderboard {path}: {exc}") from exc
     missing = [c for c in (*MATCH_KEY, *METRICS) if c not in frame.columns]

@@ -93,7 +93,7 @@ def _note(path: Path) -> str:
 def load_reference(reference_csv: str | Path | None = None) -> tuple[pd.DataFrame, str]:
     """(the reference rows with normalised keys, its source note). None reads the AP benchmark
     shipped with the package."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas
 
     path = Path(reference_csv) if reference_csv is not None else AP_BENCHMARK_CSV
     try:

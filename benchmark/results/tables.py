@@ -31,159 +31,36 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.core import choices
-from benchmark.core.errors import InputFileError
+from benchmark.core.cells import canonical_sparsity
+from benchmark.core.paper_tables import (  # noqa: F401 - the declarations, for callers of this module
+    ABLATION_LABELS,
+    FIGURE_METRICS,
+    KINDS,
+    METRIC_TITLES,
+    OVERHEAD_METRICS,
+    TableError,
+    TableKind,
+    preset_problems,
+    s2ap_values,
+    selection,
+    spec,
+    table_cells,
+)
+from benchmark.core.io import atomic_output, atomic_write_text
+from benchmark.results import reference as ref_mod
 
 DASH = "—"
 NA = "n/a"
 
 
-class TableError(InputFileError, ValueError):
-    """Results that cannot fill a paper table; the message names the cells or files."""
-
-
-@dataclass(frozen=True)
-class TableKind:
-    name: str
-    title: str
-    layout: str  # s2ap | ablation | metrics | overhead
-    s2ap: tuple[str, ...]  # the grid values read for a score-learning method
-    learners_only: bool  # methods that learn no scores have no S2AP variant to compare
-    structure: str | None = None  # the structure label every result must carry (None: any)
-    figure: bool = False
-
-    @property
-    def target(self) -> str:
-        """The Snakemake rule that builds it."""
-        return f"{'figure' if self.figure else 'table'}_{self.name}"
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return ("md", "csv", "png") if self.figure else ("md", "csv")
-
-
-_PAIR = ("off", "on")
-KINDS: dict[str, TableKind] = {
-    "main": TableKind("main", "Unstructured pruning", "s2ap", _PAIR, False, "unstructured"),
-    "structured": TableKind("structured", "Structured (channel) pruning", "s2ap", _PAIR, False,
-                            "structured"),
-    "vit": TableKind("vit", "Vision Transformer", "s2ap", _PAIR, False, "unstructured"),
-    "imagenet": TableKind("imagenet", "ImageNet", "s2ap", _PAIR, False, "unstructured"),
-    "baselines": TableKind("baselines", "Baselines", "s2ap", _PAIR, False, "unstructured"),
-    "ablation": TableKind("ablation", "Ablation: the score-space step and AWP alone and together",
-                          "ablation", ("off", "score", "awp", "on"), True),
-    "sharpness": TableKind("sharpness", "Score-space sharpness after the mask search", "metrics",
-                           _PAIR, True, figure=True),
-    "stability": TableKind("stability", "Mask stability after the mask search", "metrics", _PAIR,
-                           True, figure=True),
-    "overhead": TableKind("overhead", "Overhead of S2AP: search and finetune time", "overhead",
-                          _PAIR, True),
-}
-assert tuple(KINDS) == choices.PAPER_TABLES, "benchmark.core.choices.PAPER_TABLES lists the same tables"
-
-ABLATION_LABELS = {"off": "Orig.", "score": "score-only", "awp": "AWP-only", "on": "both"}
-# diagnostics a figure shows (keys of the result's diagnostics), as regular expressions
-FIGURE_METRICS = {
-    "sharpness": (r"sharpness_r[0-9.e-]+", r"hessian_top_eig", r"mask_robust_acc"),
-    "stability": (r"stability_worst_r[0-9.e-]+", r"stability_random_r[0-9.e-]+",
-                  r"seed_flip_fraction"),
-}
-METRIC_TITLES = {
-    "sharpness": "score-space sharpness (loss increase under the worst-case z) at radius {r}",
-    "hessian_top_eig": "top eigenvalue of the score-space Hessian",
-    "mask_robust_acc": "mask robust accuracy (PGD on the validation slice after the search)",
-    "stability_worst": "mask flips under the worst-case z at radius {r} (fraction of kept weights)",
-    "stability_random": "mask flips under a random z at radius {r} (fraction of kept weights)",
-    "seed_flip_fraction": "mask flips between two search seeds (fraction of kept weights)",
-}
-OVERHEAD_METRICS = (("prune_s", "mask search (s)"), ("finetune_s", "finetune (s)"))
-
-
-# ---------------------------------------------------------------- which cells a table reads
-def _canonical(value: Any) -> str:
-    from benchmark.core.config import canonical_sparsity
-
-    return canonical_sparsity(value)
-
-
-def selection(cfg: Mapping[str, Any], name: str, traits: Mapping[str, Mapping[str, bool]]
-              ) -> dict[str, Any]:
-    """The datasets, archs, methods and sparsities of one table of the preset (grid order)."""
-    kind = KINDS[name]
-    over = (cfg.get("tables") or {}).get(name) or {}
-    grid = cfg["grid"]
-    methods = list(over.get("methods") or [
-        m for m in grid["methods"] if traits[m]["learns_scores"] or not kind.learners_only])
-    sparsities = [_canonical(s) for s in (over.get("sparsities") or grid["sparsities"])]
-    return {"datasets": list(grid["datasets"]), "archs": list(over.get("archs") or grid["archs"]),
-            "methods": methods, "sparsities": list(dict.fromkeys(sparsities)),
-            "learns_scores": {m: bool(traits[m]["learns_scores"]) for m in methods}}
-
-
-def s2ap_values(kind: TableKind, learns_scores: bool) -> tuple[str, ...]:
-    return kind.s2ap if learns_scores else (choices.S2AP_NA,)
-
-
-def table_cells(cfg: Mapping[str, Any], cells: Iterable[Mapping[str, Any]], name: str,
-                traits: Mapping[str, Mapping[str, bool]]) -> list[Mapping[str, Any]]:
-    """The grid cells (benchmark.core.config.grid_cells) whose results the table reads."""
-    sel, kind = selection(cfg, name, traits), KINDS[name]
-    return [c for c in cells
-            if c["dataset"] in sel["datasets"] and c["arch"] in sel["archs"]
-            and c["method"] in sel["methods"] and c["sparsity"] in sel["sparsities"]
-            and c["s2ap"] in s2ap_values(kind, sel["learns_scores"][c["method"]])]
-
-
-def spec(cfg: Mapping[str, Any], name: str, traits: Mapping[str, Mapping[str, bool]]
-         ) -> dict[str, Any]:
-    """What the builder needs: the table, its rows and columns, the preset."""
-    return {"table": name, "preset": cfg["name"], **selection(cfg, name, traits),
-            "seeds": [int(s) for s in cfg["grid"]["seeds"]]}
-
-
-def preset_problems(cfg: Mapping[str, Any], traits: Mapping[str, Mapping[str, bool]]) -> list[str]:
-    """Tables a preset names but its grid cannot fill, as "field: problem" lines."""
-    problems = []
-    grid = cfg["grid"]
-    grid_sp = {_canonical(s) for s in grid["sparsities"]}
-    for name, over in (cfg.get("tables") or {}).items():
-        kind, over, where = KINDS[name], over or {}, f"tables.{name}"
-        for key, allowed in (("methods", grid["methods"]), ("archs", grid["archs"])):
-            extra = [v for v in over.get(key) or [] if v not in allowed]
-            if extra:
-                problems.append(f"{where}.{key}: {extra} not in grid.{key} {list(allowed)}")
-        try:
-            extra = [s for s in over.get("sparsities") or [] if _canonical(s) not in grid_sp]
-        except ValueError as exc:
-            problems.append(f"{where}.sparsities: {exc}")
-            extra = []
-        if extra:
-            problems.append(f"{where}.sparsities: {extra} not in grid.sparsities")
-        methods = [m for m in over.get("methods") or grid["methods"] if m in traits]
-        learners = [m for m in methods if traits[m]["learns_scores"]]
-        if kind.learners_only:
-            fixed = [m for m in over.get("methods") or [] if m in traits and not traits[m]["learns_scores"]]
-            if fixed:
-                problems.append(f"{where}.methods: {fixed} learn no scores; the {name} table "
-                                "compares S2AP variants, which only score-learning methods have")
-            if not learners:
-                problems.append(f"{where}: no score-learning method in the grid; the {name} table "
-                                "compares S2AP variants")
-        missing = [v for v in kind.s2ap if v not in grid["s2ap"]]
-        if learners and missing:
-            problems.append(f"{where}: needs grid.s2ap to hold {list(kind.s2ap)} (missing "
-                            f"{missing}); the table's columns are these variants")
-    return problems
-
-
 # ---------------------------------------------------------------- reading the results
 def _rows(files: Sequence[str | Path]) -> Any:
-    from benchmark.results.aggregate import build_tables
+    from benchmark.results.aggregate import build_tables  # deferred: pandas
 
     df, _, _ = build_tables(list(files))
     return df
@@ -194,7 +71,7 @@ def _lookup(df: Any, spec_: Mapping[str, Any], kind: TableKind) -> dict[tuple, d
     once, with the table's structure."""
     found: dict[tuple, dict] = {}
     for row in df.to_dict("records"):
-        key = (row["dataset"], row["arch"], row["method"], row["s2ap"], _canonical(row["sparsity"]))
+        key = (row["dataset"], row["arch"], row["method"], row["s2ap"], canonical_sparsity(row["sparsity"]))
         if key in found:
             raise TableError(f"{'/'.join(key)} has results of two configurations "
                              f"({found[key]['config_hash']}, {row['config_hash']}): one table "
@@ -307,7 +184,6 @@ def _title(kind: TableKind, preset: str) -> str:
 
 # ---------------------------------------------------------------- the s2ap layout
 def _s2ap_table(spec_: Mapping[str, Any], kind: TableKind, found: dict, reference_csv):
-    from benchmark.results import reference as ref_mod
 
     ref, ref_note = ref_mod.load_reference(reference_csv)
     label = ref_mod.REFERENCE_LABEL
@@ -475,10 +351,10 @@ def _diag(row: Mapping[str, Any], key: str) -> float:
 
 
 def _figure(spec_: Mapping[str, Any], found: dict, keys: list[tuple[str, str]], value, title: str):
-    import matplotlib
+    import matplotlib  # deferred: matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib
 
     n = max(len(keys), 1)
     cols = min(n, 3)
@@ -515,7 +391,7 @@ def _timings(files: Sequence[str | Path]) -> tuple[dict[tuple, dict[str, list[fl
     for f in files:
         rec = json.loads(Path(f).read_text())  # checked by the aggregation already
         c = rec["cell"]
-        key = (c["dataset"], c["arch"], c["method"], c["s2ap"], _canonical(c["sparsity"]))
+        key = (c["dataset"], c["arch"], c["method"], c["s2ap"], canonical_sparsity(c["sparsity"]))
         for name, _ in OVERHEAD_METRICS:
             if name in rec["timing"]:
                 out.setdefault(key, {}).setdefault(name, []).append(float(rec["timing"][name]))
@@ -563,7 +439,7 @@ def build(spec_: Mapping[str, Any], files: Sequence[str | Path],
 
         def seconds(row, key):
             vals = times.get((row["dataset"], row["arch"], row["method"], row["s2ap"],
-                              _canonical(row["sparsity"])), {}).get(key, [])
+                              canonical_sparsity(row["sparsity"])), {}).get(key, [])
             return sum(vals) / len(vals) if vals else math.nan
 
         body, csv_rows = _metric_tables(spec_, found, list(OVERHEAD_METRICS), seconds,
@@ -587,9 +463,8 @@ def write(spec_: Mapping[str, Any], files: Sequence[str | Path], out_dir: str | 
           reference_csv: str | Path | None = None) -> list[Path]:
     """Builds the table, then writes ``<out_dir>/<table>.md`` and ``.csv`` (and ``.png``)
     atomically; nothing is written when the build fails."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas
 
-    from benchmark.core.io import atomic_output, atomic_write_text
 
     table = build(spec_, files, reference_csv)
     out_dir = Path(out_dir)
@@ -597,7 +472,7 @@ def write(spec_: Mapping[str, Any], files: Sequence[str | Path], out_dir: str | 
     written = [atomic_write_text(out_dir / f"{name}.csv", pd.DataFrame(table.rows).to_csv(index=False)),
                atomic_write_text(out_dir / f"{name}.md", table.markdown)]
     if table.figure is not None:
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # deferred: matplotlib
 
         with atomic_output(out_dir / f"{name}.png") as tmp:
             table.figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")

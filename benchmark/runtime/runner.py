@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -152,8 +154,6 @@ def count_gpus(environ: dict | None = None) -> int:
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    import shutil
-    import subprocess
 
     if shutil.which("nvidia-smi") is None:
         return 0

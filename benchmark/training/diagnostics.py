@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.evaluation.attacks import AttackConfig, pgd_linf
 from benchmark.core.masking import masked_layers, scores_frozen
+from benchmark.evaluation.attacks import AttackConfig, pgd_linf
 from benchmark.training.score_perturbation import perturbation
 
 DEFAULT_RADII = (0.01, 0.02, 0.05, 0.1)

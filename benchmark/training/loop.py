@@ -29,14 +29,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from benchmark.evaluation.attacks import AttackConfig, pgd_linf
 from benchmark.core.choices import SCHEDULES
 from benchmark.core.errors import ConfigError, Interrupted
 from benchmark.core.io import atomic_torch_save, load_checkpoint
-from benchmark.training.losses import AdvBatch, RobustLoss
 from benchmark.core.masking import scores_frozen
+from benchmark.evaluation.attacks import AttackConfig, pgd_linf
 from benchmark.runtime.progress import Eta, duration, in_epoch_interval, show_bars
 from benchmark.runtime.signals import StopRequest, signal_name
+from benchmark.training.losses import AdvBatch, RobustLoss
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.evaluation.attacks import AttackConfig, pgd_linf
 from benchmark.core.masking import scores_frozen
+from benchmark.evaluation.attacks import AttackConfig, pgd_linf
 
 LOSSES = ("pgd_at", "trades", "clean")
 

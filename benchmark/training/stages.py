@@ -17,17 +17,31 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from benchmark.core import masking
-from benchmark.evaluation.attacks import AttackConfig
+from benchmark.core import result_file as results
+from benchmark.core.datasets import build_splits, get_info, majority_share
 from benchmark.core.errors import CheckpointError, ConfigError, MachineError
-from benchmark.core.io import atomic_torch_save, atomic_write_json, load_checkpoint, load_state_dict_checked
-from benchmark.training.losses import RobustLoss
-from benchmark.core.registry import method_registry
-from benchmark.training.score_init import ScoreInitContext, TrainBatches
-from benchmark.training.loop import TrainConfig, Trainer, TrainHook, validate
+from benchmark.core.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    load_checkpoint,
+    load_state_dict_checked,
+    read_json,
+    sha256_file,
+)
+from benchmark.core.models import build_model
 from benchmark.core.paths import REPO_ROOT
+from benchmark.core.provenance import provenance
+from benchmark.core.registry import method_registry
+from benchmark.evaluation.attacks import AttackConfig
+from benchmark.evaluation.protocol import autoattack_shards, evaluate_model, prepare_for_eval, stage_config
+from benchmark.runtime.threads import job_threads
+from benchmark.training.diagnostics import mask_agreement, search_diagnostics
+from benchmark.training.loop import TrainConfig, Trainer, TrainHook, validate
+from benchmark.training.losses import RobustLoss
+from benchmark.training.score_init import ScoreInitContext, TrainBatches
 
 S2AP_SEARCH = ("on", "score")
 S2AP_FINETUNE = ("on", "awp")
@@ -69,7 +83,6 @@ def resolve_device(runtime: dict) -> torch.device:
 def apply_runtime(runtime: dict) -> torch.device:
     # the threads the scheduler granted this job win over the preset's wish, extra ones only
     # while their cores are idle (benchmark/runtime/threads.py)
-    from benchmark.runtime.threads import job_threads
 
     threads = job_threads(runtime)
     if threads:
@@ -78,13 +91,11 @@ def apply_runtime(runtime: dict) -> torch.device:
 
 
 def dataset_info(name: str):
-    from benchmark.core.datasets import get_info
 
     return get_info(name)
 
 
 def load_splits(dataset: str, data: dict, *, augment: bool | None = None):
-    from benchmark.core.datasets import build_splits
 
     return build_splits(
         dataset, data.get("root", "data"),
@@ -100,7 +111,6 @@ def load_splits(dataset: str, data: dict, *, augment: bool | None = None):
 
 
 def build_plain_model(arch: str, info, model_cfg: dict) -> nn.Module:
-    from benchmark.core.models import build_model
 
     return build_model(arch, info, width=float((model_cfg or {}).get("width", 1.0)))
 
@@ -271,7 +281,6 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
     for hook in hooks:  # what the hooks measured during the search (S2AP: the flips it caused)
         diag.update(hook.summary(history))
     if cfg.get("diagnostics") is not None:
-        from benchmark.training.diagnostics import search_diagnostics
 
         diag.update(search_diagnostics(model, splits[1], cfg["diagnostics"], attack, device, seed))
     diag_s = time.perf_counter() - t_diag
@@ -355,7 +364,6 @@ def load_exported(path: str | Path, arch: str, info, model_cfg: dict) -> tuple[n
 
 def seed_stability(search_a: str | Path, search_b: str | Path, out: str | Path) -> dict:
     """Flip fraction and Jaccard index between the masks of two search seeds on one dense model."""
-    from benchmark.training.diagnostics import mask_agreement
 
     (a, meta_a), (b, meta_b) = _read_artifact(search_a), _read_artifact(search_b)
     if a.get("masks") is None or b.get("masks") is None:
@@ -371,10 +379,6 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
              state_dir: str | Path | None = None, extra_diagnostics=()) -> dict:
     """Clean / PGD / AutoAttack of an exported model -> a result JSON (benchmark.core.result_file), with
     the sparsity measured on the weights that are attacked."""
-    from benchmark.core import result_file as results
-    from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval, stage_config
-    from benchmark.core.io import sha256_file
-    from benchmark.core.provenance import provenance
 
     t0 = time.perf_counter()
     device = apply_runtime(cfg.get("runtime"))
@@ -408,7 +412,6 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
 
 
 def _majority_share(ds) -> float | None:
-    from benchmark.core.datasets import majority_share
 
     return majority_share(ds) if ds is not None and len(ds) else None
 
@@ -416,7 +419,6 @@ def _majority_share(ds) -> float | None:
 def _class_balance(val_share: float | None, test_set, evaluation: dict) -> dict:
     """The majority class's share of the validation slice (where the mask was judged) and of the
     test images the clean accuracy was measured on: what a model that learned nothing scores."""
-    from torch.utils.data import Subset
 
     n = evaluation["metrics"]["clean"]["n"]
     clean_set = test_set if n >= len(test_set) else Subset(test_set, range(n))
@@ -428,7 +430,6 @@ def autoattack_shard(cfg: dict, *, model_path: str | Path, cell: dict, shard: in
     """One AutoAttack shard of ``evaluate`` (same config, model and state_dir), written where
     ``evaluate`` finds it done; ``out`` receives a receipt for the workflow. A shard index past
     the last image writes a receipt with no shard."""
-    from benchmark.evaluation.protocol import autoattack_shards, prepare_for_eval, stage_config
 
     t0 = time.perf_counter()
     device = apply_runtime(cfg.get("runtime"))
@@ -445,7 +446,6 @@ def autoattack_shard(cfg: dict, *, model_path: str | Path, cell: dict, shard: in
 
 
 def _diagnostics(meta: dict, extra_files=()) -> dict:
-    from benchmark.core.io import read_json
 
     out: dict = {}
     search = meta.get("search") or {}

@@ -32,10 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from benchmark.results import flags as flag_legend
-from benchmark.results import svg_plots
-from benchmark.results.aggregate import AggregationError, build_tables
 from benchmark.core.config import s2ap_search_value, s2ap_to_path
+from benchmark.core.datasets import get_info
 from benchmark.core.entries import (
     canon_s2ap,
     entry_id,
@@ -47,12 +45,16 @@ from benchmark.core.entries import (
     result_key,
     row_key,
 )
+from benchmark.core.io import atomic_write_text, replace_dir
+from benchmark.core.model_files import manifest_by_model
+from benchmark.core.provenance import stage_code_digest
+from benchmark.core.result_file import ResultError, read_result
 from benchmark.publishing.export_robustbench import entry_path as rb_entry_path
 from benchmark.publishing.export_robustbench import robustbench_status
-from benchmark.core.io import atomic_write_text, replace_dir
-from benchmark.core.provenance import stage_code_digest
+from benchmark.results import flags as flag_legend
+from benchmark.results import svg_plots
+from benchmark.results.aggregate import AggregationError, build_tables
 from benchmark.results.published import finite_number as _num
-from benchmark.core.result_file import ResultError, read_result
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE_DIR / "templates"
@@ -106,7 +108,6 @@ def _href(target: Path, from_dir: Path) -> str:
 
 def _full_test_size(dataset: str) -> int | None:
     try:
-        from benchmark.core.datasets import get_info
 
         return int(get_info(dataset).test_size)
     except Exception:  # a dataset of a plugin, unknown here: no claim either way
@@ -366,7 +367,6 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
     site over several presets shows each preset's leaderboard as that preset's leaderboard.csv
     does. ``published_csv``: the published leaderboard to compare with ('{preset}' stands for
     each preset; a preset without one gets no comparison)."""
-    from benchmark.core.model_files import manifest_by_model
 
     out_dir = Path(out_dir)
     entries_dir = out_dir / "entries"
@@ -511,7 +511,7 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
 
 # ------------------------------------------------------------------------------ rendering
 def _environment():
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape  # deferred: jinja2
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)),
                       autoescape=select_autoescape(["html", "j2"], default_for_string=True, default=True),
