@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 from import_graph import ROOT, cycles, graph, imports, module_files
 
 # publishing -> results -> planning -> training -> evaluation -> runtime -> core; methods sit
@@ -124,3 +125,28 @@ def test_an_import_inside_a_function_defers_a_heavy_dependency_and_says_why():
 def test_benchmark_keeps_at_most_fifteen_top_level_modules():
     top = sorted(p.name for p in (ROOT / "benchmark").glob("*.py"))
     assert len(top) <= 15, top
+
+
+@pytest.mark.slow  # imports torch and starts a python
+def test_the_documented_flat_import_paths_keep_working():
+    import subprocess
+    import sys
+
+    import benchmark.masking
+    import benchmark.model_export
+    import benchmark.registry
+    import benchmark.runner
+    import benchmark.score_init
+    from benchmark.core import masking, model_files, registry
+    from benchmark.results import read_result
+    from benchmark.runtime import runner
+    from benchmark.training import TrainConfig, TrainHook, score_init
+
+    assert benchmark.masking is masking and benchmark.registry is registry
+    assert benchmark.model_export is model_files and benchmark.score_init is score_init
+    assert benchmark.runner is runner
+    assert read_result.__module__ == "benchmark.core.result_file"
+    assert TrainConfig.__module__ == TrainHook.__module__ == "benchmark.training.loop"
+    out = subprocess.run([sys.executable, "-m", "benchmark.runner", "--help"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "--profile" in out.stdout
