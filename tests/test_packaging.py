@@ -61,8 +61,13 @@ def test_a_non_editable_install_runs_the_tiny_preset(tmp_path):
     (Path(site) / "_test_deps.pth").write_text("\n".join(deps) + "\n")
 
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "work", "results", "data", "build", "__pycache__", "*.egg-info", ".snakemake"))
+    everywhere = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".snakemake")
+    at_root = {".venv", "work", "results", "data", "build"}  # benchmark/results/ is code
+
+    def ignore(folder, names):
+        return set(everywhere(folder, names)) | (at_root & set(names) if Path(folder) == REPO else set())
+
+    shutil.copytree(REPO, src, ignore=ignore)
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
                            "--no-build-isolation", "--prefix", str(venv), str(src)],
                           capture_output=True, text=True, timeout=600)
