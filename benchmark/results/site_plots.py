@@ -34,7 +34,7 @@ from benchmark.results.plots import (
     point_artists,
 )
 
-FIGSIZE = (6.4, 3.6)
+FIGSIZE = (4.6, 3.0)  # inches; two plots side by side on a 1280-pixel-wide page
 GEOMETRY = frozenset({"d", "x", "y", "transform", "viewBox", "width", "height"})
 _DECIMALS = re.compile(r"-?\d+\.\d{3,}")
 NAMES = {"autoattack": "AutoAttack", "clean": "Clean", "pgd": "PGD"}
@@ -269,7 +269,7 @@ def s2ap_difference(pairs: Sequence[Mapping[str, Any]], colors: Mapping[str, str
              else "per-image interval, dashed (below 3 seeds: no CI over seeds)" if has_image else "")
     title = title or "S2AP − original (AutoAttack)"
     marks = Marks("s2ap-difference")
-    fig, ax = _plt().subplots(figsize=(max(FIGSIZE[0], 3.0 + 0.45 * len(pts)), FIGSIZE[1] + 0.6))
+    fig, ax = _plt().subplots(figsize=(max(FIGSIZE[0], 2.0 + 0.4 * len(pts)), FIGSIZE[1] + 0.4))
     ax.axhline(0.0, color="#333333", linewidth=1.0)
     seen = set()
     for i, (p, seed_ci, image_ci) in enumerate(zip(pts, seed_cis, image_cis)):
