@@ -32,6 +32,7 @@ from benchmark.results.plots import (
     draw_point,
     method_colors,
     point_artists,
+    wilson_whiskers,
 )
 
 FIGSIZE = (4.6, 3.0)  # inches; two plots side by side on a 1280-pixel-wide page
@@ -197,10 +198,9 @@ def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], colors: Mapping[str,
 
 
 def _whiskers(row: Mapping[str, Any], metric: str) -> tuple[float, float] | None:
-    v, lo, hi = row.get(metric), row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
-    if finite(v) and finite(lo) and finite(hi):
-        return max(float(v) - float(lo), 0.0), max(float(hi) - float(v), 0.0)
-    return None
+    """One row's (below, above) Wilson whisker, as the PNG plots draw it."""
+    w = wilson_whiskers(pd.DataFrame([row]), metric)
+    return None if w is None else (w[0][0], w[1][0])
 
 
 def clean_vs_robust(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, str], *, title: str = "") -> str:
