@@ -319,18 +319,6 @@ def test_delta_vs_original_on_the_s2ap_row(site):
     assert on["delta"]["value"] == pytest.approx(on["row"]["autoattack"] - off["row"]["autoattack"])
 
 
-def test_svg_whiskers_for_one_seed_and_dodged_equal_points(tmp_path):
-    from benchmark.results.svg_plots import accuracy_vs_sparsity, method_colors
-
-    rows = [{"method": m, "s2ap": "off", "arch": "a", "sparsity": 90.0, "autoattack": 41.0,
-             "autoattack_lo": 31.9, "autoattack_hi": 50.8, "autoattack_n": 100} for m in ("x", "y")]
-    svg = accuracy_vs_sparsity(rows, method_colors(["x", "y"]))
-    assert svg.count('class="whisker"') == 2
-    xs = re.findall(r'<circle cx="([0-9.]+)"', svg.split("</title>", 1)[1])
-    point_xs = {x for x in xs}
-    assert len(point_xs) >= 2, "equal points must not sit on top of each other"
-
-
 def test_replace_dir_drops_stale_files_and_keeps_old_on_failure(tmp_path):
     out = tmp_path / "site"
     replace_dir(out, lambda d: (d / "a.html").write_text("a"))
@@ -373,30 +361,6 @@ def test_site_target_in_the_workflow(tmp_path):
     assert "-m benchmark site --runs" in out and "--out results/quick/site" in out
     assert "--models results/quick/export/models/manifest.json" in out
     assert "-m benchmark export models" in out and "--out results/quick/export/models" in out
-
-
-def test_the_s2ap_plot_draws_the_interval_over_seeds_and_falls_back_to_a_dashed_per_image_one():
-    from benchmark.results.svg_plots import method_colors, s2ap_difference
-
-    three = {"method": "hydra", "sparsity": 90.0, "delta": 1.5, "delta_lo": -2.0, "delta_hi": 5.0,
-             "b": 40, "c": 55, "n_paired": 30_000, "p_value": 0.15}
-    one = {"method": "harp", "sparsity": 90.0, "delta": -1.0, "delta_lo": None, "delta_hi": None,
-           "b": 60, "c": 50, "n_paired": 10_000, "p_value": 0.39}
-    svg = s2ap_difference([three, one], method_colors(["hydra", "harp"]))
-    assert svg.count('class="whisker seed-ci"') == 1 and svg.count('class="whisker image-ci"') == 1
-    assert "95 % CI over seeds [-2.0, +5.0] (the effect)" in svg
-    assert "no interval over seeds (below 3 seeds)" in svg
-    assert "whiskers: 95 % CI over seeds; dashed: per-image interval (below 3 seeds)" in svg
-    only_seed = s2ap_difference([three], method_colors(["hydra"]))
-    assert "image-ci" not in only_seed and "whiskers: 95 % CI over seeds" in only_seed
-    # the seed interval, not the far narrower per-image one (+/- 0.09 pp here), spans the whisker
-    without = s2ap_difference([{**three, "delta_lo": None, "delta_hi": None}], method_colors(["hydra"]))
-
-    def span(svg, kind):
-        lo, hi = re.search(rf'class="whisker {kind}"[^>]*\bd="M[0-9.]+,([0-9.]+)V([0-9.]+)', svg).groups()
-        return abs(float(lo) - float(hi))
-
-    assert span(only_seed, "seed-ci") > 10 * span(without, "image-ci")
 
 
 def test_an_entry_page_shows_the_interval_over_seeds_as_the_one_to_read(tmp_path):

@@ -238,3 +238,30 @@ def test_no_console_errors_and_a_screenshot(page):
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert page.errors == []
+
+
+def test_plots_render_and_name_each_row(page):
+    """The inline matplotlib SVG is drawn (markers through their href, text as text), and a
+    script finds each table row's plot artists by the row's data-id (what filters will use)."""
+    found = page.evaluate("""() => Array.from(document.querySelectorAll('section.board')).map(sec => {
+        const rows = Array.from(sec.querySelectorAll('tbody tr'))
+            .filter(tr => tr.querySelector('[data-col=autoattack] .v').textContent.trim() !== '—');
+        return {
+          svgs: Array.from(sec.querySelectorAll('svg.plot')).map(s => ({
+            ns: s.namespaceURI, w: s.getBoundingClientRect().width,
+            texts: Array.from(s.querySelectorAll('text')).map(t => t.textContent)})),
+          rows: rows.map(tr => {
+            const marks = sec.querySelectorAll('svg.plot [data-row="' + CSS.escape(tr.dataset.id) + '"]');
+            const point = sec.querySelector('svg.plot .point[data-row="' + CSS.escape(tr.dataset.id) + '"]');
+            const box = point ? point.getBBox() : null;
+            return {id: tr.dataset.id, marks: marks.length, drawn: box ? box.width * box.height : 0};
+          })};
+    })""")
+    assert any(sec["svgs"] for sec in found) and sum(len(sec["rows"]) for sec in found) >= 6
+    for sec in found:
+        for svg in sec["svgs"]:
+            assert svg["ns"].endswith("/2000/svg") and svg["w"] > 200
+            assert any("accuracy (%)" in t or "percentage points" in t for t in svg["texts"]), svg["texts"]
+        for row in sec["rows"]:
+            assert row["marks"] > 0 and row["drawn"] > 0, row
+    assert page.errors == []

@@ -1,13 +1,16 @@
-"""Plots from the leaderboard DataFrame (benchmark.results.aggregate): PNG files, written atomically.
+"""Plots from the leaderboard DataFrame (benchmark.results.aggregate): PNG files, written atomically,
+and the drawing they share with the site's SVG plots (benchmark.results.site_plots): one
+matplotlib path for both.
 
 matplotlib is imported inside the functions with the Agg backend, so importing this module (or
 the aggregation) needs no display and no matplotlib start-up cost.
 
-Conventions shared with the site's SVG plots (benchmark.results.svg_plots): accuracies and fractions in %
-everywhere; accuracy whiskers are the Wilson 95 % interval on the images (so one seed still shows
-its uncertainty: 100 images give about +-10 points), not the spread across seeds; sparsities sit at
-evenly spaced positions and the series are dodged sideways, so equal points stay visible; one
-legend per figure.
+Conventions: accuracies and fractions in % everywhere; accuracy whiskers are the Wilson 95 %
+interval on the images (so one seed still shows its uncertainty: 100 images give about +-10
+points), not the spread across seeds; one colour per method (S2AP's score step dashed, hollow
+diamonds); sparsities sit at evenly spaced positions and the series are dodged sideways, so equal
+points stay visible; one legend per figure. Every point is drawn as its own errorbar artist, so
+each leaderboard row has artists of its own (the site gives them ids).
 """
 from __future__ import annotations
 
@@ -19,11 +22,26 @@ from typing import Any
 import pandas as pd
 
 from benchmark.core.io import atomic_output
-from benchmark.results.svg_plots import dodge_offsets
-from benchmark.results.aggregate import runs_frame
 from benchmark.core.stats import wilson_interval
+from benchmark.results.aggregate import runs_frame
 
 METRIC_TITLES = {"clean": "Clean", "pgd": "PGD", "autoattack": "AutoAttack"}
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22")
+DENSE_COLOR = "#555555"
+
+
+def method_colors(methods: Any) -> dict[str, str]:
+    """One colour per method, stable across the plots of a figure or page (dense is grey)."""
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(sorted({str(m) for m in methods} - {"dense"}))}
+
+
+def dodge_offsets(n: int, width: float = 0.5) -> list[float]:
+    """Sideways offsets (in category units) for n series, centred on 0 and at most ``width`` wide."""
+    if n <= 1:
+        return [0.0] * n
+    step = min(width / (n - 1), 0.12)
+    return [(i - (n - 1) / 2) * step for i in range(n)]
 
 
 def _plt():
@@ -56,6 +74,41 @@ def _series_label(method: str, s2ap: str) -> str:
 
 def _dashed(s2ap: Any) -> bool:
     return s2ap in ("on", "score")
+
+
+def point_artists(container: Any) -> list[Any]:
+    """The artists of one errorbar point: marker, caps, whisker lines."""
+    line, caps, bars = container.lines
+    return [a for a in (line, *caps, *bars) if a is not None]
+
+
+def draw_point(ax: Any, x: float, y: float, *, color: str, dashed: bool = False, yerr: Any = None,
+               xerr: Any = None, marker: str | None = None, label: str = "_nolegend_",
+               dashed_whisker: bool = False) -> Any:
+    """One point with its whiskers (``yerr``/``xerr``: (below, above) distances); the linestyle only
+    shows in the legend. Returns the ErrorbarContainer."""
+
+    def err(e):
+        return None if e is None else [[float(e[0])], [float(e[1])]]
+
+    c = ax.errorbar([x], [y], yerr=err(yerr), xerr=err(xerr), marker=marker or ("D" if dashed else "o"),
+                    markersize=5, capsize=3, color=color, linestyle="--" if dashed else "-",
+                    mfc="white" if dashed else color, label=label)
+    if dashed_whisker:
+        for bars in c.lines[2]:
+            bars.set_linestyle((0, (3, 2)))
+    return c
+
+
+def draw_series(ax: Any, xs: list[float], ys: list[float], *, color: str, dashed: bool, label: str,
+                yerr: tuple[list[float], list[float]] | None = None) -> list[Any]:
+    """A line through the points plus one errorbar per point (the first carries the legend label).
+    Returns the points' ErrorbarContainers, in order."""
+    if len(xs) > 1:
+        ax.plot(xs, ys, color=color, linestyle="--" if dashed else "-", linewidth=1.5, label="_nolegend_")
+    return [draw_point(ax, x, y, color=color, dashed=dashed, label=label if i == 0 else "_nolegend_",
+                       yerr=None if yerr is None else (yerr[0][i], yerr[1][i]))
+            for i, (x, y) in enumerate(zip(xs, ys))]
 
 
 def wilson_whiskers(rows: pd.DataFrame, metric: str) -> tuple[Any, Any] | None:
@@ -101,34 +154,46 @@ def _figure_legend(fig: Any, axes: Any) -> None:
                    bbox_to_anchor=(1.0, 0.5), fontsize=8)
 
 
-def accuracy_figure(block: pd.DataFrame, metrics: list[str], title: str = "") -> Any:
-    """The figure of one (dataset, arch): a panel per metric, accuracy (%) vs nominal sparsity."""
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
+def accuracy_panel(ax: Any, block: pd.DataFrame, metric: str, colors: dict[str, str] | None = None
+                   ) -> list[tuple[dict, list[Any]]]:
+    """One panel: ``metric`` (%) vs nominal sparsity, a line per (method, S2AP) with Wilson
+    whiskers, the dense model as a grey dotted line. Returns (row, its artists) per drawn row."""
+    colors = colors if colors is not None else method_colors(block["method"])
     dense = block[block["method"] == "dense"]
     pruned = block[block["method"] != "dense"]
     positions = _positions(pruned["sparsity"]) if not pruned.empty else {0.0: 0}
     series = sorted({(str(m), str(s)) for m, s in zip(pruned["method"], pruned["s2ap"])})
     offsets = dict(zip(series, dodge_offsets(len(series))))
+    drawn = []
+    for _, d in dense.iterrows():
+        if _finite(d[metric]):
+            line = ax.axhline(d[metric], color=DENSE_COLOR, linestyle=":", linewidth=1.2, label="dense")
+            drawn.append((d.to_dict(), [line]))
+    for (method, s2ap), line in pruned.groupby(["method", "s2ap"], sort=True, dropna=False):
+        line = line.sort_values("sparsity")
+        line = line[line[metric].notna()]
+        if line.empty:
+            continue
+        x = [positions[float(v)] + offsets[(str(method), str(s2ap))] for v in line["sparsity"]]
+        points = draw_series(ax, x, [float(v) for v in line[metric]], color=colors.get(str(method), PALETTE[0]),
+                             dashed=_dashed(s2ap), label=_series_label(method, s2ap),
+                             yerr=wilson_whiskers(line, metric))
+        drawn += [(r, point_artists(c)) for r, c in zip(line.to_dict("records"), points)]
+    _set_sparsity_axis(ax, positions)
+    ax.set_ylabel(f"{METRIC_TITLES.get(metric, metric)} accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    return drawn
+
+
+def accuracy_figure(block: pd.DataFrame, metrics: list[str], title: str = "") -> Any:
+    """The figure of one (dataset, arch): a panel per metric, accuracy (%) vs nominal sparsity."""
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
+    colors = method_colors(block["method"])
     for ax, metric in zip(axes[0], metrics):
-        for _, d in dense.iterrows():
-            if _finite(d[metric]):
-                ax.axhline(d[metric], color="grey", linestyle=":", linewidth=1.2, label="dense")
-        for (method, s2ap), line in pruned.groupby(["method", "s2ap"], sort=True, dropna=False):
-            line = line.sort_values("sparsity")
-            line = line[line[metric].notna()]
-            if line.empty:
-                continue
-            x = [positions[float(v)] + offsets[(str(method), str(s2ap))] for v in line["sparsity"]]
-            ax.errorbar(x, line[metric].to_numpy(), yerr=wilson_whiskers(line, metric),
-                        marker="D" if _dashed(s2ap) else "o", markersize=5, capsize=3,
-                        linestyle="--" if _dashed(s2ap) else "-",
-                        mfc="white" if _dashed(s2ap) else None, label=_series_label(method, s2ap))
+        accuracy_panel(ax, block, metric, colors)
         ax.set_title(f"{METRIC_TITLES[metric]} accuracy")
-        _set_sparsity_axis(ax, positions)
-        ax.set_ylabel(f"{METRIC_TITLES[metric]} accuracy (%)")
-        ax.grid(True, alpha=0.3)
     _figure_legend(fig, axes[0])
     fig.suptitle(title + ("\n" if title else "") + "whiskers: Wilson 95 % interval on the images",
                  y=1.06, fontsize=10)
@@ -216,6 +281,7 @@ def diagnostics_figure(block: pd.DataFrame, panels: list, title: str = "") -> An
     positions = _positions(pruned["sparsity"]) if not pruned.empty else {0.0: 0}
     series = sorted({(str(m), str(s)) for m, s in zip(pruned["method"], pruned["s2ap"])})
     offsets = dict(zip(series, dodge_offsets(len(series))))
+    colors = method_colors(pruned["method"])
     for ax, (panel_title, ylabel, scale, col, _) in zip(axes.flat, panels):
         stats = (pruned[pruned[col].notna()].groupby(keys, sort=True, dropna=False)[col]
                  .agg(["mean", "std"]).reset_index())
@@ -223,11 +289,10 @@ def diagnostics_figure(block: pd.DataFrame, panels: list, title: str = "") -> An
             line = line.sort_values("sparsity")
             x = [positions[float(v)] + offsets.get((str(method), str(s2ap)), 0.0) for v in line["sparsity"]]
             std = line["std"].to_numpy() * scale
-            ax.errorbar(x, line["mean"].to_numpy() * scale,
-                        yerr=None if pd.isna(std).all() else pd.Series(std).fillna(0.0).to_numpy(),
-                        marker="D" if _dashed(s2ap) else "o", markersize=5, capsize=3,
-                        linestyle="--" if _dashed(s2ap) else "-",
-                        mfc="white" if _dashed(s2ap) else None, label=_series_label(method, s2ap))
+            err = None if pd.isna(std).all() else list(pd.Series(std).fillna(0.0))
+            draw_series(ax, x, [float(v) * scale for v in line["mean"]], color=colors.get(str(method), PALETTE[0]),
+                        dashed=_dashed(s2ap), label=_series_label(method, s2ap),
+                        yerr=None if err is None else (err, err))
         ax.set_title(panel_title, fontsize=9)
         _set_sparsity_axis(ax, positions)
         ax.set_ylabel(ylabel)

@@ -4,7 +4,7 @@
 
   out_dir/index.html            one table per (dataset, threat model, eps, AutoAttack images),
                                 filters, search, sorting, CSV/JSON download of the shown rows,
-                                SVG plots; the leaderboard rows inline as JSON
+                                SVG plots (matplotlib); the leaderboard rows inline as JSON
   out_dir/entries/<slug>.html   one page per entry (leaderboard row): config and hash, recipe of
                                 every stage, per-attack accuracy, diagnostics, provenance, links
                                 to result JSON, logs, model files (sha256), RobustBench export,
@@ -52,7 +52,7 @@ from benchmark.core.result_file import ResultError, read_result
 from benchmark.publishing.export_robustbench import entry_path as rb_entry_path
 from benchmark.publishing.export_robustbench import robustbench_status
 from benchmark.results import flags as flag_legend
-from benchmark.results import svg_plots
+from benchmark.results import site_plots
 from benchmark.results.aggregate import AggregationError, build_tables
 from benchmark.results.published import finite_number as _num
 
@@ -451,7 +451,7 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
                                                    if d["robustbench"]["reason"]})},
             })
 
-    colors = svg_plots.method_colors(e["method"] for e in entries)
+    colors = site_plots.method_colors(e["method"] for e in entries)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for e in entries:
         groups[e["table"]].append(e)
@@ -459,14 +459,14 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
     order = lambda k: (k[0], k[1], k[2], k[3] if k[3] is not None else -1, -(k[4] or 0))  # noqa: E731
     for tkey in sorted(groups, key=order):
         rows = groups[tkey]
-        plain_rows = [e["row"] for e in rows]
+        plain_rows = [{**e["row"], "entry": e["id"]} for e in rows]  # entry: the plots' data-row
         plots = []
         for arch in sorted({e["arch"] for e in rows}):
-            svg = svg_plots.accuracy_vs_sparsity([r for r in plain_rows if r["arch"] == arch], colors,
+            svg = site_plots.accuracy_vs_sparsity([r for r in plain_rows if r["arch"] == arch], colors,
                                                  title=f"AutoAttack accuracy vs sparsity ({arch})")
             if svg:
                 plots.append(svg)
-        svg = svg_plots.clean_vs_robust(plain_rows, colors)
+        svg = site_plots.clean_vs_robust(plain_rows, colors)
         if svg:
             plots.append(svg)
         ids = {row_key(r) for r in plain_rows}
@@ -475,12 +475,12 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
             on_key = (pr["dataset"], pr["arch"], pr["method"], "on", float(pr["sparsity"]), pr.get("s2ap_config"))
             if on_key in ids and _num(pr.get("delta")) is not None:
                 on_row = next(r for r in plain_rows if row_key(r) == on_key)
-                group_pairs.append({**pr, "n_paired": (_num(on_row.get("autoattack_n")) or 0)
+                group_pairs.append({**pr, "entry": on_row["entry"], "n_paired": (_num(on_row.get("autoattack_n")) or 0)
                                     * (_num(pr.get("paired_seeds")) or 0)})
-        svg = svg_plots.s2ap_difference(group_pairs, colors)
+        svg = site_plots.s2ap_difference(group_pairs, colors)
         if svg:
             plots.append(svg)
-        svg = svg_plots.reference_vs_ours(plain_rows, colors)
+        svg = site_plots.reference_vs_ours(plain_rows, colors)
         if svg:
             plots.append(svg)
         tables.append({"key": tkey, "title": _table_title(tkey, several), "entries": rows,
