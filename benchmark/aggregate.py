@@ -84,10 +84,10 @@ import pandas as pd
 from benchmark import flags as flag_legend
 from benchmark.errors import CorruptFileError
 from benchmark.io import atomic_write_text
-from benchmark.provenance import stage_code_digest
 from benchmark.published import add_published, load_published, published_cell
 from benchmark.reference import add_reference, load_reference
 from benchmark.results import ResultError, pgd_broken_aa_robust, read_result
+from benchmark.staleness import CurrentCode, code_scope_of
 from benchmark.stats import mcnemar, seed_interval, wilson_interval
 
 METRICS = ("clean", "pgd", "autoattack")
@@ -227,6 +227,7 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
         "preset": cell.get("preset"),
         "revision": git["revision"], "dirty": git["dirty"],
         "stage_code": res["provenance"]["stage_code"],
+        "code_scope": code_scope_of(res),
         "aa_robust_pgd_broken": pgd_broken_aa_robust(res),
         "submission": (res.get("submission") or {}).get("name"),
         "claims_outside": list((res.get("submission") or {}).get("outside") or []),
@@ -782,9 +783,10 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
     ({file, rule, detail} each) and in the markdown's last section. ``published_csv``: the
     published run's leaderboard, compared cell by cell (benchmark.published)."""
     records, excluded = load_checked(runs_dir, exclude_invalid=exclude_invalid)
-    current = stage_code_digest()
+    current = CurrentCode()
     for r in records:
-        r["stale"] = r["stage_code"] != current
+        # the row's own scope: an edit to one method's file marks that method's rows only
+        r["stale"] = r["stage_code"] != current.of_scope(r["code_scope"])
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[_group_key(r)].append(r)
@@ -896,7 +898,8 @@ def runs_frame(runs_dir: str | Path | list, *, exclude_invalid: bool = False) ->
     when per-seed detail is wanted."""
     rows = []
     for r in load_runs(runs_dir, exclude_invalid=exclude_invalid):
-        row = {k: v for k, v in r.items() if k not in ("diagnostics",) and not k.endswith("_flags")}
+        row = {k: v for k, v in r.items() if k not in ("diagnostics", "code_scope")
+               and not k.endswith("_flags")}
         for name in METRICS:
             if r[f"{name}_n"]:
                 row[name] = 100.0 * r[f"{name}_correct"] / r[f"{name}_n"]

@@ -52,7 +52,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--manifest", required=True)
 
     p = sub.add_parser("publish", help="copy a finished, checked run to results/published/<preset>/")
-    p.add_argument("--preset", required=True, help="preset name (presets/<name>.yaml, results/<name>/)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--preset", help="preset name (presets/<name>.yaml, results/<name>/)")
+    which.add_argument("--archive", metavar="PRESET",
+                       help="mark results/published/PRESET as archived (made at its revision, not "
+                            "republished after its code changed): shown apart, under a banner")
+    p.add_argument("--reason", default="Too long to recompute at every change of its code.",
+                   help="with --archive: why it is archived rather than republished")
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--check-only", action="store_true", help="run the checks, publish nothing")
 
@@ -78,12 +84,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"site: {index}")
         return 0
     if args.command == "publish":
-        from .publish import PublishError, check_run, publish
+        from .publish import archive_published, check_run, publish
 
+        if args.archive:
+            rec = archive_published(args.archive, reason=args.reason, root=args.root)
+            print(f"archived: results/published/{args.archive} (made at revision "
+                  f"{str(rec['revision'])[:12]}, {rec['stale_results']} stale result(s)); commit "
+                  f"results/published/{args.archive}/archived.json and results/published/site")
+            return 0
         if args.check_only:
             chk = check_run(args.preset, root=args.root)
             if chk.problems:
-                raise PublishError(args.preset, chk.problems)
+                raise chk.error()
             print(f"results/{args.preset}: every check passed")
             return 0
         folder = publish(args.preset, root=args.root)
