@@ -55,6 +55,8 @@ MODEL_BUDGET_BYTES = 32 * 2 ** 20
 PUBLISHED_MODEL_FORMATS = ("safetensors",)
 PUBLISHED_FORMAT = "apbench-published-run"
 CHECKS = ("purpose", "git", "finished", "results", "leaderboard", "models")
+# where a clone of the repository has a published preset's model manifest (the load snippets)
+SNIPPET_MANIFEST = "results/published/{preset}/export/models/manifest.json"
 # code a commit must hold: an untracked file there changes what runs without changing the revision
 CODE_DIRS = ("benchmark", "methods")
 
@@ -486,7 +488,8 @@ def publish(preset: str, *, root: str | Path = ".", repo: str | Path | None = No
                    models_manifest=(tmp / "export" / "models" / "manifest.json"
                                     if info["models"]["included"] else None),
                    robustbench_dir=tmp / "export" / "robustbench",
-                   title=f"Adversarial pruning leaderboard: {preset} (published)")
+                   title=f"Adversarial pruning leaderboard: {preset} (published)",
+                   snippet_manifest=SNIPPET_MANIFEST)
         record = {"format": PUBLISHED_FORMAT, "version": 1, "preset": preset,
                   "revision": chk.revision,
                   "published_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -555,12 +558,14 @@ def build_published_site(root: str | Path = ".") -> Path | None:
                    for link in links]
     index = build_site(runs, base / "site", models_manifest=manifests or None,
                        robustbench_dir=rb_dir, method_files=method_files, banners=banners,
-                       archived=links, title="Adversarial pruning leaderboard: published runs")
+                       archived=links, title="Adversarial pruning leaderboard: published runs",
+                       snippet_manifest=SNIPPET_MANIFEST)
     # after the index (its build replaces the whole folder); in place, so relative links hold
     for (preset, rec), link in zip(archived, links):
         runs, manifests, method_files = _site_inputs(root, [preset])
         build_site(runs, base / "site" / "archived" / preset, models_manifest=manifests or None,
                    robustbench_dir=rb_dir, method_files=method_files, banners=[link["banner"]],
+                   snippet_manifest=SNIPPET_MANIFEST,
                    title=f"Adversarial pruning leaderboard: {preset} (archived, made at revision "
                          f"{str(rec.get('revision') or 'unknown')[:12]})")
     return index

@@ -51,6 +51,7 @@ from benchmark.export_robustbench import entry_path as rb_entry_path
 from benchmark.export_robustbench import robustbench_status
 from benchmark.io import atomic_write_text, replace_dir
 from benchmark.published import finite_number as _num
+from benchmark.ranked_board import ranked_boards
 from benchmark.results import ResultError, read_result
 from benchmark.staleness import CurrentCode
 
@@ -292,7 +293,7 @@ def _run_detail(path: Path, res: dict, *, entries_dir: Path, logs_dir: Path | No
         "seed": cell.get("seed"), "model": key, "file": str(path),
         "result_href": _href(path, entries_dir), "result_name": path.name,
         "logs": [{"stage": s, "href": _href(p, entries_dir), "name": p.name} for s, p in _stage_logs(res, logs_dir)],
-        "model_files": model_files,
+        "model_files": model_files, "manifest": model.get("manifest") if model else None,
         "attacks": [{"name": n, "acc": _fmt(a), "n": f"{int(k):,}" if _num(k) is not None else DASH}
                     for n, a, k in attacks],
         "aa": {"version": aa.get("version"), "attacks": ", ".join(aa.get("attacks") or []),
@@ -443,6 +444,10 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
                 "full_standard_aa": bool(row.get("aa_standard")) and n_aa is not None
                                     and full_n is not None and n_aa >= full_n,
                 "preset": preset, "config": first.get("config") or {},
+                # the ranked board's name and paper columns (benchmark.ranked_board)
+                "name": (first.get("submission") or {}).get("name") or row["method"],
+                "submission_paper": (first.get("submission") or {}).get("paper"),
+                "extra_data": (first.get("submission") or {}).get("extra_data"),
                 "config_hash": row["config_hash"],
                 "stages": [(st, _stage_summary(st, (first.get("config") or {}).get(st)),
                             json.dumps((first.get("config") or {}).get(st), indent=2, sort_keys=True))
@@ -529,7 +534,7 @@ def build_site(runs: Any, out_dir: str | Path, *, reference_csv: str | Path | No
                robustbench_dir: str | Path | None = None, method_files: Iterable[str | Path] = (),
                title: str | None = None, exclude_invalid: bool = False,
                published_csv: str | Path | None = None, banners: Iterable[str] = (),
-               archived: Iterable[dict[str, Any]] = ()) -> Path:
+               archived: Iterable[dict[str, Any]] = (), snippet_manifest: str | None = None) -> Path:
     """Writes the site for the result files under ``runs`` into ``out_dir``; returns index.html.
 
     ``runs``: result files and/or folders (several presets may share one site).
@@ -540,17 +545,23 @@ def build_site(runs: Any, out_dir: str | Path, *, reference_csv: str | Path | No
     published leaderboard to compare with ('{preset}' as for the logs). ``banners``: lines shown
     at the top of every page and above every table (an archived publication says so there).
     ``archived``: the archived publications the index links to ({preset, revision, href,
-    banner} each), listed apart from the current board."""
+    banner} each), listed apart from the current board. ``snippet_manifest``: the model
+    manifest's path as the load snippets of the ranked board (ranked.html) name it ('{preset}'
+    as for the logs; default: where the manifest lies, relative to the current folder)."""
     out_dir = Path(out_dir)
+    method_files = list(method_files)
     data = site_data(runs, reference_csv=reference_csv, models_manifest=models_manifest,
                      logs_dir=logs_dir, robustbench_dir=robustbench_dir, method_files=method_files,
                      out_dir=out_dir, exclude_invalid=exclude_invalid, published_csv=published_csv)
     title = title or "Adversarial pruning leaderboard: " + ", ".join(data["presets"])
     data["banners"] = [str(b) for b in banners]
     data["archived"] = [dict(a) for a in archived]
+    data["ranked"] = ranked_boards(data["tables"], method_files=method_files,
+                                   snippet_manifest=snippet_manifest)
     env = _environment()
     index = env.get_template("index.html.j2")
     entry = env.get_template("entry.html.j2")
+    ranked = env.get_template("ranked.html.j2")
 
     def build(tmp: Path) -> None:
         (tmp / "assets").mkdir(parents=True)
@@ -559,6 +570,8 @@ def build_site(runs: Any, out_dir: str | Path, *, reference_csv: str | Path | No
         atomic_write_text(tmp / "index.html",
                           index.render(title=title, data=data, inline_data=inline_json(data["download"]),
                                        legend=FLAG_LEGEND, root=""))
+        atomic_write_text(tmp / "ranked.html", ranked.render(title=title, data=data, legend=FLAG_LEGEND,
+                                                             root=""))
         for e in data["entries"]:
             atomic_write_text(tmp / "entries" / f"{e['slug']}.html",
                               entry.render(title=title, e=e, legend=FLAG_LEGEND, root="../", data=data))
