@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Snakemake target (all, table_main, ...; repeatable); default all")
     p.add_argument("--calibration", default=None,
                    help="calibration file (default: benchmark/calibration/calibration.json)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="CPU cores the run gets, for the wall time (default: this machine's)")
 
     p = command("methods", help="list registered methods")
     _method_file_arg(p)
@@ -298,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         from .estimate import main as estimate_main
 
         print(estimate_main(args.configfile, device=args.device, targets=args.target or ["all"],
-                            calibration=args.calibration), end="")
+                            calibration=args.calibration, cores=args.cores), end="")
         return 0
     if args.command == "aggregate":
         from .aggregate import aggregate, result_files, runs_frame
