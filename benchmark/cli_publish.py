@@ -10,13 +10,14 @@
   python -m benchmark export verify --manifest results/quick/export/models/manifest.json
   python -m benchmark publish --preset quick      (results/quick -> results/published/quick)
   python -m benchmark submit submissions/NAME [--preset presets/quick.yaml] [--out FILE]
+  python -m benchmark make-submission --manifest M --model KEY [--out submissions/NAME] [--name T]
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-COMMANDS = ("site", "export", "publish", "submit")
+COMMANDS = ("site", "export", "publish", "submit", "make-submission")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -71,6 +72,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="result JSON (default results/<preset>/submissions/<name>.json)")
     p.add_argument("--state-dir", default=None, help="AutoAttack resume files")
 
+    p = sub.add_parser("make-submission", help="a submission folder from one of our exported "
+                                               "models (then: python -m benchmark submit FOLDER)")
+    p.add_argument("--manifest", required=True, help="model manifest.json (export models, or a "
+                                                     "published preset's export/models/)")
+    p.add_argument("--model", required=True, help="model key, e.g. fashion-mnist/small_cnn/hydra/"
+                                                  "on/sp90/seed0 (or an entry id with one model)")
+    p.add_argument("--out", default=None, help="the folder (default submissions/<method>-<s2ap>-"
+                                               "sp<sparsity>-seed<seed>); its name is the entry's id")
+    p.add_argument("--name", default=None, help="the entry's name on its row (default: the folder's)")
+    p.add_argument("--method-file", action="append", default=[], help="method file (its paper)")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "site":
@@ -101,6 +113,13 @@ def run(args: argparse.Namespace) -> int:
         folder = publish(args.preset, root=args.root)
         print(f"published: {folder} (and {Path(args.root) / 'results' / 'published' / 'site'}); "
               f"commit it: git add {folder} {Path(args.root) / 'results' / 'published' / 'site'}")
+        return 0
+    if args.command == "make-submission":
+        from .make_submission import make_submission
+
+        folder = make_submission(args.manifest, args.model, out=args.out, name=args.name,
+                                 method_files=args.method_file)
+        print(f"submission folder: {folder} (evaluate it: python -m benchmark submit {folder})")
         return 0
     if args.command == "submit":
         from .submission import submit

@@ -445,7 +445,8 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
                                     and full_n is not None and n_aa >= full_n,
                 "preset": preset, "config": first.get("config") or {},
                 # the ranked board's name and paper columns (benchmark.ranked_board)
-                "name": (first.get("submission") or {}).get("name") or row["method"],
+                "name": ((first.get("submission") or {}).get("title")
+                         or (first.get("submission") or {}).get("name") or row["method"]),
                 "submission_paper": (first.get("submission") or {}).get("paper"),
                 "extra_data": (first.get("submission") or {}).get("extra_data"),
                 "config_hash": row["config_hash"],
