@@ -52,7 +52,7 @@ SECONDS = ("pretrain_step", "search_step", "search_step_s2ap", "finetune_step",
 #   autoattack_image_apgd_ce  APGD-CE's share of autoattack_image: what an image the first attack
 #                             breaks costs (the later attacks run on the images still robust only)
 #   job_start                 seconds a job spends before its first step: interpreter, torch and
-#                             the suite's imports (measured in a fresh process)
+#                             the suite's imports, reading the dataset (a fresh process)
 OPTIONAL_SECONDS = ("autoattack_image_apgd_ce", "job_start")
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
