@@ -157,6 +157,18 @@ def _limits(values: Iterable[float], pad: float = 3.0, lo_cap: float = 0.0, hi_c
     return (lo, hi) if hi > lo else (lo, lo + 5)
 
 
+def _row_attr(r: Mapping[str, Any]) -> str:
+    """``data-row``: the leaderboard row a point draws (the site's entry id, ``_site_id``), so the
+    page's filters hide the point with its row."""
+    rid = r.get("_site_id")
+    return "" if rid is None else f' data-row="{escape(str(rid))}"'
+
+
+def _rows_attr(rows: Iterable[Mapping[str, Any]]) -> str:
+    ids = [str(r["_site_id"]) for r in rows if r.get("_site_id") is not None]
+    return f' data-rows="{escape(" ".join(ids))}"' if ids else ""
+
+
 def _series_name(method: str, s2ap: str) -> str:
     return f"{method} · S2AP {s2ap}" if s2ap in ("on", "off", "score", "awp") else str(method)
 
@@ -193,7 +205,7 @@ def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], colors: Mapping[str,
               xticks=[(i, _fmt(s)) for i, s in enumerate(sparsities)], label=f"{metric}-vs-sparsity")
     for d in dense:
         py = f.y(float(d[metric]))
-        f.add(f'<line class="dense" x1="{f.left}" y1="{py:.1f}" x2="{f.left + f.w}" y2="{py:.1f}" '
+        f.add(f'<line class="dense"{_row_attr(d)} x1="{f.left}" y1="{py:.1f}" x2="{f.left + f.w}" y2="{py:.1f}" '
               f'stroke="{DENSE_COLOR}" stroke-dasharray="2 3"><title>dense: {_pct(d[metric])} %</title></line>')
     if dense:
         f.legend_entry("dense", DENSE_COLOR, dashed=True, marker="square")
@@ -206,7 +218,8 @@ def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], colors: Mapping[str,
         if len(xy) > 1:
             path = "M" + "L".join(f"{x:.1f},{y:.1f}" for x, y, _ in xy)
             dash = ' stroke-dasharray="5 3"' if dashed else ""
-            f.add(f'<path class="series" d="{path}" fill="none" stroke="{color}" stroke-width="1.8"{dash}/>')
+            f.add(f'<path class="series"{_rows_attr(pts)} d="{path}" fill="none" stroke="{color}" '
+                  f'stroke-width="1.8"{dash}/>')
         for x, y, r in xy:
             whisk = ""
             interval = ""
@@ -216,7 +229,7 @@ def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], colors: Mapping[str,
             n = r.get(f"{metric}_n")
             tip = (f"{_series_name(method, s2ap)}, sparsity {_fmt(float(r['sparsity']))} %: "
                    f"{name} {_pct(r[metric])} %{interval}" + (f", n = {int(float(n))}" if finite(n) else ""))
-            f.add(f'<g class="point" data-series="{escape(_series_name(method, s2ap))}">{whisk}'
+            f.add(f'<g class="point" data-series="{escape(_series_name(method, s2ap))}"{_row_attr(r)}>{whisk}'
                   f'{_marker(x, y, color, "diamond" if dashed else "circle", not dashed)}'
                   f'<title>{escape(tip)}</title></g>')
         f.legend_entry(_series_name(method, s2ap), color, dashed=dashed,
@@ -249,7 +262,8 @@ def clean_vs_robust(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, str]
         label = "dense" if dense else _series_name(method, s2ap)
         tip = (f"{label}, sparsity {_fmt(float(r['sparsity']))} %: clean {_pct(r['clean'])} %, "
                f"AutoAttack {_pct(r['autoattack'])} %")
-        f.add(f'<g class="point" data-series="{escape(label)}">{whisk}{_marker(x, y, color, shape, not dashed)}'
+        f.add(f'<g class="point" data-series="{escape(label)}"{_row_attr(r)}>{whisk}'
+              f'{_marker(x, y, color, shape, not dashed)}'
               f'<title>{escape(tip)}</title></g>')
         if label not in seen:
             seen.add(label)
@@ -314,7 +328,7 @@ def s2ap_difference(pairs: Sequence[Mapping[str, Any]], colors: Mapping[str, str
                   else "; no interval over seeds (below 3 seeds)")
                + (f"; per-image interval [{image_ci[0]:+.1f}, {image_ci[1]:+.1f}]" if image_ci else "")
                + (f", McNemar p = {float(pv):.3g} (these models on these images only)" if finite(pv) else ""))
-        f.add(f'<g class="point" data-series="{escape(method)}">{whisk}{_marker(x, y, color)}'
+        f.add(f'<g class="point" data-series="{escape(method)}"{_row_attr(p)}>{whisk}{_marker(x, y, color)}'
               f'<title>{escape(tip)}</title></g>')
         if method not in seen:
             seen.add(method)
@@ -345,7 +359,7 @@ def reference_vs_ours(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, st
             whisk = _vwhisker(f, x, float(r[f"{metric}_lo"]), float(r[f"{metric}_hi"]), color)
         tip = (f"{method}, {r['arch']}, sparsity {_fmt(float(r['sparsity']))} %: published "
                f"{_pct(r[ref_key])} %, ours {_pct(r[metric])} %")
-        f.add(f'<g class="point" data-series="{escape(method)}">{whisk}{_marker(x, y, color)}'
+        f.add(f'<g class="point" data-series="{escape(method)}"{_row_attr(r)}>{whisk}{_marker(x, y, color)}'
               f'<title>{escape(tip)}</title></g>')
         if method not in seen:
             seen.add(method)

@@ -295,3 +295,30 @@ def test_the_ranked_board_ranks_names_papers_and_shows_the_load_snippet(browser,
     assert "load_from_manifest(" in text and "fashion-mnist/small_cnn/hydra/on/sp90/seed0" in text
     assert errors == []
     context.close()
+
+
+def test_the_plots_follow_the_filters(page):
+    def shown_points():
+        return page.evaluate("""() => Array.from(document.querySelectorAll('#board-0 svg [data-row]'))
+            .filter(el => getComputedStyle(el).display !== 'none').map(el => el.dataset.row)""")
+
+    def shown_rows():
+        return {r["id"] for r in visible_rows(page, "#table-0")}
+
+    everything = shown_points()
+    assert everything and set(everything) == shown_rows()
+    page.select_option("#filter-method", "hydra")
+    points = shown_points()
+    assert points and set(points) == shown_rows() and all("hydra" in p for p in points)
+    assert len(points) < len(everything)
+    # a line through a hidden point goes with it
+    page.select_option("#filter-method", "")
+    page.select_option("#filter-sparsity", "90")
+    assert set(shown_points()) == shown_rows()
+    hidden_lines = page.evaluate("""() => Array.from(document.querySelectorAll('#board-0 svg [data-rows]'))
+        .filter(el => getComputedStyle(el).display === 'none').length""")
+    total_lines = page.locator("#board-0 svg [data-rows]").count()
+    assert total_lines == 0 or hidden_lines >= 1
+    page.select_option("#filter-sparsity", "")
+    assert sorted(shown_points()) == sorted(everything)
+    assert page.errors == []

@@ -467,7 +467,8 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
     order = lambda k: (k[0], k[1], k[2], k[3] if k[3] is not None else -1, -(k[4] or 0))  # noqa: E731
     for tkey in sorted(groups, key=order):
         rows = groups[tkey]
-        plain_rows = [e["row"] for e in rows]
+        # each row with its entry id: a plot's point follows its row through the page's filters
+        plain_rows = [{**e["row"], "_site_id": e["id"]} for e in rows]
         plots = []
         for arch in sorted({e["arch"] for e in rows}):
             svg = svg_plots.accuracy_vs_sparsity([r for r in plain_rows if r["arch"] == arch], colors,
@@ -484,7 +485,8 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
             if on_key in ids and _num(pr.get("delta")) is not None:
                 on_row = next(r for r in plain_rows if row_key(r) == on_key)
                 group_pairs.append({**pr, "n_paired": (_num(on_row.get("autoattack_n")) or 0)
-                                    * (_num(pr.get("paired_seeds")) or 0)})
+                                    * (_num(pr.get("paired_seeds")) or 0),
+                                    "_site_id": on_row["_site_id"]})
         svg = svg_plots.s2ap_difference(group_pairs, colors)
         if svg:
             plots.append(svg)
