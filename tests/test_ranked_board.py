@@ -105,3 +105,44 @@ def test_the_load_snippet_of_every_entry_runs_and_gives_the_model(ranked):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-3:] == ["2,", "10)", "False"] or "(2, 10) False" in proc.stdout
+
+
+def test_the_paper_is_declared_in_the_registration_and_read_without_running_the_file(tmp_path):
+    from benchmark.registry import MethodFileError, read_method_file, register_method
+
+    f = tmp_path / "mine.py"
+    paper = {"key": "Me2026Mine", "name": "Mine", "authors": "Me", "venue": "arXiv 2026",
+             "link": "https://example.org/mine"}
+    f.write_text("from benchmark.registry import register_method\n\n"
+                 f"@register_method('mine', learns_scores=False, paper={paper!r})\n"
+                 "class Mine:\n    pass\n")
+    assert read_method_file(f)[0].traits["learns_scores"] is False
+    assert method_paper("mine", [f]) == paper
+    f.write_text("@register_method('mine', paper=dict(key='x'))\nclass Mine:\n    pass\n")
+    with pytest.raises(MethodFileError, match=r"mine\.py:1: paper= must be a literal dict"):
+        read_method_file(f)
+    f.write_text("@register_method('mine', paper={'key': 'x'})\nclass Mine:\n    pass\n")
+    with pytest.raises(MethodFileError, match="lacks non-empty string"):
+        read_method_file(f)
+
+    stated = dict(paper)
+
+    class Twice:
+        paper = stated
+    with pytest.raises(Exception, match="keep the decorator's"):
+        register_method("twice", paper=paper)(Twice)
+
+    class Once:
+        pass
+    assert register_method("once", paper=paper)(Once).paper == paper
+
+
+def test_every_built_in_papered_method_declares_it_in_its_registration():
+    import ast
+
+    for path in sorted((REPO / "methods").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(getattr(d, "func", None), "id", None) == "register_method" for d in node.decorator_list):
+                assert not any(isinstance(s, ast.Assign) and any(getattr(t, "id", None) == "paper" for t in s.targets)
+                               for s in node.body), f"{path.name}: {node.name} states paper in its body"
