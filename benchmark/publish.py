@@ -8,8 +8,9 @@ writes nothing, naming per reason the command that fixes it. The checks:
 - ``purpose``: the preset is a benchmark, not a plumbing preset (``purpose: plumbing``, tiny and
   smoke: their numbers mean nothing);
 - ``git``: the repository is a git checkout at a commit, with no uncommitted change to a tracked
-  file outside ``results/``, no untracked file under ``benchmark/`` or ``methods/`` (code the
-  commit would not have), and the preset file and its method files committed;
+  file outside ``results/``, no untracked file under ``benchmark/``, ``methods/``, ``presets/`` or
+  ``workflows/`` (code the commit would not have), and the preset file and its method files
+  committed;
 - ``finished``: the aggregation finished (``leaderboard.stamp.json``), its inputs are every result
   the preset's grid asks for (plus any submissions), and no input changed since it was aggregated;
 - ``results``: every result file validates (``benchmark.results.read_result``) and was made for
@@ -46,6 +47,7 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.io import atomic_write_json, replace_dir, sha256_file
+from benchmark.provenance import CODE_DIRS  # code a commit must hold: untracked files there
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,6 @@ PUBLISHED_FORMAT = "apbench-published-run"
 CHECKS = ("purpose", "git", "finished", "results", "leaderboard", "models")
 # where a clone of the repository has a published preset's model manifest (the load snippets)
 SNIPPET_MANIFEST = "results/published/{preset}/export/models/manifest.json"
-# code a commit must hold: an untracked file there changes what runs without changing the revision
-CODE_DIRS = ("benchmark", "methods")
 
 
 class PublishError(UserError, ValueError):
@@ -135,13 +135,17 @@ def _check_git(chk: RunCheck, repo: Path, committed: list[Path]) -> None:
                      f"PRESET={chk.preset}")
         return
     chk.revision = git["revision"]
-    if git["dirty"]:
-        chk.fail("git", "uncommitted changes to tracked files: " + ", ".join(git["dirty_files"][:10])
-                 + (" ..." if len(git["dirty_files"]) > 10 else "")
+    code_dirs = [d for d in CODE_DIRS if (repo / d).exists()]
+    status = _git(["status", "--porcelain", "--untracked-files=all", "--", *code_dirs], repo) \
+        if code_dirs else None
+    untracked = [line[3:] for line in status.stdout.splitlines() if line.startswith("??")] \
+        if status is not None else []
+    changed = [f for f in git["dirty_files"] if f not in untracked]  # untracked: reported below
+    if changed:
+        chk.fail("git", "uncommitted changes to tracked files: " + ", ".join(changed[:10])
+                 + (" ..." if len(changed) > 10 else "")
                  + " (commit or stash them, rerun the preset, then publish)",
                  fix=f"git stash -u (or git commit -am '...') && {chk.fresh_rerun()}")
-    status = _git(["status", "--porcelain", "--untracked-files=all", "--", *CODE_DIRS], repo)
-    untracked = [line[3:] for line in status.stdout.splitlines() if line.startswith("??")]
     if untracked:
         chk.fail("git", "untracked code the commit does not hold: " + ", ".join(untracked[:10])
                  + " (commit it, or move it out of " + "/, ".join(CODE_DIRS) + "/)",
