@@ -127,7 +127,9 @@ def ranked_boards(tables: Iterable[Mapping[str, Any]], *, method_files: Iterable
                     "autoattack": e["row"].get("autoattack"), "arch": e["arch"],
                     "sparsity_text": e["sparsity_text"], "dataset": e["dataset"],
                     "structure": e.get("structure"),
-                    "extra_data": e.get("extra_data") or SUITE_EXTRA_DATA, "flags": e["flags"],
+                    # a submission's training data is the submitter's to state (its YAML has no field)
+                    "extra_data": "not stated" if e.get("submission") else SUITE_EXTRA_DATA,
+                    "flags": e["flags"],
                     "loader": _loader(e, snippet_manifest)})
             boards.append({"title": f"{t['title']} · sparsity {entries[0]['sparsity_text']} %",
                            "dataset": entries[0]["dataset"], "threat": entries[0]["threat"],

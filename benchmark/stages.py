@@ -182,7 +182,7 @@ def _meta(cfg: dict, stage: str, upstream: dict | None = None, *, method_files=(
     configs = dict((upstream or {}).get("configs", {}))
     configs[stage] = cfg
     threads = {**(upstream or {}).get("threads", {}), stage: torch.get_num_threads()}
-    method_files = [str(Path(f).resolve()) for f in method_files]
+    method_files = [str(f) for f in method_files]  # as the workflow names them (no machine paths)
     prov = {**(upstream or {}).get("stage_provenance", {}),
             stage: stage_record(extra.get("method"), extra.get("s2ap"), method_files)}
     return {"stage": stage, "configs": configs, "threads": threads, "stage_provenance": prov,

@@ -66,6 +66,8 @@ def test_an_exported_model_round_trips_through_submit_to_the_same_numbers(export
     index = site.read_text()
     assert "HYDRA 90 % (ours, resubmitted)</a>" in index
     assert ">hydra-off-sp90-seed0</a>" not in index
+    ranked = (site.parent / "ranked.html").read_text()
+    assert "HYDRA 90 % (ours, resubmitted)</a>" in ranked and "<td>not stated</td>" in ranked
 
 
 def test_the_make_submission_command_and_its_refusals(exported, monkeypatch, capsys):

@@ -448,7 +448,7 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
                 "name": ((first.get("submission") or {}).get("title")
                          or (first.get("submission") or {}).get("name") or row["method"]),
                 "submission_paper": (first.get("submission") or {}).get("paper"),
-                "extra_data": (first.get("submission") or {}).get("extra_data"),
+                "submission": bool(first.get("submission")),
                 "config_hash": row["config_hash"],
                 "stages": [(st, _stage_summary(st, (first.get("config") or {}).get(st)),
                             json.dumps((first.get("config") or {}).get(st), indent=2, sort_keys=True))
