@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Snakemake target (all, table_main, ...; repeatable); default all")
     p.add_argument("--calibration", default=None,
                    help="calibration file (default: benchmark/calibration/calibration.json)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="CPU cores the run gets, for the wall time (default: this machine's)")
 
     p = command("methods", help="list registered methods")
     _method_file_arg(p)
@@ -299,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "estimate":
 
         print(estimate_main(args.configfile, device=args.device, targets=args.target or ["all"],
-                            calibration=args.calibration), end="")
+                            calibration=args.calibration, cores=args.cores), end="")
         return 0
     if args.command == "aggregate":
         from benchmark.results.aggregate import aggregate, runs_frame  # deferred: pandas

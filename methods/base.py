@@ -8,6 +8,8 @@ literals (the workflow reads them from the source, without importing torch or th
   learns_scores    True when the mask search trains importance scores (S2AP then applies)
   needs_pretrain   False when the method prunes random weights (RST)
   needs_finetune   False when the searched mask is the final model (RST)
+  paper            optional: {"key", "name", "authors", "venue", "link"} of the paper it implements
+                   (the site's ranked board, the RobustBench export)
 
 Each keyword defaults to True (``benchmark.core.registry.TRAIT_DEFAULTS``); the decorator sets the class
 attributes, so a class body never writes them. The class overrides what differs from HYDRA's

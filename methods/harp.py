@@ -345,12 +345,13 @@ class ZeroPrunedChannels(TrainHook):
 
 
 # ---------------------------------------------------------------- the method
-@register_method("harp", learns_scores=True, needs_pretrain=True, needs_finetune=True)
+@register_method("harp", learns_scores=True, needs_pretrain=True, needs_finetune=True,
+                 paper={"key": "Zhao2023Holistic",
+                        "name": "Holistic Adversarially Robust Pruning",
+                        "authors": "Qi Zhao, Christian Wressnegger",
+                        "venue": "ICLR 2023",
+                        "link": "https://openreview.net/forum?id=sAJDi9lD06L"})
 class Harp(PruningMethod):
-    # the paper this class implements (RobustBench export; read from source by benchmark.core.papers)
-    paper = {"key": "Zhao2023Holistic", "name": "Holistic Adversarially Robust Pruning",
-             "authors": "Qi Zhao, Christian Wressnegger",
-             "venue": "ICLR 2023", "link": "https://openreview.net/forum?id=sAJDi9lD06L"}
     default_options: dict[str, Any] = {
         "gamma": 0.01,
         "alpha": 0.1,

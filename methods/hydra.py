@@ -9,10 +9,11 @@ from benchmark.core.registry import register_method
 from .base import PruningMethod
 
 
-@register_method("hydra", learns_scores=True, needs_pretrain=True, needs_finetune=True)
+@register_method("hydra", learns_scores=True, needs_pretrain=True, needs_finetune=True,
+                 paper={"key": "Sehwag2020Hydra",
+                        "name": "HYDRA: Pruning Adversarially Robust Neural Networks",
+                        "authors": "Vikash Sehwag, Shiqi Wang, Prateek Mittal, Suman Jana",
+                        "venue": "NeurIPS 2020",
+                        "link": "https://arxiv.org/abs/2002.10509"})
 class Hydra(PruningMethod):
     """The contract's defaults are HYDRA: nothing to override."""
-    # the paper this class implements (RobustBench export; read from source by benchmark.core.papers)
-    paper = {"key": "Sehwag2020Hydra", "name": "HYDRA: Pruning Adversarially Robust Neural Networks",
-             "authors": "Vikash Sehwag, Shiqi Wang, Prateek Mittal, Suman Jana",
-             "venue": "NeurIPS 2020", "link": "https://arxiv.org/abs/2002.10509"}

@@ -49,12 +49,13 @@ def lamp_allocation(model: nn.Module, keep: float) -> dict[str, int]:
     return {name: c for (name, _), c in zip(layers, counts)}
 
 
-@register_method("lamp", learns_scores=False, needs_pretrain=True, needs_finetune=True)
+@register_method("lamp", learns_scores=False, needs_pretrain=True, needs_finetune=True,
+                 paper={"key": "Lee2021Layer",
+                        "name": "Layer-adaptive Sparsity for the Magnitude-based Pruning",
+                        "authors": "Jaeho Lee, Sejun Park, Sangwoo Mo, Sungsoo Ahn, Jinwoo Shin",
+                        "venue": "ICLR 2021",
+                        "link": "https://arxiv.org/abs/2010.07611"})
 class Lamp(PruningMethod):
-    # the paper this class implements (RobustBench export; read from source by benchmark.core.papers)
-    paper = {"key": "Lee2021Layer", "name": "Layer-adaptive Sparsity for the Magnitude-based Pruning",
-             "authors": "Jaeho Lee, Sejun Park, Sangwoo Mo, Sungsoo Ahn, Jinwoo Shin",
-             "venue": "ICLR 2021", "link": "https://arxiv.org/abs/2010.07611"}
     @torch.no_grad()
     def init_scores(self, model: nn.Module, ctx: ScoreInitContext) -> None:
         for _, layer in masking.masked_layers(model):

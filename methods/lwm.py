@@ -8,11 +8,11 @@ from benchmark.core.registry import register_method
 from .base import PruningMethod
 
 
-@register_method("lwm", learns_scores=False, needs_pretrain=True, needs_finetune=True)
+@register_method("lwm", learns_scores=False, needs_pretrain=True, needs_finetune=True,
+                 paper={"key": "Han2015Learning",
+                        "name": "Learning both Weights and Connections for Efficient Neural Networks",
+                        "authors": "Song Han, Jeff Pool, John Tran, William J. Dally",
+                        "venue": "NeurIPS 2015",
+                        "link": "https://arxiv.org/abs/1506.02626"})
 class LayerwiseMagnitude(PruningMethod):
     """HYDRA's scaled init, never trained (learns_scores=False): the magnitude top-k per layer."""
-    # the paper this class implements (RobustBench export; read from source by benchmark.core.papers)
-    paper = {"key": "Han2015Learning",
-             "name": "Learning both Weights and Connections for Efficient Neural Networks",
-             "authors": "Song Han, Jeff Pool, John Tran, William J. Dally",
-             "venue": "NeurIPS 2015", "link": "https://arxiv.org/abs/1506.02626"}

@@ -42,14 +42,15 @@ WEIGHT_INITS = ("signed_constant", "kaiming_normal")
 SCORE_INITS = ("kaiming_uniform", "scaled")
 
 
-@register_method("rst", learns_scores=True, needs_pretrain=False, needs_finetune=False)
+@register_method("rst", learns_scores=True, needs_pretrain=False, needs_finetune=False,
+                 paper={"key": "Fu2021Drawing",
+                        "name": "Drawing Robust Scratch Tickets: Subnetworks with Inborn Robustness "
+                                "Are Found within Randomly Initialized Networks",
+                        "authors": "Yonggan Fu, Qixuan Yu, Yang Zhang, Shang Wu, Xu Ouyang, David Cox, "
+                                   "Yingyan Lin",
+                        "venue": "NeurIPS 2021",
+                        "link": "https://arxiv.org/abs/2110.14068"})
 class RobustScratchTicket(PruningMethod):
-    # the paper this class implements (RobustBench export; read from source by benchmark.core.papers)
-    paper = {"key": "Fu2021Drawing",
-             "name": "Drawing Robust Scratch Tickets: Subnetworks with Inborn Robustness Are Found "
-                     "within Randomly Initialized Networks",
-             "authors": "Yonggan Fu, Qixuan Yu, Yang Zhang, Shang Wu, Xu Ouyang, David Cox, Yingyan Lin",
-             "venue": "NeurIPS 2021", "link": "https://arxiv.org/abs/2110.14068"}
     default_options = {
         "weight_init": "signed_constant",
         "score_init": "kaiming_uniform",

@@ -125,11 +125,12 @@ def _timed(fn, device) -> float:
     return _clock() - t0
 
 
-def _autoattack_seconds(model, x, device, budget: int, rounds: int) -> float:
+def _autoattack_seconds(model, x, device, budget: int, rounds: int) -> tuple[float, float]:
     """Seconds per image of AutoAttack standard on images it cannot break. Each attack runs alone
     at ``budget`` and 3 x ``budget`` iterations (Square: queries); the difference gives the cost
     of one iteration, the rest is its fixed cost (the wrapper's checks, the clean pass), and the
-    full budget is the fixed cost plus the standard number of iterations."""
+    full budget is the fixed cost plus the standard number of iterations. Returns (all four
+    attacks, APGD-CE alone) per image: an image APGD-CE breaks costs only the latter."""
     from pyautoattack import AutoAttack
 
     with torch.no_grad():
@@ -146,14 +147,42 @@ def _autoattack_seconds(model, x, device, budget: int, rounds: int) -> float:
             times.append(_timed(lambda a=adv: a.run_standard_evaluation(x, y, batch_size=len(x)), device))
         return statistics.median(times)
 
-    total = 0.0
+    parts = {}
     for attack, full in AA_FULL.items():
         k = budget * (25 if attack == "square" else 1)  # a query costs a twentieth of an iteration
         low, high = run(attack, k), run(attack, 3 * k)
         per_iter = max(high - low, 0.0) / (2 * k)
         fixed = max(low - per_iter * k, 0.0)
-        total += fixed + per_iter * full
-    return total / len(x)
+        parts[attack] = fixed + per_iter * full
+    return sum(parts.values()) / len(x), parts["apgd-ce"] / len(x)
+
+
+def _job_start_seconds(rounds: int, dataset: str) -> float:
+    """A job's start-up: a fresh interpreter importing what a stage imports and reading the
+    dataset's splits when they are on disk (median of rounds), on the chosen clock (cpu: the
+    child's user + system time)."""
+    import resource
+    import subprocess
+
+    data = {"root": "data", "download": False, "imagenet_root": None, "train_subset": None,
+            "val_size": 1000, "test_subset": None, "batch_size": 128, "num_workers": 0,
+            "augment": True}
+    code = ("import benchmark.training.stages, benchmark.evaluation.protocol, benchmark.evaluation.autoattack\n"
+            "try:\n"
+            f"    benchmark.training.stages.load_splits({dataset!r}, {data!r})\n"
+            "except Exception:\n"
+            "    pass  # no local copy of the dataset: the imports alone\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    times = []
+    for _ in range(max(rounds, 1)):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        times.append(cpu if _clock is time.process_time else wall)
+    return statistics.median(times)
 
 
 def measure(arch: str, width: float, args, device) -> dict:
@@ -185,16 +214,20 @@ def measure(arch: str, width: float, args, device) -> dict:
     attack = AttackConfig(info.eps, args.pgd_steps, info.step_size)
     pgd = [_timed(lambda: pgd_linf(model, xd, yd, attack), device) for _ in range(args.rounds)]
     seconds["pgd_image"] = statistics.median(pgd) / batch * cal.PGD_IMAGE_STEPS / args.pgd_steps
-    n_aa = min(batch, args.aa_images)
-    seconds["autoattack_image"] = _autoattack_seconds(model, xd[:n_aa], device, args.aa_budget,
-                                                      args.aa_rounds)
+    # at the run's own AutoAttack batch: a batch of 2 pays the attacks' fixed costs per image
+    # 30 times over (small CNN: 6.3 s per image at 2 images, 2.2 s at 64)
+    n_aa = min(batch, args.aa_images or batch)
+    seconds["autoattack_image"], seconds["autoattack_image_apgd_ce"] = _autoattack_seconds(
+        model, xd[:n_aa], device, args.aa_budget, args.aa_rounds)
+    seconds["job_start"] = _job_start_seconds(args.rounds, dataset)
     return {"device": device.type,
             "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                             else cal.cpu_name()),
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "arch": arch, "input_shape": [info.in_channels, info.image_size, info.image_size],
             "num_classes": info.num_classes, "width": float(width), "batch_size": batch,
-            "precision": "fp32", "seconds": {k: float(seconds[k]) for k in cal.SECONDS},
+            "precision": "fp32",
+            "seconds": {k: float(seconds[k]) for k in cal.SECONDS + cal.OPTIONAL_SECONDS},
             "measured": datetime.date.today().isoformat(),
             "command": "python speed/calibrate.py " + " ".join(shlex.quote(a) for a in args.argv)}
 
@@ -210,7 +243,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (median)")
     ap.add_argument("--batch", type=int, default=None, help="override the batch size of ARCHS")
     ap.add_argument("--pgd-steps", type=int, default=5, help="PGD steps timed for pgd_image")
-    ap.add_argument("--aa-images", type=int, default=2)
+    ap.add_argument("--aa-images", type=int, default=None,
+                    help="images AutoAttack is timed on (default: the step batch)")
     ap.add_argument("--aa-budget", type=int, default=1,
                     help="iterations each AutoAttack attack runs at (and 3x; Square: 25x as queries)")
     ap.add_argument("--aa-rounds", type=int, default=1)

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from benchmark.core import masking
 from benchmark.core import result_file as results
-from benchmark.core.provenance import provenance
+from benchmark.core.provenance import code_scope, provenance, stage_code_digest
 from benchmark.evaluation.protocol import evaluate_model, prepare_for_eval
 
 STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -60,9 +60,30 @@ def _sparsity(percent: float) -> dict:
     return masking.measure_sparsity(net, {"0": mask}, "weight")
 
 
-@functools.lru_cache(maxsize=1)
-def _provenance() -> dict:
-    return provenance()
+@functools.lru_cache(maxsize=16)
+def _provenance(method: str | None = None, s2ap: str | None = None) -> dict:
+    return provenance(method=method, s2ap=s2ap)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(method: str | None, s2ap: str | None) -> str:
+    return stage_code_digest(method=method, s2ap=s2ap)
+
+
+def stage_records(method: str, s2ap: str, revision: str, dirty: bool | None,
+                  stage_code: str | None = None) -> dict[str, dict]:
+    """Per-stage provenance as benchmark.training.stages records it: pretrain in the shared scope, the
+    others in the row's; ``stage_code`` (a stale evaluation) replaces the evaluate stage's."""
+    names = ["pretrain", "evaluate"] if method == "dense" else ["pretrain", "prune", "finetune",
+                                                                "evaluate"]
+    out = {}
+    for stage in names:
+        scope = (None, None) if stage == "pretrain" else (method, s2ap)
+        out[stage] = {"revision": revision, "dirty": dirty, "dirty_files": [],
+                      "stage_code": _digest(*scope), "scope": code_scope(*scope)}
+    if stage_code is not None:
+        out["evaluate"]["stage_code"] = stage_code
+    return out
 
 
 def flags(correct: int, n: int) -> str:
@@ -120,7 +141,8 @@ def result_record(*, dataset: str = "cifar10", arch: str = "resnet18", method: s
                   loss: str = "pgd_at", diagnostics: dict | None = None,
                   no_autoattack: bool = False, stage_code: str | None = None,
                   model_file: str | Path | None = None, pgd_broke: int = 0,
-                  stage_configs: dict[str, Any] | None = None) -> dict[str, Any]:
+                  stage_configs: dict[str, Any] | None = None,
+                  stages: dict[str, dict] | None = None) -> dict[str, Any]:
     """A validated result record (benchmark.core.result_file.build_record) with these numbers."""
     if attacks is not None and list(attacks) == STANDARD:
         attacks = None
@@ -168,10 +190,12 @@ def result_record(*, dataset: str = "cifar10", arch: str = "resnet18", method: s
             "s2ap": "n/a" if method == "dense" else s2ap,
             "sparsity": 0.0 if method == "dense" else float(sparsity), "seed": seed,
             "preset": preset, "config_hash": chash, "pretrain_recipe": "abcdef0123"}
-    prov = copy.deepcopy(_provenance())
+    prov = copy.deepcopy(_provenance(cell["method"], cell["s2ap"]))
     prov["git"] = {"revision": revision, "dirty": dirty, "dirty_files": ["x.py"] if dirty else []}
     if stage_code is not None:
         prov["stage_code"] = stage_code
+    prov["stages"] = stages if stages is not None else stage_records(
+        cell["method"], cell["s2ap"], revision, dirty, stage_code)
     model = None
     if model_file is not None:
         model = {"path": str(model_file), "sha256": results_sha256(model_file)}

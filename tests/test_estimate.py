@@ -75,15 +75,51 @@ def test_merge_replaces_a_measurement_of_the_same_key_and_keeps_the_others(tmp_p
     assert len(cal.read(path)["entries"]) == 2  # nothing written
 
 
-def test_only_an_exact_measurement_is_found():
+def test_only_a_measurement_of_this_architecture_and_device_is_found():
     c = cal.Calibration([entry(), entry(width=0.0625, batch_size=64)])
     assert c.find(device="cpu", arch="resnet18", input_shape=(3, 32, 32), num_classes=10, width=1.0)
     assert c.find(device="cpu", arch="resnet18", input_shape=(3, 32, 32), num_classes=10,
                   width=0.0625)["batch_size"] == 64
-    for miss in ({"width": 0.5}, {"device": "cuda"}, {"arch": "vgg16_bn"},
+    for miss in ({"device": "cuda"}, {"arch": "vgg16_bn"},
                  {"input_shape": (3, 224, 224)}, {"precision": "bf16"}):
         kw = dict(device="cpu", arch="resnet18", input_shape=(3, 32, 32), num_classes=10, width=1.0)
         assert c.find(**{**kw, **miss}) is None, miss
+    # one width measured: no other width is made up from it
+    one = cal.Calibration([entry()])
+    assert one.find(device="cpu", arch="resnet18", input_shape=(3, 32, 32), num_classes=10,
+                    width=0.5) is None
+
+
+def test_a_width_between_two_measured_ones_is_scaled_by_its_square():
+    # per image: 1 s at width 1 (batch 32), 0.1 s at width 0.25 (batch 64): c + k w^2 gives
+    # k = 0.96, c = 0.04, so width 0.5 costs 0.28 s per image, at the nearer entry's batch (32)
+    wide = entry(seconds={**SECONDS, "pretrain_step": 32.0, "autoattack_image": 8.0})
+    narrow = entry(width=0.25, batch_size=64, seconds={**SECONDS, "pretrain_step": 6.4,
+                                                       "autoattack_image": 2.0})
+    c = cal.Calibration([wide, narrow])
+    got = c.find(device="cpu", arch="resnet18", input_shape=(3, 32, 32), num_classes=10, width=0.5)
+    assert got["scaled_from"] == [0.25, 1.0] and got["width"] == 0.5
+    near = got["batch_size"]
+    assert got["seconds"]["pretrain_step"] == pytest.approx(0.28 * near)
+    assert got["seconds"]["autoattack_image"] == pytest.approx(2.0 + 6.0 * (0.25 - 0.0625) / (1 - 0.0625))
+
+
+def test_autoattack_expected_cost_lies_between_the_first_attack_and_the_upper_bound():
+    e = entry(seconds={**SECONDS, "autoattack_image": 2.0, "autoattack_image_apgd_ce": 0.2,
+                       "job_start": 3.0})
+    assert E.autoattack_image_seconds(e, bound=True) == 2.0
+    assert E.autoattack_image_seconds(e, bound=False) == pytest.approx(0.2 + E.EXPECTED_ROBUST_SHARE * 1.8)
+    assert E.autoattack_image_seconds(entry(), bound=False) == SECONDS["autoattack_image"]
+
+
+def test_the_wall_time_runs_a_stages_jobs_side_by_side():
+    est = E.Estimate(counts={}, seconds={"pretrain": 10.0, "prune": 12.0, "evaluate": 9.0},
+                     missing=set(), used={},
+                     jobs={"pretrain": [(10.0, 10.0)], "prune": [(5.0, 6.0), (4.0, 5.0), (3.0, 4.0)],
+                           "evaluate": [(3.0, 30.0)] * 3})
+    assert E.wall_seconds(est, 1) == 10 + 12 + 9
+    assert E.wall_seconds(est, 2) == 10 + 7 + 6  # longest first: 5 | 4 + 3
+    assert E.wall_seconds(est, 2, bound=True) == 10 + 9 + 60
 
 
 # ------------------------------------------------------------------ the estimate

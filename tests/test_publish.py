@@ -38,6 +38,7 @@ def repo(tmp_path, monkeypatch):
     (root / "presets").mkdir(parents=True)
     raw = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
     raw["name"] = PRESET
+    raw["purpose"] = "benchmark"  # tiny's grid, published as a benchmark would be
     (root / "presets" / f"{PRESET}.yaml").write_text(yaml.safe_dump(raw))
     (root / "README.md").write_text("a benchmark\n")
     (root / ".gitignore").write_text((REPO / ".gitignore").read_text())  # the repository's rules
@@ -105,7 +106,7 @@ def test_a_checked_run_is_published_with_its_models_site_and_record(repo):
     assert (out / "site" / "index.html").is_file() and (out / "export" / "robustbench").is_dir()
     record = json.loads((out / "published.json").read_text())
     assert record["revision"] == git(repo, "rev-parse", "HEAD") and record["results"] == 2
-    assert record["checks"] == ["git", "finished", "results", "leaderboard", "models"]
+    assert record["checks"] == ["purpose", "git", "finished", "results", "leaderboard", "models"]
     assert record["files"]["leaderboard.csv"] == fx.results_sha256(out / "leaderboard.csv")
     # the site over everything published
     assert (repo / "results" / "published" / "site" / "index.html").is_file()
@@ -183,6 +184,22 @@ def _prune_with_another_recipe(repo, files):
     assert cli_main(["aggregate", "--runs", *map(str, files), "--out", f"results/{PRESET}", "--no-plots"]) == 0
 
 
+def _dense_model_of_older_code(repo, files):
+    # the rerun after `rm -rf results/`: Snakemake kept the dense model the older code trained
+    for f in files:
+        r = json.loads(f.read_text())
+        r["provenance"]["stages"]["pretrain"]["stage_code"] = "0" * 16
+        f.write_text(json.dumps(r))
+    assert cli_main(["aggregate", "--runs", *map(str, files), "--out", f"results/{PRESET}", "--no-plots"]) == 0
+
+
+def _no_stage_records(repo, files):
+    r = json.loads(files[1].read_text())
+    del r["provenance"]["stages"]
+    files[1].write_text(json.dumps(r))
+    assert cli_main(["aggregate", "--runs", *map(str, files), "--out", f"results/{PRESET}", "--no-plots"]) == 0
+
+
 def _no_stamp(repo, files):
     (repo / "results" / PRESET / "leaderboard.stamp.json").unlink()
 
@@ -198,6 +215,8 @@ def _no_stamp(repo, files):
     ({"revision": "f" * 40}, None, "results", "made at revision ffffffffffff, HEAD is"),
     ({"dirty": True}, None, "results", "made from a tree with uncommitted changes"),
     ({"stage_code": "0" * 16}, None, "results", "made by other stage code"),
+    ({}, _dense_model_of_older_code, "results", "its pretrain stage ran stage code 0000000000000000"),
+    ({}, _no_stage_records, "results", "records no per-stage provenance"),
 ])
 @pytest.mark.slow
 def test_a_run_that_fails_an_integrity_check_is_refused_with_the_reason(repo, kw, tamper, check, match):
@@ -208,7 +227,57 @@ def test_a_run_that_fails_an_integrity_check_is_refused_with_the_reason(repo, kw
         publish(PRESET, root=repo)
     assert any(c == check and match in detail for c, detail in err.value.problems), err.value.problems
     assert f"[{check}]" in str(err.value)
+    # every reason names the command that fixes it
+    assert len(err.value.fixes) == len(err.value.problems) and all(err.value.fixes), err.value.fixes
+    assert str(err.value).count("      fix: ") == len(err.value.problems)
+    assert "to fix every problem, run in order:" in str(err.value)
     assert not (repo / "results" / "published").exists()
+
+
+@pytest.mark.slow
+def test_a_model_of_older_code_is_refused_with_a_fresh_rerun(repo):
+    files = make_run(repo)
+    _dense_model_of_older_code(repo, files)
+    with pytest.raises(PublishError) as err:
+        publish(PRESET, root=repo)
+    assert f"rm -rf work/{PRESET} results/{PRESET} && make run PRESET={PRESET}" in err.value.fixes
+
+
+@pytest.mark.slow
+def test_a_plumbing_preset_is_never_published(repo):
+    raw = yaml.safe_load((repo / "presets" / f"{PRESET}.yaml").read_text())
+    raw["purpose"] = "plumbing"
+    (repo / "presets" / f"{PRESET}.yaml").write_text(yaml.safe_dump(raw))
+    git(repo, "commit", "-qam", "plumbing")
+    make_run(repo)
+    with pytest.raises(PublishError) as err:
+        publish(PRESET, root=repo)
+    assert [c for c, _ in err.value.problems] == ["purpose"]
+    assert "make publish PRESET=quick" in err.value.fixes[0]
+    assert not (repo / "results" / "published").exists()
+
+
+def test_the_plumbing_presets_declare_their_purpose():
+    for name in ("tiny", "smoke"):
+        assert yaml.safe_load((REPO / "presets" / f"{name}.yaml").read_text())["purpose"] == "plumbing"
+
+
+@pytest.mark.slow
+def test_an_archived_publication_is_shown_apart_under_a_banner_on_every_page(repo, capsys):
+    make_run(repo)
+    publish(PRESET, root=repo)
+    assert cli_main(["publish", "--archive", PRESET, "--reason", "hours to recompute"]) == 0
+    assert "archived: results/published/pubtest" in capsys.readouterr().out
+    site = repo / "results" / "published" / "site"
+    index = (site / "index.html").read_text()
+    assert "Archived publications" in index and f'href="archived/{PRESET}/index.html"' in index
+    pages = [site / "archived" / PRESET / "index.html",
+             *(site / "archived" / PRESET / "entries").glob("*.html")]
+    assert len(pages) == 3
+    for page in pages:
+        assert 'class="banner"' in page.read_text() and "hours to recompute" in page.read_text()
+    board = (site / "archived" / PRESET / "index.html").read_text()
+    assert board.count("table-banner") == board.count('class="board"') >= 1
 
 
 @pytest.mark.slow

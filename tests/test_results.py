@@ -126,7 +126,8 @@ def test_stage_code_digest_follows_the_stage_imports_only(tmp_path):
         "benchmark/core/models/net.py": "def build():\n    pass\n",
         "benchmark/results/aggregate.py": "from .helper import f\n",
         "benchmark/unused.py": "",
-        "methods/hydra.py": "from benchmark.training.stages import REG\n",
+        "methods/base.py": "from benchmark.training.stages import REG\n",
+        "methods/hydra.py": "@register_method('hydra')\nclass Hydra:\n    pass\n",
     }
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -134,21 +135,24 @@ def test_stage_code_digest_follows_the_stage_imports_only(tmp_path):
     assert provenance.stage_code_files(tmp_path) == [
         "benchmark/__init__.py", "benchmark/core/models/__init__.py", "benchmark/core/models/net.py",
         "benchmark/helper.py", "benchmark/training/__init__.py", "benchmark/training/stages.py",
-        "methods/hydra.py"]
-    digest = provenance.stage_code_digest(tmp_path)
+        "methods/base.py"]
+    assert provenance.stage_code_files(tmp_path, method="hydra")[-1] == "methods/hydra.py"
+    digest = provenance.stage_code_digest(tmp_path, method="hydra")
     (tmp_path / "benchmark/results/aggregate.py").write_text("# the leaderboard changed\n")
     (tmp_path / "benchmark/unused.py").write_text("y = 2\n")
-    assert provenance.stage_code_digest(tmp_path) == digest
-    for rel in ("benchmark/helper.py", "benchmark/core/models/net.py", "methods/hydra.py"):
+    assert provenance.stage_code_digest(tmp_path, method="hydra") == digest
+    for rel in ("benchmark/helper.py", "benchmark/core/models/net.py", "methods/base.py",
+                "methods/hydra.py"):
         (tmp_path / rel).write_text((tmp_path / rel).read_text() + "# edited\n")
-        assert provenance.stage_code_digest(tmp_path) != digest, rel
-        digest = provenance.stage_code_digest(tmp_path)
+        assert provenance.stage_code_digest(tmp_path, method="hydra") != digest, rel
+        digest = provenance.stage_code_digest(tmp_path, method="hydra")
 
 
 def test_every_result_records_revision_dirty_flag_and_stage_code():
     prov = provenance.provenance()
     assert set(prov["git"]) == {"revision", "dirty", "dirty_files"}
     assert prov["stage_code"] == provenance.stage_code_digest()
+    assert prov["code_scope"] == {"method": None, "s2ap": None, "method_files": []}
     assert "benchmark/evaluation/protocol.py" in provenance.stage_code_files()
     assert "benchmark/results/aggregate.py" not in provenance.stage_code_files()
 

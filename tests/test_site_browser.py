@@ -264,4 +264,85 @@ def test_plots_render_and_name_each_row(page):
             assert any("accuracy (%)" in t or "percentage points" in t for t in svg["texts"]), svg["texts"]
         for row in sec["rows"]:
             assert row["marks"] > 0 and row["drawn"] > 0, row
+@pytest.fixture(scope="module")
+def ranked_site(tmp_path_factory):
+    """A site whose entries have exported models (the ranked board's load snippets)."""
+    import torch
+
+    from benchmark.core.datasets import get_info
+    from benchmark.core.model_files import export_models
+    from benchmark.core.models import build_model
+
+    root = tmp_path_factory.mktemp("ranked")
+    runs = root / "runs"
+    cells = [dict(method="hydra", s2ap="off", sparsity=90, aa=3000, clean=7000),
+             dict(method="hydra", s2ap="on", sparsity=90, aa=3200, clean=7100),
+             dict(method="random", s2ap="n/a", sparsity=90, aa=2000, clean=7500)]
+    for i, cell in enumerate(cells):
+        torch.manual_seed(i)
+        net = build_model("small_cnn", get_info("fashion-mnist"), width=1.0)
+        model = root / "work" / f"model{i}.pt"
+        model.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": net.state_dict(), "masks": None, "meta": json.dumps({})}, model)
+        fx.write_result(runs, dataset="fashion-mnist", arch="small_cnn", eps=0.1, preset="rb",
+                        model_file=model, **cell)
+    export_models(runs, root / "export")
+    build_site(runs, root / "site", models_manifest=[root / "export" / "manifest.json"])
+    return root / "site"
+
+
+def test_the_ranked_board_ranks_names_papers_and_shows_the_load_snippet(browser, site, ranked_site):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    # the index links to it
+    pg.goto(site["index"].as_uri())
+    pg.click("#ranked-link")
+    assert pg.url.endswith("/ranked.html")
+    assert pg.locator("section.ranked").count() >= 4  # per table and sparsity
+    pg.goto((ranked_site / "ranked.html").as_uri())
+    rows = pg.evaluate("""() => Array.from(document.querySelectorAll('#ranked-table-0 tbody tr'))
+        .map(tr => ({rank: tr.cells[0].textContent.trim(), method: tr.dataset.method,
+                     s2ap: tr.dataset.s2ap, aa: parseFloat(tr.cells[4].textContent),
+                     papers: Array.from(tr.querySelectorAll('a.paper-link')).map(a => a.href)}))""")
+    assert [(r["rank"], r["method"], r["s2ap"]) for r in rows] == [
+        ("1", "hydra", "on"), ("2", "hydra", "off"), ("3", "random", "n/a")]
+    assert [r["aa"] for r in rows] == sorted((r["aa"] for r in rows), reverse=True)
+    assert len(rows[0]["papers"]) == 2 and "arxiv.org" in rows[0]["papers"][0]
+    snippet = pg.locator("#ranked-table-0 tbody tr").first.locator("pre.snippet")
+    assert not snippet.is_visible()
+    pg.locator("#ranked-table-0 tbody tr").first.locator("details.load summary").click()
+    assert snippet.is_visible()
+    text = snippet.inner_text()
+    assert "load_from_manifest(" in text and "fashion-mnist/small_cnn/hydra/on/sp90/seed0" in text
+    assert errors == []
+    context.close()
+
+
+def test_the_plots_follow_the_filters(page):
+    def shown_points():
+        return page.evaluate("""() => Array.from(document.querySelectorAll('#board-0 svg [data-row]'))
+            .filter(el => getComputedStyle(el).display !== 'none').map(el => el.dataset.row)""")
+
+    def shown_rows():
+        return {r["id"] for r in visible_rows(page, "#table-0")}
+
+    everything = shown_points()
+    assert everything and set(everything) == shown_rows()
+    page.select_option("#filter-method", "hydra")
+    points = shown_points()
+    assert points and set(points) == shown_rows() and all("hydra" in p for p in points)
+    assert len(points) < len(everything)
+    # a line through a hidden point goes with it
+    page.select_option("#filter-method", "")
+    page.select_option("#filter-sparsity", "90")
+    assert set(shown_points()) == shown_rows()
+    hidden_lines = page.evaluate("""() => Array.from(document.querySelectorAll('#board-0 svg [data-rows]'))
+        .filter(el => getComputedStyle(el).display === 'none').length""")
+    total_lines = page.locator("#board-0 svg [data-rows]").count()
+    assert total_lines == 0 or hidden_lines >= 1
+    page.select_option("#filter-sparsity", "")
+    assert sorted(shown_points()) == sorted(everything)
     assert page.errors == []

@@ -374,7 +374,8 @@ def manifest_by_model(manifests: str | Path | Iterable[str | Path] | None) -> di
         for record in read_manifest(manifest_path).get("models") or []:
             files = {fmt: {**e, "path": str(manifest_path.parent / e["path"])}
                      for fmt, e in (record.get("files") or {}).items()}
-            out[(record.get("preset"), record["model"])] = {**record, "files": files}
+            out[(record.get("preset"), record["model"])] = {**record, "files": files,
+                                                            "manifest": str(manifest_path)}
     return out
 
 

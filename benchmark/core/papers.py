@@ -1,9 +1,13 @@
 """Paper metadata of methods, read from their source without importing them.
 
-A method class states the paper it implements as a literal class attribute::
+A method states the paper it implements in its registration, as a literal::
 
-    paper = {"key": "Sehwag2020Hydra", "name": "HYDRA: ...", "authors": "...",
-             "venue": "NeurIPS 2020", "link": "https://arxiv.org/abs/2002.10509"}
+    @register_method("hydra", ..., paper={"key": "Sehwag2020Hydra", "name": "HYDRA: ...",
+                     "authors": "...", "venue": "NeurIPS 2020", "link": "https://arxiv.org/abs/2002.10509"})
+
+(a method file written before ``paper=`` existed may state it as a literal class attribute
+``paper = {...}`` of the registered class; that is still read. The S2AP plug-in, which is no
+registered method, states its paper so on its score-step class.)
 
 ``key`` follows RobustBench's model names (first author, year, first word of the title). The
 attribute is read with ``ast`` (benchmark/ never imports methods/, and the export must not pay for
@@ -20,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core.paths import REPO_ROOT
+from benchmark.core.registry import PAPER_FIELDS  # declared with register_method's paper=
 
 METHODS_DIR = REPO_ROOT / "methods"
-PAPER_FIELDS = ("key", "name", "authors", "venue", "link")
 
 # The robust pretraining of the dense model, by training loss (train.loss of the pretrain stage).
 TRAINING_PAPERS: dict[str, dict[str, str]] = {
@@ -117,15 +121,30 @@ def class_paper(path: str | Path, class_name: str) -> dict[str, str] | None:
     return None
 
 
+def _paper_keyword(path: Path, deco: ast.Call) -> dict[str, str] | None:
+    kw = next((k for k in deco.keywords if k.arg == "paper"), None)
+    if kw is None:
+        return None
+    try:
+        paper = ast.literal_eval(kw.value)
+    except ValueError:
+        raise PaperMetadataError(f"{path}:{kw.value.lineno}: paper= must be a literal dict (no "
+                                 "names, calls or f-strings)") from None
+    return validate_paper(paper, f"{path}:{kw.value.lineno}: paper=")
+
+
 def method_paper(method: str, method_files: Iterable[str | Path] = ()) -> dict[str, str] | None:
-    """The paper of registered method ``method``: looked up in methods/*.py, then in the extra
+    """The paper of registered method ``method``: its registration's ``paper=`` (or, in an older
+    method file, its class's ``paper`` literal), looked up in methods/*.py, then in the extra
     method files; None when the method is found but states no paper. Unknown method: KeyError."""
     files = sorted(METHODS_DIR.glob("*.py")) + [Path(f) for f in method_files]
     for path in files:
         for node in ast.walk(_tree(path)):
-            if isinstance(node, ast.ClassDef) and any(_is_registration(d, method)
-                                                      for d in node.decorator_list):
-                return _paper_of_class(path, node)
+            if not isinstance(node, ast.ClassDef):
+                continue
+            deco = next((d for d in node.decorator_list if _is_registration(d, method)), None)
+            if deco is not None:
+                return _paper_keyword(path, deco) or _paper_of_class(path, node)
     raise KeyError(f"method {method!r} is not registered in {METHODS_DIR} or the method files given")
 
 

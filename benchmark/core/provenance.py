@@ -8,12 +8,15 @@ Two facts make stale results visible on the leaderboard:
 
 - ``git.dirty``: tracked files of the checkout differed from the revision when the result was
   made (files under ``results/`` do not count: a run writes there, and a published leaderboard is
-  committed there);
-- ``stage_code``: a digest of the code that produces the numbers -- ``benchmark/training/stages.py`` and
-  every module of ``benchmark/`` it imports, followed through the imports (and through the
-  registries' "package.module:attr" strings), plus ``methods/``. Modules that only read results
-  or record provenance (aggregation, plots, this module) are not part of it, so editing the
-  leaderboard code does not make every result stale.
+  committed there), or untracked files lay in a code folder (``CODE_DIRS``);
+- ``stage_code``: a digest of the code that produces the row's numbers -- ``benchmark/training/stages.py``
+  and every module of ``benchmark/`` it imports, followed through the imports (and through the
+  registries' "package.module:attr" strings), the shared part of ``methods/`` (base.py and the
+  helpers no method owns), and the row's own method file (plus methods/s2ap.py for an S2AP row).
+  Modules that only read results or record provenance (aggregation, plots, this module) are not
+  part of it, so editing the leaderboard code does not make every result stale, and editing one
+  method's file marks that method's rows only. ``code_scope`` records what the digest covered;
+  ``stages`` (in the model's metadata, then the result) the same for every stage that made it.
 
 ``config_hash`` is the grouping key of the leaderboard: seeds of one configuration share it.
 """
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core.paths import REPO_ROOT
+from benchmark.core.registry import MethodFileError, read_method_file
 
 # Distribution names (what pip knows), not import names: importing torch just to read its
 # version would cost seconds in torch-free callers such as the aggregation step.
@@ -41,6 +45,8 @@ PACKAGES = ("torch", "torchvision", "pyautoattack", "pandas", "snakemake", "timm
 
 _REPO_ROOT = REPO_ROOT
 RESULTS_DIR = "results"
+# folders whose untracked files change what a run does: code, method files, presets, the workflow
+CODE_DIRS = ("benchmark", "methods", "presets", "workflows")
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
@@ -67,10 +73,14 @@ def _git(args: list[str], cwd: Path) -> str | None:
 def git_revision(repo: str | Path | None = None) -> dict[str, Any]:
     """{"revision": sha or "unknown", "dirty": bool or None, "dirty_files": [...]}.
 
-    dirty: tracked files modified (staged or not) outside ``results/``; untracked files do not
-    count. A checkout without commits, or a copy without .git (an installed wheel, a cluster
-    copy), gives "unknown" and None rather than an error: provenance must never be the reason a
-    result is lost.
+    dirty: tracked files modified (staged or not) outside ``results/``, or untracked files under
+    the code folders (``CODE_DIRS``): a method or preset file the commit does not hold changes
+    what runs without changing the revision, so ``git checkout <revision>`` could not reproduce
+    the result. Untracked files elsewhere (notes, a scratch script) do not count.
+
+    A checkout without commits, or a copy without .git (an installed wheel, a cluster copy),
+    gives "unknown" and None rather than an error: provenance must never be the reason a result
+    is lost.
     """
     repo = Path(repo) if repo is not None else _REPO_ROOT
     top = _git(["rev-parse", "--show-toplevel"], repo)
@@ -81,6 +91,11 @@ def git_revision(repo: str | Path | None = None) -> dict[str, Any]:
     status = _git(["status", "--porcelain", "--untracked-files=no", "--", ".",
                    f":(exclude){RESULTS_DIR}"], repo)
     files = [line[3:] for line in status.splitlines() if line.strip()] if status else []
+    code_dirs = [d for d in CODE_DIRS if (repo / d).exists()]
+    untracked = _git(["status", "--porcelain", "--untracked-files=all", "--", *code_dirs],
+                     repo) if code_dirs else None
+    if untracked:
+        files += [line[3:] for line in untracked.splitlines() if line.startswith("??")]
     return {"revision": rev or "unknown", "dirty": bool(files) if status is not None else None,
             "dirty_files": files[:50]}
 
@@ -112,7 +127,10 @@ def _imports(root: Path, path: Path) -> set[Path]:
 @lru_cache(maxsize=1024)
 def _imports_of_version(root: Path, path: Path, mtime_ns: int, size: int) -> frozenset[Path]:
     # parsing is the slow part of stage_code_digest; a file's imports change only with the file
-    package = ".".join(path.relative_to(root).with_suffix("").parts)
+    try:
+        package = ".".join(path.relative_to(root).with_suffix("").parts)
+    except ValueError:  # a preset's method file kept outside the repository: absolute imports only
+        package = path.stem
     if path.name != "__init__.py":
         package = package.rpartition(".")[0]
     found: set[Path] = set()
@@ -142,33 +160,107 @@ def _imports_of_version(root: Path, path: Path, mtime_ns: int, size: int) -> fro
     return frozenset(found)
 
 
-def stage_code_files(root: str | Path | None = None) -> list[str]:
-    """The files ``stage_code_digest`` covers, relative to the repository root."""
+S2AP_FILE = "methods/s2ap.py"
+METHOD_CONTRACT = ("methods/__init__.py", "methods/base.py")
+# grid values of ``s2ap`` under which the plug-in runs (benchmark.training.stages S2AP_SEARCH/S2AP_FINETUNE)
+S2AP_ACTIVE = frozenset({"on", "score", "awp"})
+
+
+def _declares_method(path: Path) -> bool:
+
+    try:
+        return bool(read_method_file(path))
+    except MethodFileError:
+        return False
+
+
+def method_owned_files(root: Path) -> set[Path]:
+    """The files of methods/ that belong to one method (they declare it) or to the S2AP
+    plug-in: a row's code covers them only when its own method (or S2AP) is one of them."""
+    owned = {p for p in (root / "methods").glob("*.py") if _declares_method(p)}
+    if (root / S2AP_FILE).is_file():
+        owned.add(root / S2AP_FILE)
+    return owned
+
+
+def method_source(method: str, method_files: Iterable[str | Path] = (),
+                  root: Path | None = None) -> Path | None:
+    """The file that declares ``method`` (methods/*.py, then the preset's method files); None for
+    a name no file declares (dense, a submission's own label)."""
+
+    root = root or _REPO_ROOT
+    for path in [*sorted((root / "methods").glob("*.py")), *map(Path, method_files)]:
+        try:
+            if any(d.name == method for d in read_method_file(path)):
+                return path.resolve()
+        except MethodFileError:
+            continue
+    return None
+
+
+def _rel(root: Path, path: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return f"<outside>/{path.name}"  # a preset's method file kept elsewhere: its bytes count
+
+
+def stage_code_files(root: str | Path | None = None, *, method: str | None = None,
+                     s2ap: str | None = None, method_files: Iterable[str | Path] = ()) -> list[str]:
+    """The files ``stage_code_digest`` covers, relative to the repository root.
+
+    Without ``method``: the stage code every row shares (benchmark/training/stages.py and what it imports,
+    methods/base.py and what it imports, bar the files a method or S2AP owns). A file of
+    methods/ nothing imports (a new method, a helper) marks no row. With ``method``: that plus
+    the method's own file and what it imports (HARP's file imports LAMP's allocation, so HARP's
+    rows cover lamp.py); with an active ``s2ap`` also methods/s2ap.py. An edit to one method's
+    file therefore marks that method's rows stale and no other's (base.py imports the S2AP plug-in,
+    which does not make every row an S2AP row).
+    """
     root = Path(root) if root is not None else _REPO_ROOT
-    todo = [root / STAGE_ENTRY, *sorted((root / "methods").glob("*.py"))]
+    owned = {p.resolve() for p in method_owned_files(root)}
+    include: set[Path] = set()
+    if method is not None:
+        src = method_source(method, method_files, root)
+        if src is not None:
+            include.add(src)
+    if s2ap in S2AP_ACTIVE and (root / S2AP_FILE).is_file():
+        include.add((root / S2AP_FILE).resolve())
+    # the contract every method subclasses; other helpers of methods/ count when imported
+    todo: list[tuple[Path, bool]] = [(root / p, False) for p in (STAGE_ENTRY, *METHOD_CONTRACT)]
+    todo += [(p, True) for p in sorted(include)]
     seen: set[Path] = set()
     while todo:
-        path = todo.pop()
-        rel = path.relative_to(root).as_posix()
+        path, from_owned = todo.pop()
+        path = path.resolve()
+        rel = _rel(root, path)
         if path in seen or rel in RECORDING_MODULES or not path.is_file():
             continue
+        is_owned = path in include or path in owned
+        # a method's file is reached only as the row's own, or imported by the row's own file
+        if is_owned and path not in include and not from_owned:
+            continue
         seen.add(path)
-        todo.extend(_imports(root, path) - seen)
+        todo.extend((p, is_owned) for p in _imports(root, path) - seen)
         # a package's __init__ comes with every module imported from it
         init = path.parent / "__init__.py"
         if init != path and init.is_file():
-            todo.append(init)
-    return sorted(p.relative_to(root).as_posix() for p in seen)
+            todo.append((init, False))
+    return sorted(_rel(root, p) for p in seen)
 
 
-def stage_code_digest(root: str | Path | None = None) -> str:
+def stage_code_digest(root: str | Path | None = None, *, method: str | None = None,
+                      s2ap: str | None = None, method_files: Iterable[str | Path] = ()) -> str:
     """16 hex digits over the names and bytes of ``stage_code_files``: equal digests mean the
-    same code computed the numbers."""
+    same code computed the numbers of a row of ``method`` (with ``s2ap``)."""
     root = Path(root) if root is not None else _REPO_ROOT
     h = hashlib.sha256()
-    for rel in stage_code_files(root):
+    files = stage_code_files(root, method=method, s2ap=s2ap, method_files=method_files)
+    extra = {_rel(root, Path(f).resolve()): Path(f).resolve() for f in method_files}
+    for rel in files:
+        path = extra.get(rel, root / rel)
         h.update(rel.encode() + b"\0")
-        h.update((root / rel).read_bytes())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -195,13 +287,38 @@ def device_info() -> dict[str, Any]:
     return info
 
 
-def provenance(repo: str | Path | None = None) -> dict[str, Any]:
-    """Package versions, git revision, platform (no hostname), device and a UTC timestamp."""
+def code_scope(method: str | None = None, s2ap: str | None = None,
+               method_files: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """What a stage code digest covers, recorded beside it so that the current digest of the same
+    scope can be computed again (benchmark.results.staleness)."""
+    return {"method": method, "s2ap": s2ap, "method_files": [str(f) for f in method_files]}
+
+
+def stage_record(method: str | None = None, s2ap: str | None = None,
+                 method_files: Iterable[str | Path] = (), repo: str | Path | None = None
+                 ) -> dict[str, Any]:
+    """The provenance of one stage (pretrain, prune, finetune, evaluate) of a model: revision,
+    dirty tree and the digest of the code of its scope. Every stage's record travels with the
+    model's metadata into the result, so publishing can refuse a model an older stage made."""
+    git = git_revision(repo)
+    method_files = list(method_files)
+    return {"revision": git["revision"], "dirty": git["dirty"],
+            "dirty_files": git["dirty_files"][:10],
+            "stage_code": stage_code_digest(method=method, s2ap=s2ap, method_files=method_files),
+            "scope": code_scope(method, s2ap, method_files)}
+
+
+def provenance(repo: str | Path | None = None, *, method: str | None = None,
+               s2ap: str | None = None, method_files: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """Package versions, git revision, stage code (of the row's method and S2AP setting, see
+    ``stage_code_files``), platform (no hostname), device and a UTC timestamp."""
+    method_files = list(method_files)
     return {
         "packages": package_versions(),
         "python": platform.python_version(),
         "git": git_revision(repo),
-        "stage_code": stage_code_digest(),
+        "stage_code": stage_code_digest(method=method, s2ap=s2ap, method_files=method_files),
+        "code_scope": code_scope(method, s2ap, method_files),
         # platform.platform() names OS, kernel, machine and libc; unlike platform.node() it holds
         # no hostname, which has no place in a result that may be published.
         "platform": platform.platform(),

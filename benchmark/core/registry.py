@@ -142,14 +142,31 @@ for _name, _target in {
 
 
 # ---------------------------------------------------------------- methods: the declaration
+#: what a method's ``paper=`` states (RobustBench's model-info fields), each a non-empty string
+PAPER_FIELDS = ("key", "name", "authors", "venue", "link")
+
+
+def paper_problem(paper: Any) -> str | None:
+    """What is wrong with a ``paper=`` value (None: a dict of the PAPER_FIELDS strings)."""
+    if not isinstance(paper, dict):
+        return f"must be a dict with keys {', '.join(PAPER_FIELDS)}"
+    missing = [k for k in PAPER_FIELDS if not isinstance(paper.get(k), str) or not paper[k].strip()]
+    if missing:
+        return f"lacks non-empty string(s) {', '.join(missing)}; required: {', '.join(PAPER_FIELDS)}"
+    return None
+
+
 def register_method(name: str, *, learns_scores: bool = TRAIT_DEFAULTS["learns_scores"],
                     needs_pretrain: bool = TRAIT_DEFAULTS["needs_pretrain"],
-                    needs_finetune: bool = TRAIT_DEFAULTS["needs_finetune"]) -> Callable[[type], type]:
-    """Declares a method class: its registry name and its traits, as literals.
+                    needs_finetune: bool = TRAIT_DEFAULTS["needs_finetune"],
+                    paper: dict[str, str] | None = None) -> Callable[[type], type]:
+    """Declares a method class: its registry name, its traits and its paper, as literals.
 
     learns_scores   True when the mask search trains importance scores (S2AP then applies)
     needs_pretrain  False when the method prunes random weights (RST)
     needs_finetune  False when the searched mask is the final model (RST)
+    paper           the paper it implements: {"key", "name", "authors", "venue", "link"} (the
+                    leaderboard's paper column, the RobustBench export; benchmark.core.papers)
 
     Discovery reads these arguments from the source (``read_method_file``), so they must be
     written as literals; the decorator sets them as class attributes for the code that runs.
@@ -159,6 +176,8 @@ def register_method(name: str, *, learns_scores: bool = TRAIT_DEFAULTS["learns_s
     for key, value in traits.items():
         if not isinstance(value, bool):
             raise TypeError(f"@register_method({name!r}): {key} must be True or False, got {value!r}")
+    if paper is not None and paper_problem(paper):
+        raise TypeError(f"@register_method({name!r}): paper= {paper_problem(paper)}")
 
     def wrap(cls: type) -> type:
         in_body = [k for k in traits if k in vars(cls)]
@@ -167,9 +186,14 @@ def register_method(name: str, *, learns_scores: bool = TRAIT_DEFAULTS["learns_s
             raise MethodContractError(
                 f"{cls.__qualname__} sets {', '.join(in_body)} in its class body; declare traits "
                 f"only in @register_method({name!r}, ...)")
+        if paper is not None and "paper" in vars(cls):
+            raise MethodContractError(f"{cls.__qualname__} states its paper in its class body and in "
+                                      f"@register_method({name!r}, paper=...); keep the decorator's")
         cls.name = name
         for key, value in traits.items():
             setattr(cls, key, value)
+        if paper is not None:
+            cls.paper = dict(paper)
         return cls
 
     return wrap
@@ -231,13 +255,16 @@ def read_method_file(path: str | Path) -> list[MethodDecl]:
                                       "string literal, e.g. @register_method(\"my_method\")")
             traits = dict(TRAIT_DEFAULTS)
             for kw in deco.keywords:
+                if kw.arg == "paper":
+                    _read_paper(kw, where)  # benchmark.core.papers reads it; a bad one fails here too
+                    continue
                 if kw.arg is None:
                     raise MethodFileError(f"{where}: @register_method(**...) cannot be read without "
                                           f"running the file; write {', '.join(TRAIT_DEFAULTS)} "
                                           "as literal keywords")
                 if kw.arg not in TRAIT_DEFAULTS:
                     raise MethodFileError(f"{where}: unknown @register_method keyword {kw.arg!r}; "
-                                          f"valid: {', '.join(TRAIT_DEFAULTS)}")
+                                          f"valid: {', '.join(TRAIT_DEFAULTS)}, paper")
                 if not (isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, bool)):
                     raise MethodFileError(
                         f"{where}: {kw.arg}= must be the literal True or False (the workflow reads "
@@ -245,6 +272,19 @@ def read_method_file(path: str | Path) -> list[MethodDecl]:
                 traits[kw.arg] = kw.value.value
             found.append(MethodDecl(deco.args[0].value, node.name, traits, str(path), deco.lineno))
     return found
+
+
+def _read_paper(kw: ast.keyword, where: str) -> dict[str, str]:
+    """The literal ``paper=`` of a declaration; MethodFileError naming the line otherwise."""
+    try:
+        paper = ast.literal_eval(kw.value)
+    except ValueError:
+        raise MethodFileError(f"{where}: paper= must be a literal dict (no names, calls or "
+                              "f-strings): the leaderboard reads it without running the file") from None
+    problem = paper_problem(paper)
+    if problem:
+        raise MethodFileError(f"{where}: paper= {problem}")
+    return {str(k): str(v) for k, v in paper.items()}
 
 
 def _module_source(module: str) -> Path | None:

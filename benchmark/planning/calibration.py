@@ -21,7 +21,14 @@ Format (version 1)::
 - ``pgd_image``: PGD-50 per image; ``clean_image``: one forward pass per image;
 - ``autoattack_image``: AutoAttack standard per image on an image no attack breaks, i.e. every
   attack spends its whole budget, as on an image of a robust model that stays robust (an upper
-  bound per image: images broken early cost less).
+  bound per image: images broken early cost less); ``autoattack_image_apgd_ce`` (optional) the
+  part of it APGD-CE, the first attack, spends: what an image it breaks costs;
+- ``job_start`` (optional): a job's start-up (imports in a fresh process).
+
+A calibration is looked up for exactly the job's architecture, input shape, device and precision;
+a width that was not measured is scaled from two measured widths of the same architecture
+(``Calibration.find``: per-image cost a + b * width^2, convolutions' cost growing with the square
+of the width, fitted through the two nearest measurements).
 
 Torch-free; reading validates the file and names what is wrong.
 """
@@ -43,6 +50,12 @@ VERSION = 1
 CALIBRATION_FILE = PACKAGE_DIR / "calibration" / "calibration.json"
 SECONDS = ("pretrain_step", "search_step", "search_step_s2ap", "finetune_step",
            "finetune_step_awp", "pgd_image", "clean_image", "autoattack_image")
+# figures newer measurements add (older entries lack them; the estimate then falls back):
+#   autoattack_image_apgd_ce  APGD-CE's share of autoattack_image: what an image the first attack
+#                             breaks costs (the later attacks run on the images still robust only)
+#   job_start                 seconds a job spends before its first step: interpreter, torch and
+#                             the suite's imports, reading the dataset (a fresh process)
+OPTIONAL_SECONDS = ("autoattack_image_apgd_ce", "job_start")
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 ENTRY_KEYS = ("device", "device_name", "threads", "arch", "input_shape", "num_classes", "width",
@@ -88,12 +101,12 @@ def entry_problems(entry: Any, where: str = "entry") -> list[str]:
         problems.append(f"{where}.seconds: not an object")
     else:
         absent = [k for k in SECONDS if k not in secs]
-        unknown = [k for k in secs if k not in SECONDS]
+        unknown = [k for k in secs if k not in SECONDS + OPTIONAL_SECONDS]
         if absent:
             problems.append(f"{where}.seconds: missing {absent}")
         if unknown:
             problems.append(f"{where}.seconds: unknown {unknown}")
-        bad = [k for k in SECONDS if k in secs and not (isinstance(secs[k], (int, float))
+        bad = [k for k in SECONDS + OPTIONAL_SECONDS if k in secs and not (isinstance(secs[k], (int, float))
                                                         and math.isfinite(secs[k]) and secs[k] >= 0)]
         if bad:
             problems.append(f"{where}.seconds: {bad} are not non-negative numbers")
@@ -147,16 +160,49 @@ class Calibration:
     def find(self, *, device: str, arch: str, input_shape: Iterable[int], num_classes: int,
              width: float, precision: str = "fp32") -> dict[str, Any] | None:
         """The newest entry for exactly this architecture, input shape, width, device and
-        precision; None when nothing was measured (never a neighbour's figure)."""
+        precision; for a width not measured, one scaled from two measured widths of the same
+        architecture (``scale_width``); None when fewer were measured (never another
+        architecture's or device's figure)."""
         shape = list(input_shape)
-        found = [e for e in self.entries
-                 if e["device"] == device and e["arch"] == arch and list(e["input_shape"]) == shape
-                 and e["num_classes"] == num_classes and precision == e["precision"]
-                 and math.isclose(float(e["width"]), float(width), rel_tol=1e-9)]
-        return max(found, key=lambda e: e["measured"]) if found else None
+        same = [e for e in self.entries
+                if e["device"] == device and e["arch"] == arch and list(e["input_shape"]) == shape
+                and e["num_classes"] == num_classes and precision == e["precision"]]
+        found = [e for e in same if math.isclose(float(e["width"]), float(width), rel_tol=1e-9)]
+        if found:
+            return max(found, key=lambda e: e["measured"])
+        newest: dict[float, dict[str, Any]] = {}
+        for e in sorted(same, key=lambda e: e["measured"]):
+            newest[float(e["width"])] = e
+        if len(newest) < 2:
+            return None
+        near = sorted(newest, key=lambda w: abs(math.log(w / float(width))))[:2]
+        return scale_width(newest[near[0]], newest[near[1]], float(width))
 
     def devices(self) -> list[str]:
         return sorted({e["device"] for e in self.entries})
+
+
+def scale_width(a: Mapping[str, Any], b: Mapping[str, Any], width: float) -> dict[str, Any]:
+    """An entry for ``width`` from measurements at two other widths of one architecture: every
+    figure per image (steps divided by their batch size) fitted as c + k * width^2 (c, k >= 0),
+    steps given back at the batch size of the nearer entry. ``scaled_from`` names the widths."""
+    near = a
+    wa, wb = float(a["width"]), float(b["width"])
+    out = dict(near)
+    secs = {}
+    for name in set(a["seconds"]) & set(b["seconds"]):
+        per_batch = name.endswith("_step")
+        ya = a["seconds"][name] / (a["batch_size"] if per_batch else 1)
+        yb = b["seconds"][name] / (b["batch_size"] if per_batch else 1)
+        if name == "job_start":
+            y = max(ya, yb)  # start-up does not grow with the model
+        else:
+            k = max((yb - ya) / (wb ** 2 - wa ** 2), 0.0)
+            c = max(ya - k * wa ** 2, 0.0)
+            y = c + k * width ** 2
+        secs[name] = y * (near["batch_size"] if per_batch else 1)
+    out.update(width=float(width), seconds=secs, scaled_from=sorted([wa, wb]))
+    return out
 
 
 def read(path: str | Path | None = None) -> dict[str, Any]:
@@ -200,5 +246,6 @@ def merge(path: str | Path, new_entries: Iterable[Mapping[str, Any]]) -> dict[st
     return out
 
 
-__all__ = ["CALIBRATION_FILE", "Calibration", "CalibrationError", "FORMAT", "SECONDS", "VERSION",
+__all__ = ["CALIBRATION_FILE", "Calibration", "CalibrationError", "FORMAT", "SECONDS",
+           "OPTIONAL_SECONDS", "VERSION", "scale_width",
            "cpu_name", "entry_problems", "key", "load", "merge", "problems", "read"]

@@ -10,6 +10,7 @@
   python -m benchmark export verify --manifest results/quick/export/models/manifest.json
   python -m benchmark publish --preset quick      (results/quick -> results/published/quick)
   python -m benchmark submit submissions/NAME [--preset presets/quick.yaml] [--out FILE]
+  python -m benchmark make-submission --manifest M --model KEY [--out submissions/NAME] [--name T]
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from pathlib import Path
 
 from benchmark.core.model_files import export_models, verify_manifest
 from benchmark.publishing.export_robustbench import export_robustbench
-from benchmark.publishing.publish import PublishError, check_run, publish
+from benchmark.publishing.make_submission import make_submission
+from benchmark.publishing.publish import archive_published, check_run, publish
 from benchmark.publishing.submission import submit
 
-COMMANDS = ("site", "export", "publish", "submit")
+COMMANDS = ("site", "export", "publish", "submit", "make-submission")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +59,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--manifest", required=True)
 
     p = sub.add_parser("publish", help="copy a finished, checked run to results/published/<preset>/")
-    p.add_argument("--preset", required=True, help="preset name (presets/<name>.yaml, results/<name>/)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--preset", help="preset name (presets/<name>.yaml, results/<name>/)")
+    which.add_argument("--archive", metavar="PRESET",
+                       help="mark results/published/PRESET as archived (made at its revision, not "
+                            "republished after its code changed): shown apart, under a banner")
+    p.add_argument("--reason", default="Too long to recompute at every change of its code.",
+                   help="with --archive: why it is archived rather than republished")
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--check-only", action="store_true", help="run the checks, publish nothing")
 
@@ -69,6 +77,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None,
                    help="result JSON (default results/<preset>/submissions/<name>.json)")
     p.add_argument("--state-dir", default=None, help="AutoAttack resume files")
+
+    p = sub.add_parser("make-submission", help="a submission folder from one of our exported "
+                                               "models (then: python -m benchmark submit FOLDER)")
+    p.add_argument("--manifest", required=True, help="model manifest.json (export models, or a "
+                                                     "published preset's export/models/)")
+    p.add_argument("--model", required=True, help="model key, e.g. fashion-mnist/small_cnn/hydra/"
+                                                  "on/sp90/seed0 (or an entry id with one model)")
+    p.add_argument("--out", default=None, help="the folder (default submissions/<method>-<s2ap>-"
+                                               "sp<sparsity>-seed<seed>); its name is the entry's id")
+    p.add_argument("--name", default=None, help="the entry's name on its row (default: the folder's)")
+    p.add_argument("--method-file", action="append", default=[], help="method file (its paper)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,15 +103,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "publish":
 
+        if args.archive:
+            rec = archive_published(args.archive, reason=args.reason, root=args.root)
+            print(f"archived: results/published/{args.archive} (made at revision "
+                  f"{str(rec['revision'])[:12]}, {rec['stale_results']} stale result(s)); commit "
+                  f"results/published/{args.archive}/archived.json and results/published/site")
+            return 0
         if args.check_only:
             chk = check_run(args.preset, root=args.root)
             if chk.problems:
-                raise PublishError(args.preset, chk.problems)
+                raise chk.error()
             print(f"results/{args.preset}: every check passed")
             return 0
         folder = publish(args.preset, root=args.root)
         print(f"published: {folder} (and {Path(args.root) / 'results' / 'published' / 'site'}); "
               f"commit it: git add {folder} {Path(args.root) / 'results' / 'published' / 'site'}")
+        return 0
+    if args.command == "make-submission":
+
+        folder = make_submission(args.manifest, args.model, out=args.out, name=args.name,
+                                 method_files=args.method_file)
+        print(f"submission folder: {folder} (evaluate it: python -m benchmark submit {folder})")
         return 0
     if args.command == "submit":
 

@@ -11,6 +11,7 @@ YAML; in short::
   num_classes: 10               # optional; must be the dataset's
   eps: 0.1                      # the eps the submitter used: must be the preset's
   structure: unstructured       # optional: unstructured | structured
+  name: "HYDRA-95 (Doe et al.)"  # optional: the entry's name on its row (default: the folder's)
   method: "HYDRA, 20 search epochs, then 10 finetune epochs"   # how it was made, in words
   model: {file: model.safetensors, sha256: <64 hex>, size: 358632}   # size optional
   claims: {sparsity: 95, clean: 80.1, autoattack: 41.0}        # in %; clean/autoattack optional
@@ -329,7 +330,8 @@ def submit(folder: str | Path, *, preset_file: str | Path | None = None,
         timing={**evaluation["timing"], "evaluate_s": time.perf_counter() - t0},
         diagnostics={}, history={}, provenance=provenance(),
         model={"path": str(path), "sha256": sha},
-        submission={"name": name, "method": spec["method"], "directory": str(folder),
+        submission={"name": name, "title": spec.get("name"), "method": spec["method"],
+                    "directory": str(folder),
                     "claims": claims, "paper": spec.get("paper")})
     results.write_result(out or default_output(cfg["name"], name), record)
     return record

@@ -79,7 +79,6 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.core.io import atomic_write_text
-from benchmark.core.provenance import stage_code_digest
 from benchmark.results import flags as flag_legend
 from benchmark.results.leaderboard_file import read_leaderboard
 from benchmark.results.loading import METRICS, AggregationError, load_checked, load_runs  # noqa: F401 - the aggregation's API
@@ -87,6 +86,7 @@ from benchmark.results.markdown import excluded_md, flips_md, header_md, leaderb
 from benchmark.results.pooling import group_key, pool_seeds, row_sort_key, s2ap_pairs
 from benchmark.results.published import add_published, load_published
 from benchmark.results.reference import add_reference, load_reference
+from benchmark.results.staleness import CurrentCode
 
 # ---------------------------------------------------------------- entry point
 # The leaderboard's first words for a preset whose numbers are not results (the preset's
@@ -110,9 +110,10 @@ def build_tables(runs_dir: str | Path | list, reference_csv: str | Path | None =
     ({file, rule, detail} each) and in the markdown's last section. ``published_csv``: the
     published run's leaderboard, compared cell by cell (benchmark.results.published)."""
     records, excluded = load_checked(runs_dir, exclude_invalid=exclude_invalid)
-    current = stage_code_digest()
+    current = CurrentCode()
     for r in records:
-        r["stale"] = r["stage_code"] != current
+        # the row's own scope: an edit to one method's file marks that method's rows only
+        r["stale"] = r["stage_code"] != current.of_scope(r["code_scope"])
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[group_key(r)].append(r)
@@ -211,7 +212,8 @@ def runs_frame(runs_dir: str | Path | list, *, exclude_invalid: bool = False) ->
     when per-seed detail is wanted."""
     rows = []
     for r in load_runs(runs_dir, exclude_invalid=exclude_invalid):
-        row = {k: v for k, v in r.items() if k not in ("diagnostics",) and not k.endswith("_flags")}
+        row = {k: v for k, v in r.items() if k not in ("diagnostics", "code_scope")
+               and not k.endswith("_flags")}
         for name in METRICS:
             if r[f"{name}_n"]:
                 row[name] = 100.0 * r[f"{name}_correct"] / r[f"{name}_n"]

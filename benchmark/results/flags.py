@@ -65,6 +65,21 @@ SITE_LEGEND: tuple[Flag, ...] = (
          "full-test-set leaderboards)."),
 )
 BY_NAME = {f.name: f for f in LEGEND + SITE_LEGEND}
+# the ``:detail`` a flag carries in the ``flag`` column (README's table shows it)
+DETAILS = {"lowered-after-apgd": "<attacks>", "pgd-broke-aa-robust": "K", "claim-outside": "<claims>",
+           "degenerate": "K/N", "projected": "K/N", "s2ap-inactive": "K/N"}
+README_TABLE_HEAD = ("| letter | `flag` | meaning |", "| --- | --- | --- |")
+
+
+def readme_table() -> str:
+    """README's flag table, every flag of both legends (the site-only ones say so); a test checks
+    that README.md holds exactly this (``python -m benchmark.results.flags`` prints it)."""
+    lines = list(README_TABLE_HEAD)
+    for f in LEGEND + SITE_LEGEND:
+        name = f.name + (f":{DETAILS[f.name]}" if f.name in DETAILS else "")
+        where = " (site only)" if f in SITE_LEGEND else ""
+        lines.append(f"| {f.code} | `{name}` | {f.meaning.replace('|', '/')}{where} |")
+    return "\n".join(lines)
 
 
 def split(flag_text: str | None) -> list[tuple[str, str]]:
@@ -100,4 +115,9 @@ def legend_markdown(used: set[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Flag", "LEGEND", "SITE_LEGEND", "BY_NAME", "split", "code_of", "codes", "legend_markdown"]
+__all__ = ["Flag", "LEGEND", "SITE_LEGEND", "BY_NAME", "DETAILS", "split", "code_of", "codes",
+           "legend_markdown", "readme_table"]
+
+
+if __name__ == "__main__":
+    print(readme_table())

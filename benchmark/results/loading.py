@@ -11,6 +11,7 @@ from typing import Any
 
 from benchmark.core.errors import CorruptFileError
 from benchmark.core.result_file import ResultError, pgd_broken_aa_robust, read_result
+from benchmark.results.staleness import code_scope_of
 
 METRICS = ("clean", "pgd", "autoattack")
 # a model whose accuracy is at most this far above always answering the majority class is degenerate
@@ -149,6 +150,7 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
         "preset": cell.get("preset"),
         "revision": git["revision"], "dirty": git["dirty"],
         "stage_code": res["provenance"]["stage_code"],
+        "code_scope": code_scope_of(res),
         "aa_robust_pgd_broken": pgd_broken_aa_robust(res),
         "submission": (res.get("submission") or {}).get("name"),
         "claims_outside": list((res.get("submission") or {}).get("outside") or []),

@@ -101,11 +101,14 @@ def draw_point(ax: Any, x: float, y: float, *, color: str, dashed: bool = False,
 
 
 def draw_series(ax: Any, xs: list[float], ys: list[float], *, color: str, dashed: bool, label: str,
-                yerr: tuple[list[float], list[float]] | None = None) -> list[Any]:
+                yerr: tuple[list[float], list[float]] | None = None, lines: list | None = None) -> list[Any]:
     """A line through the points plus one errorbar per point (the first carries the legend label).
-    Returns the points' ErrorbarContainers, in order."""
+    Returns the points' ErrorbarContainers, in order; the line goes to ``lines`` when given."""
     if len(xs) > 1:
-        ax.plot(xs, ys, color=color, linestyle="--" if dashed else "-", linewidth=1.5, label="_nolegend_")
+        (line,) = ax.plot(xs, ys, color=color, linestyle="--" if dashed else "-", linewidth=1.5,
+                          label="_nolegend_")
+        if lines is not None:
+            lines.append(line)
     return [draw_point(ax, x, y, color=color, dashed=dashed, label=label if i == 0 else "_nolegend_",
                        yerr=None if yerr is None else (yerr[0][i], yerr[1][i]))
             for i, (x, y) in enumerate(zip(xs, ys))]
@@ -154,10 +157,11 @@ def _figure_legend(fig: Any, axes: Any) -> None:
                    bbox_to_anchor=(1.0, 0.5), fontsize=8)
 
 
-def accuracy_panel(ax: Any, block: pd.DataFrame, metric: str, colors: dict[str, str] | None = None
-                   ) -> list[tuple[dict, list[Any]]]:
+def accuracy_panel(ax: Any, block: pd.DataFrame, metric: str, colors: dict[str, str] | None = None,
+                   series_lines: list | None = None) -> list[tuple[dict, list[Any]]]:
     """One panel: ``metric`` (%) vs nominal sparsity, a line per (method, S2AP) with Wilson
-    whiskers, the dense model as a grey dotted line. Returns (row, its artists) per drawn row."""
+    whiskers, the dense model as a grey dotted line. Returns (row, its artists) per drawn row;
+    ``series_lines`` gets (the rows a line joins, the line) for each line."""
     colors = colors if colors is not None else method_colors(block["method"])
     dense = block[block["method"] == "dense"]
     pruned = block[block["method"] != "dense"]
@@ -175,10 +179,13 @@ def accuracy_panel(ax: Any, block: pd.DataFrame, metric: str, colors: dict[str, 
         if line.empty:
             continue
         x = [positions[float(v)] + offsets[(str(method), str(s2ap))] for v in line["sparsity"]]
+        drawn_line: list = []
         points = draw_series(ax, x, [float(v) for v in line[metric]], color=colors.get(str(method), PALETTE[0]),
                              dashed=_dashed(s2ap), label=_series_label(method, s2ap),
-                             yerr=wilson_whiskers(line, metric))
+                             yerr=wilson_whiskers(line, metric), lines=drawn_line)
         drawn += [(r, point_artists(c)) for r, c in zip(line.to_dict("records"), points)]
+        if series_lines is not None and drawn_line:
+            series_lines.append((line.to_dict("records"), drawn_line[0]))
     _set_sparsity_axis(ax, positions)
     ax.set_ylabel(f"{METRIC_TITLES.get(metric, metric)} accuracy (%)")
     ax.grid(True, alpha=0.3)

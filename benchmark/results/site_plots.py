@@ -81,6 +81,7 @@ class Marks:
     def __init__(self, label: str):
         self.label = label
         self.items: dict[str, tuple[str, str, str]] = {}
+        self.lines: dict[str, str] = {}
 
     def add(self, row: Mapping[str, Any], artists: Sequence[Any], tip: str = "",
             whisker_class: str = "whisker", point_class: str = "point") -> None:
@@ -92,6 +93,13 @@ class Marks:
             artist.set_gid(gid)
             cls = point_class if part == "point" else whisker_class
             self.items[gid] = (rid, cls, tip if part == "point" else "")
+
+    def add_line(self, rows: Sequence[Mapping[str, Any]], line: Any) -> None:
+        """A line joining several rows: ``data-rows`` lists them, so the page hides the line when
+        any of them is filtered out (the points it joins are no longer all shown)."""
+        gid = f"{self.label}--line{len(self.lines)}"
+        line.set_gid(gid)
+        self.lines[gid] = " ".join(row_id(r) for r in rows)
 
 
 def figure_svg(fig: Any, marks: Marks, title: str) -> str:
@@ -135,6 +143,9 @@ def figure_svg(fig: Any, marks: Marks, title: str) -> str:
                 t = ET.Element("title")
                 t.text = tip
                 el.insert(0, t)
+        elif gid in marks.lines:
+            el.set("class", "series")
+            el.set("data-rows", marks.lines[gid])
         elif gid is not None and gid not in referenced:
             del el.attrib["id"]  # matplotlib's figure_1, axes_1, ... repeat in every plot of a page
     _unwrap(root)
@@ -182,7 +193,8 @@ def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], colors: Mapping[str,
     title = title or f"{name} accuracy vs sparsity"
     marks = Marks(f"{metric}-vs-sparsity-{slug(str(usable[0].get('arch', '')))}")
     fig, ax = _plt().subplots(figsize=FIGSIZE)
-    for row, artists in accuracy_panel(ax, pd.DataFrame(usable), metric, dict(colors)):
+    lines: list = []
+    for row, artists in accuracy_panel(ax, pd.DataFrame(usable), metric, dict(colors), series_lines=lines):
         lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
         n = row.get(f"{metric}_n")
         label = "dense" if row["method"] == "dense" else _series_label(row["method"], str(row["s2ap"]))
@@ -190,6 +202,8 @@ def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], colors: Mapping[str,
                + (f" [{_pct(lo)}, {_pct(hi)}]" if finite(lo) and finite(hi) else "")
                + (f", n = {int(float(n))}" if finite(n) else ""))
         marks.add(row, artists, tip, point_class="dense" if row["method"] == "dense" else "point")
+    for joined, line in lines:
+        marks.add_line(joined, line)
     ylim = _limits([v for r in usable for v in (r.get(metric), r.get(f"{metric}_lo"), r.get(f"{metric}_hi"))])
     ax.set_ylim(min(ylim[0], ax.get_ylim()[0]), max(ylim[1], ax.get_ylim()[1]))
     ax.set_title(title, fontsize=10, loc="left")

@@ -33,7 +33,7 @@ from benchmark.core.io import (
 )
 from benchmark.core.models import build_model
 from benchmark.core.paths import REPO_ROOT
-from benchmark.core.provenance import provenance
+from benchmark.core.provenance import provenance, stage_record
 from benchmark.core.registry import method_registry
 from benchmark.evaluation.attacks import AttackConfig
 from benchmark.evaluation.protocol import autoattack_shards, evaluate_model, prepare_for_eval, stage_config
@@ -183,14 +183,20 @@ class StageTraining:
             robust_loss=RobustLoss(t.loss, t.attack, trades_beta=t.trades_beta, adv_eval_mode=t.adv_eval_mode))
 
 
-def _meta(cfg: dict, stage: str, upstream: dict | None = None, **extra) -> dict:
+def _meta(cfg: dict, stage: str, upstream: dict | None = None, *, method_files=(), **extra) -> dict:
     """Stage metadata; ``configs`` accumulates every upstream stage's config, so the final result
     records the whole recipe that produced it; ``threads`` the CPU threads each stage ran on (a
-    thread count changes the last bits of a CPU run, never its hash)."""
+    thread count changes the last bits of a CPU run, never its hash); ``stage_provenance`` the
+    revision and stage code of each stage (publishing refuses a model an older stage made)."""
+
     configs = dict((upstream or {}).get("configs", {}))
     configs[stage] = cfg
     threads = {**(upstream or {}).get("threads", {}), stage: torch.get_num_threads()}
-    return {"stage": stage, "configs": configs, "threads": threads, **extra}
+    method_files = [str(f) for f in method_files]  # as the workflow names them (no machine paths)
+    prov = {**(upstream or {}).get("stage_provenance", {}),
+            stage: stage_record(extra.get("method"), extra.get("s2ap"), method_files)}
+    return {"stage": stage, "configs": configs, "threads": threads, "stage_provenance": prov,
+            "method_files": method_files or (upstream or {}).get("method_files", []), **extra}
 
 
 # ---------------------------------------------------------------- stages
@@ -285,7 +291,8 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
         diag.update(search_diagnostics(model, splits[1], cfg["diagnostics"], attack, device, seed))
     diag_s = time.perf_counter() - t_diag
     masks = masking.get_masks(model)
-    meta = _meta(cfg, "prune", dmeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
+    meta = _meta(cfg, "prune", dmeta, method_files=method_files, dataset=dataset, arch=arch,
+                 method=method, s2ap=s2ap,
                  sparsity=sparsity, seed=dense_seed, search_seed=seed, history=history, mask_val=mask_val,
                  search_report=search_report, val_majority_share=_majority_share(splits[1]),
                  sparsity_report=masking.sparsity_report(masks), diagnostics=diag,
@@ -333,7 +340,8 @@ def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, spar
         params = [p for p in model.parameters() if p.requires_grad]
         history = run.trainer(model, params, hooks).fit()
     masks = masking.get_masks(model)
-    meta = _meta(cfg, "finetune", smeta, dataset=dataset, arch=arch, method=method, s2ap=s2ap,
+    meta = _meta(cfg, "finetune", smeta, method_files=method_files, dataset=dataset, arch=arch,
+                 method=method, s2ap=s2ap,
                  sparsity=sparsity, seed=seed, granularity=m.granularity,
                  width=float(cfg.get("model", {}).get("width", 1.0)),
                  history=history, search=dict(mask_val=smeta.get("mask_val"), history=smeta.get("history"),
@@ -401,14 +409,23 @@ def evaluate(cfg: dict, *, model_path: str | Path, cell: dict, out: str | Path,
                 "evaluate_s": time.perf_counter() - t0},
         diagnostics=_diagnostics(meta, extra_diagnostics),
         history={"train": meta.get("history"), "search": search.get("history")},
-        provenance={**provenance(),
-                    "threads": {**meta.get("threads", {}), "evaluate": torch.get_num_threads()}},
+        provenance=_result_provenance(provenance, stage_record, cell, meta),
         search=search.get("report"),
         class_balance=_class_balance(search.get("val_majority_share"), test_set, evaluation),
         # the exports publish this file: they check it is still the one evaluated
         model={"path": str(model_path), "sha256": sha256_file(model_path)})
     results.write_result(out, record)
     return record
+
+
+def _result_provenance(provenance, stage_record, cell: dict, meta: dict) -> dict:
+    """The result's provenance: its row's code scope (the cell's method and S2AP setting, the
+    method file the prune stage named) and the record of every stage that made the model."""
+    scope = dict(method=cell.get("method"), s2ap=cell.get("s2ap"),
+                 method_files=meta.get("method_files") or ())
+    return {**provenance(**scope),
+            "threads": {**meta.get("threads", {}), "evaluate": torch.get_num_threads()},
+            "stages": {**meta.get("stage_provenance", {}), "evaluate": stage_record(**scope)}}
 
 
 def _majority_share(ds) -> float | None:

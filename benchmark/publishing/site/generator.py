@@ -47,14 +47,15 @@ from benchmark.core.entries import (
 )
 from benchmark.core.io import atomic_write_text, replace_dir
 from benchmark.core.model_files import manifest_by_model
-from benchmark.core.provenance import stage_code_digest
 from benchmark.core.result_file import ResultError, read_result
 from benchmark.publishing.export_robustbench import entry_path as rb_entry_path
 from benchmark.publishing.export_robustbench import robustbench_status
+from benchmark.publishing.ranked_board import ranked_boards
 from benchmark.results import flags as flag_legend
 from benchmark.results import site_plots
 from benchmark.results.aggregate import AggregationError, build_tables
 from benchmark.results.published import finite_number as _num
+from benchmark.results.staleness import CurrentCode
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE_DIR / "templates"
@@ -120,7 +121,7 @@ def _seed(res: Mapping[str, Any]) -> str:
 
 
 def _flag_reason(name: str, detail: str, row: Mapping[str, Any], runs: list[tuple[Path, dict]],
-                 current_code: str) -> str:
+                 current_code: CurrentCode) -> str:
     """Why a flag of the leaderboard's ``flag`` column is set, from the result files."""
     if name == "warnings":
         warned = [f"{_seed(res)}: {str(w).strip().splitlines()[0]}" for _, res in runs
@@ -151,8 +152,10 @@ def _flag_reason(name: str, detail: str, row: Mapping[str, Any], runs: list[tupl
                               else " (outside a git checkout)"))
         return "; ".join(out)
     if name == "stale-code":
-        old = sorted({(res.get("provenance") or {}).get("stage_code") for _, res in runs} - {current_code})
-        return f"stage code {', '.join(map(str, old))}; the current code is {current_code}"
+        old = sorted({str((res.get("provenance") or {}).get("stage_code")) for _, res in runs
+                      if current_code.is_stale(res)})
+        now = sorted({current_code.of_result(res) for _, res in runs})
+        return f"stage code {', '.join(old)}; the current code is {', '.join(now)}"
     if name == "submission":
         subs = {res["submission"]["name"]: res["submission"]["method"] for _, res in runs if res.get("submission")}
         return "; ".join(f"{k}: {v}" for k, v in subs.items())
@@ -170,7 +173,7 @@ def _flag_reason(name: str, detail: str, row: Mapping[str, Any], runs: list[tupl
 
 
 def _flags(row: Mapping[str, Any], runs: list[tuple[Path, dict]], full_n: int | None,
-           current_code: str) -> list[dict]:
+           current_code: CurrentCode) -> list[dict]:
     """The row's flags (the leaderboard's ``flag`` column, one letter each, with the reason), and
     the site's own test-subset flag."""
     out = []
@@ -256,7 +259,7 @@ def _sparsity_detail(sp: Mapping[str, Any]) -> dict[str, Any]:
 
 def _run_detail(path: Path, res: dict, *, entries_dir: Path, logs_dir: Path | None,
                 models: Mapping[tuple, Mapping[str, Any]], rb_dir: Path | None,
-                method_files: list, current_code: str) -> dict[str, Any]:
+                method_files: list, current_code: CurrentCode) -> dict[str, Any]:
     cell, metrics = res["cell"], res["metrics"]
     aa = metrics.get("autoattack") or {}
     attacks = []
@@ -291,7 +294,7 @@ def _run_detail(path: Path, res: dict, *, entries_dir: Path, logs_dir: Path | No
         "seed": cell.get("seed"), "model": key, "file": str(path),
         "result_href": _href(path, entries_dir), "result_name": path.name,
         "logs": [{"stage": s, "href": _href(p, entries_dir), "name": p.name} for s, p in _stage_logs(res, logs_dir)],
-        "model_files": model_files,
+        "model_files": model_files, "manifest": model.get("manifest") if model else None,
         "attacks": [{"name": n, "acc": _fmt(a), "n": f"{int(k):,}" if _num(k) is not None else DASH}
                     for n, a, k in attacks],
         "aa": {"version": aa.get("version"), "attacks": ", ".join(aa.get("attacks") or []),
@@ -302,7 +305,7 @@ def _run_detail(path: Path, res: dict, *, entries_dir: Path, logs_dir: Path | No
         "sparsity": _sparsity_detail(res["sparsity"]),
         "provenance": {"revision": git.get("revision") or "unknown", "dirty": git.get("dirty"),
                        "stage_code": prov.get("stage_code"),
-                       "stale": prov.get("stage_code") != current_code, "current_code": current_code,
+                       "stale": current_code.is_stale(res), "current_code": current_code.of_result(res),
                        "packages": sorted((prov.get("packages") or {}).items()),
                        "device": prov.get("device") or {}, "platform": prov.get("platform"),
                        "python": prov.get("python"), "time": prov.get("time_utc")},
@@ -380,7 +383,7 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
     several = len(by_preset) > 1
     models = manifest_by_model(models_manifest)
     method_files = list(method_files)
-    current_code = stage_code_digest()
+    current_code = CurrentCode()
 
     entries, columns, pair_rows = [], [], {}
     for preset in sorted(by_preset, key=str):
@@ -441,6 +444,11 @@ def site_data(runs: Any, *, reference_csv: str | Path | None = None,
                 "full_standard_aa": bool(row.get("aa_standard")) and n_aa is not None
                                     and full_n is not None and n_aa >= full_n,
                 "preset": preset, "config": first.get("config") or {},
+                # the ranked board's name and paper columns (benchmark.publishing.ranked_board)
+                "name": ((first.get("submission") or {}).get("title")
+                         or (first.get("submission") or {}).get("name") or row["method"]),
+                "submission_paper": (first.get("submission") or {}).get("paper"),
+                "submission": bool(first.get("submission")),
                 "config_hash": row["config_hash"],
                 "stages": [(st, _stage_summary(st, (first.get("config") or {}).get(st)),
                             json.dumps((first.get("config") or {}).get(st), indent=2, sort_keys=True))
@@ -526,7 +534,8 @@ def build_site(runs: Any, out_dir: str | Path, *, reference_csv: str | Path | No
                models_manifest: Any = None, logs_dir: str | Path | None = None,
                robustbench_dir: str | Path | None = None, method_files: Iterable[str | Path] = (),
                title: str | None = None, exclude_invalid: bool = False,
-               published_csv: str | Path | None = None) -> Path:
+               published_csv: str | Path | None = None, banners: Iterable[str] = (),
+               archived: Iterable[dict[str, Any]] = (), snippet_manifest: str | None = None) -> Path:
     """Writes the site for the result files under ``runs`` into ``out_dir``; returns index.html.
 
     ``runs``: result files and/or folders (several presets may share one site).
@@ -534,15 +543,26 @@ def build_site(runs: Any, out_dir: str | Path, *, reference_csv: str | Path | No
     ``logs_dir``, ``robustbench_dir``: the run's logs (``work/<preset>/logs``) and RobustBench
     export; '{preset}' in them stands for each result's preset. ``exclude_invalid``: list result
     files that break a rule as excluded (on the page) instead of stopping. ``published_csv``: the
-    published leaderboard to compare with ('{preset}' as for the logs)."""
+    published leaderboard to compare with ('{preset}' as for the logs). ``banners``: lines shown
+    at the top of every page and above every table (an archived publication says so there).
+    ``archived``: the archived publications the index links to ({preset, revision, href,
+    banner} each), listed apart from the current board. ``snippet_manifest``: the model
+    manifest's path as the load snippets of the ranked board (ranked.html) name it ('{preset}'
+    as for the logs; default: where the manifest lies, relative to the current folder)."""
     out_dir = Path(out_dir)
+    method_files = list(method_files)
     data = site_data(runs, reference_csv=reference_csv, models_manifest=models_manifest,
                      logs_dir=logs_dir, robustbench_dir=robustbench_dir, method_files=method_files,
                      out_dir=out_dir, exclude_invalid=exclude_invalid, published_csv=published_csv)
     title = title or "Adversarial pruning leaderboard: " + ", ".join(data["presets"])
+    data["banners"] = [str(b) for b in banners]
+    data["archived"] = [dict(a) for a in archived]
+    data["ranked"] = ranked_boards(data["tables"], method_files=method_files,
+                                   snippet_manifest=snippet_manifest)
     env = _environment()
     index = env.get_template("index.html.j2")
     entry = env.get_template("entry.html.j2")
+    ranked = env.get_template("ranked.html.j2")
 
     def build(tmp: Path) -> None:
         (tmp / "assets").mkdir(parents=True)
@@ -551,6 +571,8 @@ def build_site(runs: Any, out_dir: str | Path, *, reference_csv: str | Path | No
         atomic_write_text(tmp / "index.html",
                           index.render(title=title, data=data, inline_data=inline_json(data["download"]),
                                        legend=FLAG_LEGEND, root=""))
+        atomic_write_text(tmp / "ranked.html", ranked.render(title=title, data=data, legend=FLAG_LEGEND,
+                                                             root=""))
         for e in data["entries"]:
             atomic_write_text(tmp / "entries" / f"{e['slug']}.html",
                               entry.render(title=title, e=e, legend=FLAG_LEGEND, root="../", data=data))
