@@ -22,10 +22,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from benchmark import choices
+from benchmark import choices, strict_yaml
 from benchmark import external_dense as _external
 from benchmark import registry as _registry
-from benchmark import strict_yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
