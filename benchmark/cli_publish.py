@@ -55,6 +55,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", required=True, help="preset name (presets/<name>.yaml, results/<name>/)")
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--check-only", action="store_true", help="run the checks, publish nothing")
+    p.add_argument("--reattack-batches", type=int, default=None, metavar="N",
+                   help="PGD batches of each result attacked again with its saved model, whose "
+                        "per-image results must be the recorded ones (default 1; 0 skips)")
 
     p = sub.add_parser("submit", help="evaluate an external submission (submissions/<name>/) "
                                       "with a preset's protocol")
@@ -80,13 +83,14 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "publish":
         from .publish import PublishError, check_run, publish
 
+        reattack = {} if args.reattack_batches is None else {"reattack_batches": args.reattack_batches}
         if args.check_only:
-            chk = check_run(args.preset, root=args.root)
+            chk = check_run(args.preset, root=args.root, **reattack)
             if chk.problems:
                 raise PublishError(args.preset, chk.problems)
             print(f"results/{args.preset}: every check passed")
             return 0
-        folder = publish(args.preset, root=args.root)
+        folder = publish(args.preset, root=args.root, **reattack)
         print(f"published: {folder} (and {Path(args.root) / 'results' / 'published' / 'site'}); "
               f"commit it: git add {folder} {Path(args.root) / 'results' / 'published' / 'site'}")
         return 0

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from . import safe_json
 from .errors import CheckpointError, CorruptFileError, MissingFileError
 
 
@@ -139,13 +140,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def read_json(path: str | Path) -> Any:
     """A JSON file the suite wrote; a missing or unparsable one is a user error naming the path."""
     path = Path(path)
+    if not os.path.lexists(path):
+        raise MissingFileError(f"file not found: {path}")
     try:
-        with open(path) as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise MissingFileError(f"file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{path} is not valid JSON ({exc}); rerun the step that writes it") from exc
+        return safe_json.read_json_file(path)
+    except safe_json.JSONFileError as exc:
+        raise CorruptFileError(f"{exc}; rerun the step that writes it") from None
 
 
 def replace_dir(path: str | Path, build: Callable[[Path], None]) -> Path:

@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmark import result_trust
 from benchmark.errors import UserError
 from benchmark.io import atomic_write_json, replace_dir, sha256_file
 
@@ -318,9 +319,10 @@ def _check_models(chk: RunCheck, stamp: dict[str, Any] | None) -> None:
             chk.models[path] = src
 
 
-def check_run(preset: str, *, root: str | Path = ".", repo: str | Path | None = None) -> RunCheck:
-    """Every integrity check of a run (see the module docstring); ``.problems`` empty when it may
-    be published."""
+def check_run(preset: str, *, root: str | Path = ".", repo: str | Path | None = None,
+              reattack_batches: int = result_trust.DEFAULT_REATTACK_BATCHES) -> RunCheck:
+    """Every integrity check of a run (see the module docstring and benchmark.result_trust);
+    ``.problems`` empty when it may be published."""
     root = Path(root).resolve()
     chk = RunCheck(preset=preset, root=root)
     committed = _preset(chk)
@@ -330,6 +332,8 @@ def check_run(preset: str, *, root: str | Path = ".", repo: str | Path | None = 
     if stamp is not None and not any(c in ("finished", "results") for c, _ in chk.problems):
         _check_leaderboard(chk, stamp)
     _check_models(chk, stamp)
+    result_trust.check(chk, stamp, search_dirs=[root, REPO], repo=Path(repo).resolve() if repo else root,
+                       reattack_batches=reattack_batches)
     return chk
 
 
@@ -385,7 +389,8 @@ def _file_digests(folder: Path) -> dict[str, str]:
 
 
 def publish(preset: str, *, root: str | Path = ".", repo: str | Path | None = None,
-            model_budget: int = MODEL_BUDGET_BYTES) -> Path:
+            model_budget: int = MODEL_BUDGET_BYTES,
+            reattack_batches: int = result_trust.DEFAULT_REATTACK_BATCHES) -> Path:
     """Checks the run of ``preset`` and, when it passes, replaces ``results/published/<preset>/``
     with it and rebuilds ``results/published/site/``; returns the published folder. PublishError
     with every problem otherwise (nothing is written)."""
@@ -393,7 +398,7 @@ def publish(preset: str, *, root: str | Path = ".", repo: str | Path | None = No
     from benchmark.export_robustbench import export_robustbench
     from benchmark.site import build_site
 
-    chk = check_run(preset, root=root, repo=repo)
+    chk = check_run(preset, root=root, repo=repo, reattack_batches=reattack_batches)
     if chk.problems:
         raise PublishError(preset, chk.problems)
     root = chk.root

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from benchmark import config as apcfg
+from benchmark import result_trust
 from benchmark.aggregate import read_leaderboard
 from benchmark.cli import main as cli_main
 from benchmark.datasets import get_info
@@ -47,6 +48,10 @@ def repo(tmp_path, monkeypatch):
     git(root, "add", "-A")
     git(root, "commit", "-qm", "preset")
     monkeypatch.chdir(root)
+    # these results are fabricated (publishing_fixtures): no model, AutoAttack record or test image
+    # stands behind their numbers, so nothing can be re-derived from them; these tests pin the
+    # other checks, tests/test_result_tampering.py pins re-derivation over a real run
+    monkeypatch.setattr(result_trust, "check", lambda *a, **k: None)
     return root
 
 
