@@ -23,8 +23,8 @@ from benchmark.submission import REASONS, SubmissionError, submit
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _state(entry) -> dict:
-    return {k: v.clone().contiguous() for k, v in entry["net"].state_dict().items()}
+def _state(ent) -> dict:
+    return {k: v.clone().contiguous() for k, v in ent["net"].state_dict().items()}
 
 
 def _safetensors(path: Path, state: dict) -> Path:
@@ -54,75 +54,75 @@ def _first_float(header: dict) -> str:
 
 
 # ---------------------------------------------------------------- the variants
-def model_is_a_link_inside(entry, tmp):
-    folder = make_submission(tmp, "link-inside", entry["safetensors"])
+def model_is_a_link_inside(ent, tmp):
+    folder = make_submission(tmp, "link-inside", ent["safetensors"])
     (folder / "real.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     (folder / "model.safetensors").unlink()
     os.symlink("real.safetensors", folder / "model.safetensors")
     return folder
 
 
-def model_is_a_link_outside(entry, tmp):
-    folder = make_submission(tmp, "link-outside", entry["safetensors"])
+def model_is_a_link_outside(ent, tmp):
+    folder = make_submission(tmp, "link-outside", ent["safetensors"])
     (folder / "model.safetensors").unlink()
-    os.symlink(entry["safetensors"], folder / "model.safetensors")
+    os.symlink(ent["safetensors"], folder / "model.safetensors")
     return folder
 
 
-def model_is_a_link_to_a_device(entry, tmp):
-    folder = make_submission(tmp, "link-device", entry["safetensors"])
+def model_is_a_link_to_a_device(ent, tmp):
+    folder = make_submission(tmp, "link-device", ent["safetensors"])
     (folder / "model.safetensors").unlink()
     os.symlink("/dev/zero", folder / "model.safetensors")
     return folder
 
 
-def model_is_a_fifo(entry, tmp):
-    folder = make_submission(tmp, "fifo", entry["safetensors"])
+def model_is_a_fifo(ent, tmp):
+    folder = make_submission(tmp, "fifo", ent["safetensors"])
     (folder / "model.safetensors").unlink()
     os.mkfifo(folder / "model.safetensors")
     return folder
 
 
-def model_is_a_folder(entry, tmp):
-    folder = make_submission(tmp, "folder", entry["safetensors"])
+def model_is_a_folder(ent, tmp):
+    folder = make_submission(tmp, "folder", ent["safetensors"])
     (folder / "model.safetensors").unlink()
     (folder / "model.safetensors").mkdir()
     return folder
 
 
-def model_file_dot_dot(entry, tmp):
-    return make_submission(tmp, "dotdot", entry["safetensors"], model__file="..")
+def model_file_dot_dot(ent, tmp):
+    return make_submission(tmp, "dotdot", ent["safetensors"], model__file="..")
 
 
-def model_file_path_outside(entry, tmp):
-    return make_submission(tmp, "outside", entry["safetensors"], model__file="../../model.safetensors")
+def model_file_path_outside(ent, tmp):
+    return make_submission(tmp, "outside", ent["safetensors"], model__file="../../model.safetensors")
 
 
-def yaml_is_a_link(entry, tmp):
-    folder = make_submission(tmp, "yaml-link", entry["safetensors"])
+def yaml_is_a_link(ent, tmp):
+    folder = make_submission(tmp, "yaml-link", ent["safetensors"])
     (tmp / "elsewhere.yaml").write_text((folder / "submission.yaml").read_text())
     (folder / "submission.yaml").unlink()
     os.symlink(tmp / "elsewhere.yaml", folder / "submission.yaml")
     return folder
 
 
-def folder_name_with_a_newline(entry, tmp):
-    return make_submission(tmp, "entry\n", entry["safetensors"])
+def folder_name_with_a_newline(ent, tmp):
+    return make_submission(tmp, "ent\n", ent["safetensors"])
 
 
-def folder_name_upper_case(entry, tmp):
-    return make_submission(tmp, "Entry", entry["safetensors"])
+def folder_name_upper_case(ent, tmp):
+    return make_submission(tmp, "Entry", ent["safetensors"])
 
 
-def header_dtype_disagrees_with_its_bytes(entry, tmp):
-    folder = make_submission(tmp, "dtype-bytes", _safetensors(tmp / "model.safetensors", _state(entry)))
+def header_dtype_disagrees_with_its_bytes(ent, tmp):
+    folder = make_submission(tmp, "dtype-bytes", _safetensors(tmp / "model.safetensors", _state(ent)))
     _rewrite_header(folder / "model.safetensors", lambda h: h[_first_float(h)].update(dtype="F16"))
     _resign(folder)
     return folder
 
 
-def header_shape_disagrees_with_its_bytes(entry, tmp):
-    folder = make_submission(tmp, "shape-bytes", _safetensors(tmp / "model.safetensors", _state(entry)))
+def header_shape_disagrees_with_its_bytes(ent, tmp):
+    folder = make_submission(tmp, "shape-bytes", _safetensors(tmp / "model.safetensors", _state(ent)))
 
     def change(h):
         k = _first_float(h)
@@ -133,8 +133,8 @@ def header_shape_disagrees_with_its_bytes(entry, tmp):
     return folder
 
 
-def header_tensors_overlap(entry, tmp):
-    folder = make_submission(tmp, "overlap", _safetensors(tmp / "model.safetensors", _state(entry)))
+def header_tensors_overlap(ent, tmp):
+    folder = make_submission(tmp, "overlap", _safetensors(tmp / "model.safetensors", _state(ent)))
 
     def change(h):
         names = sorted((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][0])
@@ -149,8 +149,8 @@ def header_tensors_overlap(entry, tmp):
     return folder
 
 
-def header_length_past_the_end(entry, tmp):
-    folder = make_submission(tmp, "header-length", entry["safetensors"])
+def header_length_past_the_end(ent, tmp):
+    folder = make_submission(tmp, "header-length", ent["safetensors"])
     path = folder / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(struct.pack("<Q", len(data) * 4) + data[8:])
@@ -158,61 +158,61 @@ def header_length_past_the_end(entry, tmp):
     return folder
 
 
-def half_precision_weights(entry, tmp):
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in _state(entry).items()}
+def half_precision_weights(ent, tmp):
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in _state(ent).items()}
     return make_submission(tmp, "half", _safetensors(tmp / "model.safetensors", state))
 
 
-def nan_weight(entry, tmp):
-    state = _state(entry)
+def nan_weight(ent, tmp):
+    state = _state(ent)
     k = next(k for k, v in state.items() if v.is_floating_point() and v.dim() > 1)
     state[k].view(-1)[0] = float("nan")
     return make_submission(tmp, "nan", _safetensors(tmp / "model.safetensors", state))
 
 
-def infinite_weight_in_a_torch_file(entry, tmp):
-    state = _state(entry)
+def infinite_weight_in_a_torch_file(ent, tmp):
+    state = _state(ent)
     k = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 1)
     state[k][0] = float("inf")
     torch.save(state, tmp / "model.pt")
     return make_submission(tmp, "inf", tmp / "model.pt")
 
 
-def _yaml_text(entry, tmp, name, edit):
-    folder = make_submission(tmp, name, entry["safetensors"])
+def _yaml_text(ent, tmp, name, edit):
+    folder = make_submission(tmp, name, ent["safetensors"])
     path = folder / "submission.yaml"
     path.write_text(edit(path.read_text()))
     return folder
 
 
-def yaml_alias_bomb(entry, tmp):
+def yaml_alias_bomb(ent, tmp):
     bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10) if i else '1, 1, 1, 1, 1, 1, 1, 1, 1, 1'}]\n"
                    for i in range(9))
-    return _yaml_text(entry, tmp, "bomb", lambda t: bomb + t + "x: *l8\n")
+    return _yaml_text(ent, tmp, "bomb", lambda t: bomb + t + "x: *l8\n")
 
 
-def yaml_duplicate_key(entry, tmp):
-    return _yaml_text(entry, tmp, "dupkey", lambda t: t + "eps: 0.2\n")
+def yaml_duplicate_key(ent, tmp):
+    return _yaml_text(ent, tmp, "dupkey", lambda t: t + "eps: 0.2\n")
 
 
-def yaml_nan_claim(entry, tmp):
-    return _yaml_text(entry, tmp, "nanclaim", lambda t: t.replace("clean: 10.0", "clean: .nan"))
+def yaml_nan_claim(ent, tmp):
+    return _yaml_text(ent, tmp, "nanclaim", lambda t: t.replace("clean: 10.0", "clean: .nan"))
 
 
-def sha256_with_a_newline(entry, tmp):
-    folder = make_submission(tmp, "shanl", entry["safetensors"])
+def sha256_with_a_newline(ent, tmp):
+    folder = make_submission(tmp, "shanl", ent["safetensors"])
     spec = yaml.safe_load((folder / "submission.yaml").read_text())
     spec["model"]["sha256"] += "\n"
     (folder / "submission.yaml").write_text(yaml.safe_dump(spec))
     return folder
 
 
-def paper_key_with_a_newline(entry, tmp):
-    return make_submission(tmp, "keynl", entry["safetensors"], paper__key="Doe2025\n")
+def paper_key_with_a_newline(ent, tmp):
+    return make_submission(tmp, "keynl", ent["safetensors"], paper__key="Doe2025\n")
 
 
-def model_file_name_with_a_newline(entry, tmp):
-    return make_submission(tmp, "filenl", entry["safetensors"], model__file="model.safetensors\n")
+def model_file_name_with_a_newline(ent, tmp):
+    return make_submission(tmp, "filenl", ent["safetensors"], model__file="model.safetensors\n")
 
 
 HOSTILE = [
