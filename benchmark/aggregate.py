@@ -82,6 +82,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark import flags as flag_legend
+from benchmark import md_escape
 from benchmark.errors import CorruptFileError
 from benchmark.io import atomic_write_text
 from benchmark.provenance import stage_code_digest
@@ -605,7 +606,7 @@ def _leaderboard_md(df: pd.DataFrame, has_ref: bool, pairs: pd.DataFrame | None 
             c["Flags"] = codes
             rows.append(c)
         parts += [f"### {dataset} · {arch}", "",
-                  pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+                  md_escape.table(rows), ""]
     return "\n".join(parts), used
 
 
@@ -648,7 +649,7 @@ def _pairs_md(pairs: pd.DataFrame) -> str:
         row["Left out (degenerate)"] = r["left_out"] or ""
         row["S2AP inactive"] = "" if na or not r["s2ap_inactive_seeds"] else int(r["s2ap_inactive_seeds"])
         rows.append(row)
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return md_escape.table(rows)
 
 
 FLIP_EPOCH = "diag.s2ap_flip_fraction_by_epoch[{}]"
@@ -681,7 +682,7 @@ def _flips_md(df: pd.DataFrame) -> str | None:
         row["Steps without a flip (%)"] = _num(_pct(r.get("diag.s2ap_noflip_fraction")), 1)
         row["Seeds"] = int(r["n_seeds"])
         out.append(row)
-    return pd.DataFrame(out).to_markdown(index=False, disable_numparse=True)
+    return md_escape.table(out)
 
 
 def _values(df: pd.DataFrame, col: str) -> list:
@@ -757,7 +758,7 @@ def _excluded_md(excluded: list[dict[str, str]]) -> list[str]:
     return ["## Excluded result files", "",
             f"{len(excluded)} file(s) broke a rule and are not in the tables above "
             "(aggregated with --exclude-invalid).", "",
-            pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+            md_escape.table(rows), ""]
 
 
 # ---------------------------------------------------------------- entry point

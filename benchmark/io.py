@@ -11,6 +11,7 @@ user's choice and is respected.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,12 +19,12 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
 from . import safe_json
-from .errors import CheckpointError, CorruptFileError, MissingFileError
+from .errors import CheckpointError, CorruptFileError, MissingFileError, OutputWriteError
 
 
 def _temp_beside(path: Path) -> Path:
@@ -39,17 +40,43 @@ def _temp_beside(path: Path) -> Path:
         return tmp
 
 
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_error(path: Path, exc: OSError) -> OutputWriteError:
+    """One line naming the path, the reason and what to do about it."""
+    if exc.errno in _NO_SPACE:
+        remedy = "the disk is full or a file-size limit is reached: free space, or run in a folder on another disk"
+    elif exc.errno in _READ_ONLY:
+        remedy = "the folder is read-only for this user: make it writable, or run in another folder"
+    else:
+        remedy = "check the folder and the disk"
+    return OutputWriteError(f"cannot write {path}: {exc.strerror or exc} ({remedy}); nothing was "
+                            "written there, rerun the command once fixed")
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path to write; renamed to ``path`` when the block ends without an
-    exception, removed otherwise (the previous file at ``path`` stays untouched)."""
+    exception, removed otherwise (the previous file at ``path`` stays untouched). An OSError of
+    the write (read-only folder, full disk) becomes an OutputWriteError naming ``path``."""
     path = Path(path)
-    tmp = _temp_beside(path)
+    tmp = None
     try:
+        tmp = _temp_beside(path)
         yield tmp
         os.replace(tmp, path)
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE | _READ_ONLY | {errno.EIO}:
+            raise  # not the disk's doing: the caller's own error, as it was
+        raise write_error(path, exc) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 @contextmanager

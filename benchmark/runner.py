@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+from benchmark import run_guard
+
 log = logging.getLogger(__name__)
 
 RECORD = "apbench_run.json"
@@ -213,7 +215,30 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    yes = "--yes" in args  # ours: confirms a run whose cost estimate is far above the machine's
+    args = [a for a in args if a != "--yes"]
     workdir = workdir_of(args)
+    dry = any(a in ("-n", "--dry-run", "--unlock") for a in args)
+    try:
+        cfg = run_guard.read_preset(args, workdir)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not dry:
+        targets = [a for a in args[:next((i for i, a in enumerate(args) if a.startswith("-")),
+                                         len(args))]]
+        try:
+            # held through exec by Snakemake itself: released when the run's process ends
+            run_guard.acquire(workdir / "results" / cfg["name"], [sys.executable, "-m",
+                                                                  "benchmark.runner", *args])
+            try:
+                hours = run_guard.estimated_hours(cfg, targets, workdir)
+            except (ValueError, KeyError, OSError):
+                hours = None  # no estimate: nothing to confirm
+            run_guard.confirm_cost(hours, yes=yes)
+        except (run_guard.RunLocked, run_guard.NotConfirmed, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         clear_stale_lock(workdir)
     except LiveRunError as exc:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark import choices
+from benchmark import choices, md_escape
 from benchmark.errors import InputFileError
 
 DASH = "—"
@@ -246,7 +246,7 @@ def _yes(v: bool | None) -> str:
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     def esc(s: str) -> str:
-        return str(s).replace("|", "\\|")
+        return md_escape.cell(str(s))
 
     lines = ["| " + " | ".join(map(esc, header)) + " |",
              "|" + "|".join(" --- " for _ in header) + "|"]

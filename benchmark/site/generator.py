@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from benchmark import flags as flag_legend
-from benchmark import svg_plots
+from benchmark import site_links, svg_plots
 from benchmark.aggregate import AggregationError, build_tables
 from benchmark.config import s2ap_search_value, s2ap_to_path
 from benchmark.entries import (
@@ -554,6 +554,8 @@ def build_site(runs: Any, out_dir: str | Path, *, reference_csv: str | Path | No
         for e in data["entries"]:
             atomic_write_text(tmp / "entries" / f"{e['slug']}.html",
                               entry.render(title=title, e=e, legend=FLAG_LEGEND, root="../", data=data))
+        # the pages link where the files lie; the site must stand on its own (benchmark.site_links)
+        site_links.bundle(tmp, out_dir.resolve().parent)
 
     replace_dir(out_dir, build)
     return out_dir / "index.html"
