@@ -48,6 +48,8 @@ def write_error(path: Path, exc: OSError) -> OutputWriteError:
     """One line naming the path, the reason and what to do about it."""
     if exc.errno in _NO_SPACE:
         remedy = "the disk is full or a file-size limit is reached: free space, or run in a folder on another disk"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        remedy = "a part of that path is a file, not a folder: remove it or choose another path"
     elif exc.errno in _READ_ONLY:
         remedy = "the folder is read-only for this user: make it writable, or run in another folder"
     else:
@@ -70,7 +72,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except OutputWriteError:
         raise
     except OSError as exc:
-        if exc.errno not in _NO_SPACE | _READ_ONLY | {errno.EIO}:
+        if exc.errno not in _NO_SPACE | _READ_ONLY | {errno.EIO, errno.ENOTDIR}:
             raise  # not the disk's doing: the caller's own error, as it was
         raise write_error(path, exc) from None
     finally:

@@ -12,10 +12,10 @@ from pathlib import Path
 import publishing_fixtures as fx  # tests/ is on pythonpath (pyproject)
 import pytest
 
+from benchmark import site_links
 from benchmark.aggregate import AggregationError, aggregate, read_leaderboard
 from benchmark.cli import main as cli_main
 from benchmark.io import replace_dir
-from benchmark import site_links
 from benchmark.site import build_site, site_data
 from benchmark.site.generator import inline_json
 
