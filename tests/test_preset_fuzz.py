@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from benchmark import config as C
-from benchmark import preflight
+from benchmark import preflight, strict_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "presets" / "tiny.yaml"
@@ -214,7 +214,7 @@ def workdir(tmp_path: Path) -> Path:
 
 def tiny_with(changes: dict) -> dict:
     # through JSON: tiny's YAML anchors make its stages share one attack dict
-    raw = json.loads(json.dumps(yaml.safe_load(TINY.read_text())))
+    raw = json.loads(json.dumps(strict_yaml.load_file(TINY)))
     for dotted, value in changes.items():
         _set(raw, dotted, copy.deepcopy(value))
     return raw

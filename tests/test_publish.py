@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from benchmark import config as apcfg
-from benchmark import result_trust
+from benchmark import result_trust, strict_yaml
 from benchmark.aggregate import read_leaderboard
 from benchmark.cli import main as cli_main
 from benchmark.datasets import get_info
@@ -37,7 +37,7 @@ def repo(tmp_path, monkeypatch):
     """A committed repository with the preset (the tiny grid: dense + HYDRA at 90 %)."""
     root = tmp_path / "repo"
     (root / "presets").mkdir(parents=True)
-    raw = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    raw = strict_yaml.load_file(REPO / "presets" / "tiny.yaml")
     raw["name"] = PRESET
     (root / "presets" / f"{PRESET}.yaml").write_text(yaml.safe_dump(raw))
     (root / "README.md").write_text("a benchmark\n")
