@@ -12,7 +12,7 @@ PRESET ?= quick
 EXTRAS ?= test,lint,cluster
 
 SNAKEMAKE = $(VENV)/bin/snakemake
-RUN       = $(VENV)/bin/python -m benchmark.runtime.runner --profile workflows/profiles/local
+RUN       = $(VENV)/bin/python -m benchmark.runner --profile workflows/profiles/local
 
 .PHONY: install quick run run-gpu dry-run test test-fast lint clean-work publish
 .DELETE_ON_ERROR:
@@ -34,7 +34,7 @@ run: install
 
 # every GPU of a workstation busy, one job per card: make run-gpu PRESET=paper_cifar10
 run-gpu: install
-	$(VENV)/bin/python -m benchmark.runtime.runner --profile workflows/profiles/local-gpu --gpus auto \
+	$(VENV)/bin/python -m benchmark.runner --profile workflows/profiles/local-gpu --gpus auto \
 		--cores $(CORES) --configfile presets/$(PRESET).yaml
 
 dry-run: install

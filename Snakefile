@@ -39,6 +39,12 @@ PRESET_FILE = (
 # Method files named in a preset are looked up in the working directory, then in the repository.
 SEARCH_DIRS = [Path.cwd(), REPO]
 
+# Snakemake reads --configfile with PyYAML's lenient loader (duplicate keys kept last, yes/no as
+# booleans, .nan as a number): the same files read by the strict loader must give a valid preset.
+apcfg.validate(
+    apcfg.load_presets(workflow.overwrite_configfiles or [PRESET_FILE]),
+    search_dirs=SEARCH_DIRS,
+)
 CFG = apcfg.finish_name(apcfg.with_defaults(config), PRESET_FILE.stem)
 CFG = apcfg.validate(CFG, search_dirs=SEARCH_DIRS)
 validate(CFG, "workflows/schema/config.schema.yaml")

@@ -84,7 +84,7 @@ def live(preset: str, cores: int) -> float:
         for shared in (".venv", "data"):
             if (REPO / shared).exists():
                 (clone / shared).symlink_to(REPO / shared)
-        cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "benchmark.runtime.runner", "--profile",
+        cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "benchmark.runner", "--profile",
                "workflows/profiles/local", "--cores", str(cores), "--configfile",
                f"presets/{preset}.yaml"]
         t0 = time.perf_counter()

@@ -144,7 +144,7 @@ def test_the_gpu_profile_covers_every_rule_that_trains_or_attacks():
 
 
 def test_the_runner_turns_gpus_into_a_gpu_resource():
-    from benchmark.runtime.runner import gpu_arguments
+    from benchmark.runner import gpu_arguments
 
     args = ["--profile", "p", "--gpus", "auto", "--configfile", "x.yaml"]
     # in place: --configfile takes every word after it

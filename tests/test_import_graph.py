@@ -135,16 +135,13 @@ def test_the_documented_flat_import_paths_keep_working():
     import benchmark.masking
     import benchmark.model_export
     import benchmark.registry
-    import benchmark.runner
     import benchmark.score_init
     from benchmark.core import masking, model_files, registry
     from benchmark.results import read_result
-    from benchmark.runtime import runner
     from benchmark.training import TrainConfig, TrainHook, score_init
 
     assert benchmark.masking is masking and benchmark.registry is registry
     assert benchmark.model_export is model_files and benchmark.score_init is score_init
-    assert benchmark.runner is runner
     assert read_result.__module__ == "benchmark.core.result_file"
     assert TrainConfig.__module__ == TrainHook.__module__ == "benchmark.training.loop"
     out = subprocess.run([sys.executable, "-m", "benchmark.runner", "--help"], cwd=ROOT,

@@ -23,6 +23,7 @@ def test_a_non_editable_install_validates_a_preset(tmp_path):
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     site = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                           "--ignore-installed",
                            "--no-build-isolation", "--target", str(site), str(src)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -69,6 +70,7 @@ def test_a_non_editable_install_runs_the_tiny_preset(tmp_path):
 
     shutil.copytree(REPO, src, ignore=ignore)
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                           "--ignore-installed",
                            "--no-build-isolation", "--prefix", str(venv), str(src)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

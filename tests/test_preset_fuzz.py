@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from benchmark.core import config as C
+from benchmark.core import strict_yaml
 from benchmark.planning import preflight
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,6 +156,32 @@ VARIANTS = [
     v("s2ap_warmup_2", {"s2ap.warmup": 2}, "s2ap.warmup"),
     v("width_0", {"model.width": 0}, "model.width"),
     v("bad_preset_name", {"name": "my preset!"}, "name"),
+    # ---- issue 19: values that make a run meaningless, silent clamps, exact types
+    v("name_with_trailing_newline", {"name": "tiny\n"}, "name"),
+    v("suffix_with_trailing_newline", {"name_suffix": "-x\n"}, "name_suffix"),
+    v("gamma_nan", {"s2ap.gamma": float("nan")}, "s2ap.gamma"),
+    v("eps_nan", {"evaluate.eps": float("nan")}, "evaluate.eps"),
+    v("lr_inf", {"finetune.lr": float("inf")}, "finetune.lr"),
+    v("radius_minus_inf", {"diagnostics.radii": [float("-inf")]}, "diagnostics.radii[0]"),
+    v("lr_0", {"pretrain.lr": 0}, "pretrain.lr"),
+    v("override_lr_0", {"methods.hydra.prune.lr": 0}, "methods.hydra.prune.lr"),
+    v("pgd_steps_0", {"evaluate.pgd_steps": 0}, "evaluate.pgd_steps"),
+    v("seed_2_pow_32", {"grid.seeds": [2**32]}, "grid.seeds.0"),
+    v("split_seed_2_pow_40", {"data.split_seed": 2**40}, "data.split_seed"),
+    v("autoattack_seed_negative", {"evaluate.autoattack.seed": -1}, "evaluate.autoattack.seed"),
+    v("epochs_1e9", {"pretrain.epochs": 10**9}, "pretrain.epochs"),
+    v("clean_n_above_the_test_subset", {"evaluate.clean_n": 129}, "evaluate.clean_n"),
+    v("pgd_n_above_the_test_set", {"data.test_subset": None, "evaluate.pgd_n": 10001}, "evaluate.pgd_n"),
+    v("n_images_above_the_test_subset", {"evaluate.autoattack.n_images": 1000},
+      "evaluate.autoattack.n_images"),
+    v("unit_floor_maybe", {"methods.hydra.options": {"unit_floor": "maybe"}},
+      "methods.hydra.options.unit_floor"),
+    v("unit_floor_1", {"methods.hydra.options": {"unit_floor": 1}}, "methods.hydra.options.unit_floor"),
+    v("s2ap_list_of_a_list", {"grid.s2ap": [["yes"]]}, "grid.s2ap"),
+    v("download_yes_string", {"data.download": "yes"}, "data.download"),
+    v("adv_eval_mode_1", {"pretrain.adv_eval_mode": 1}, "pretrain.adv_eval_mode"),
+    v("loss_not_a_string", {"pretrain.loss": 1}, "pretrain.loss"),
+    v("data_root_is_a_file", {"data.root": "ref.csv"}, "data.root", "machine"),
 ]
 THE_13 = ["imagenet_root_missing", "device_cuda_without_cuda", "val_size_larger_than_data",
           "method_file_import_error", "override_typo", "override_batch_size_0", "unknown_attack_name",
@@ -188,7 +215,7 @@ def workdir(tmp_path: Path) -> Path:
 
 def tiny_with(changes: dict) -> dict:
     # through JSON: tiny's YAML anchors make its stages share one attack dict
-    raw = json.loads(json.dumps(yaml.safe_load(TINY.read_text())))
+    raw = json.loads(json.dumps(strict_yaml.load_file(TINY)))
     for dotted, value in changes.items():
         _set(raw, dotted, copy.deepcopy(value))
     return raw
@@ -300,3 +327,63 @@ def test_a_cluster_submission_reports_machine_problems_as_warnings(workdir):
     assert "no job was started" not in out
     # the job was submitted (and, on this machine without that GPU, failed in the job itself)
     assert (workdir / "work" / "tiny" / "logs" / "pretrain").is_dir(), out[-3000:]
+
+
+# ------------------------------------------------------------------ the YAML text itself
+_BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10) if i else '1, 1, 1, 1, 1, 1, 1, 1, 1, 1'}]\n"
+                for i in range(9))
+YAML_VARIANTS = [
+    # (id, edit of tiny's text, words the one-line message must hold)
+    ("duplicate_top_key", lambda t: t.replace("name: tiny\n", "name: tiny\nname: other\n"),
+     ["duplicate key 'name'", ":6:"]),
+    ("duplicate_nested_key", lambda t: t.replace("  pgd_steps: 5\n", "  pgd_steps: 5\n  pgd_steps: 50\n"),
+     ["duplicate key 'pgd_steps'"]),
+    ("gamma_dot_nan", lambda t: t.replace("gamma: 0.02", "gamma: .nan"), ["'.nan' is not a finite number"]),
+    ("eps_dot_inf", lambda t: t.replace("  eps: 0.1\n", "  eps: .inf\n"), ["'.inf' is not a finite"]),
+    ("alias_bomb", lambda t: t + _BOMB + "bomb: *l8\n", ["alias"]),
+    ("recursive_nesting", lambda t: t + "deep: " + "[" * 200 + "]" * 200 + "\n", ["nested"]),
+    ("python_object_tag", lambda t: t.replace("description:", "x: !!python/object/apply:os.system [ls]\n"
+                                               "description:"), ["not valid YAML"]),
+    ("s2ap_yes_word", lambda t: t.replace('s2ap: ["off"]', "s2ap: [yes]"), ["grid.s2ap", "'yes'"]),
+    ("s2ap_true", lambda t: t.replace('s2ap: ["off"]', "s2ap: [true]"), ["grid.s2ap", "boolean"]),
+    ("unit_floor_maybe", lambda t: t.replace("methods: {}", "methods: {hydra: {options: {unit_floor: maybe}}}"),
+     ["methods.hydra.options.unit_floor"]),
+    ("download_yes", lambda t: t.replace("download: false", "download: yes"), ["data.download"]),
+    ("not_a_mapping", lambda t: "- just\n- a list\n", ["must be a YAML mapping"]),
+    ("not_yaml", lambda t: t.replace("grid:", "grid: [unclosed"), ["not valid YAML"]),
+]
+
+
+@pytest.mark.parametrize("edit,words", [pytest.param(e, w, id=i) for i, e, w in YAML_VARIANTS])
+def test_malformed_yaml_is_refused_with_one_clear_line(tmp_path, edit, words):
+    preset = tmp_path / "variant.yaml"
+    preset.write_text(edit(TINY.read_text()))
+    with pytest.raises(ValueError) as err:
+        C.validate(C.load_presets([preset]), search_dirs=[tmp_path, REPO])
+    message = str(err.value)
+    assert all(w in message for w in words), message
+    assert "Traceback" not in message and len(message) < 2000
+
+
+def test_not_utf8_preset_is_refused(tmp_path):
+    preset = tmp_path / "variant.yaml"
+    preset.write_bytes(TINY.read_bytes() + b"\nx: \xff\xfe\n")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        C.load_presets([preset])
+
+
+def test_anchors_and_merge_keys_of_the_presets_still_load():
+    for preset in sorted((REPO / "presets").glob("*.yaml")):
+        assert C.load_preset(preset) == C.finish_name(
+            C.with_defaults(json.loads(json.dumps(yaml.safe_load(preset.read_text())))), preset.stem)
+
+
+@pytest.mark.parametrize("i", [4, 7])
+def test_a_bad_preset_gives_one_line_and_no_traceback_on_the_command_line(tmp_path, i):
+    _, edit, words = YAML_VARIANTS[i]
+    preset = tmp_path / "variant.yaml"
+    preset.write_text(edit(TINY.read_text()))
+    proc = subprocess.run([sys.executable, "-m", "benchmark", "estimate", "--configfile", str(preset)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out and "error:" in out, out

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmark import runner
 from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
-from benchmark.runtime import runner
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "presets" / "tiny.yaml"
@@ -104,7 +104,7 @@ def test_an_unrecorded_snakemake_in_the_directory_keeps_its_lock(tmp_path, sleep
 def test_the_runner_resumes_a_locked_directory_and_refuses_a_live_one(tmp_path, sleeper):
     lock = _lock(tmp_path)
     _record(tmp_path, _dead_pid(), None)
-    cmd = [sys.executable, "-m", "benchmark.runtime.runner", "-s", str(REPO / "Snakefile"), "--directory",
+    cmd = [sys.executable, "-m", "benchmark.runner", "-s", str(REPO / "Snakefile"), "--directory",
            str(tmp_path), "-n", "--cores", "1", "--configfile", str(TINY)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -124,7 +124,7 @@ def test_the_makefile_runs_presets_through_the_runner():
     if proc.returncode != 0 and "make: not found" in proc.stderr:
         pytest.skip("make is not installed")
     lines = [ln for ln in proc.stdout.splitlines() if "snakemake" in ln or "runner" in ln]
-    assert lines and all("-m benchmark.runtime.runner" in ln for ln in lines), proc.stdout
+    assert lines and all("-m benchmark.runner" in ln for ln in lines), proc.stdout
     assert any("presets/tiny.yaml" in ln for ln in lines)
 
 
@@ -144,7 +144,7 @@ def _results(workdir: Path) -> dict:
 
 def _run_cmd(workdir: Path) -> list[str]:
     """What `make run PRESET=tiny` runs, pointed at another working directory."""
-    return [sys.executable, "-m", "benchmark.runtime.runner", "-s", str(REPO / "Snakefile"), "--directory",
+    return [sys.executable, "-m", "benchmark.runner", "-s", str(REPO / "Snakefile"), "--directory",
             str(workdir), "--profile", str(REPO / "workflows" / "profiles" / "local"), "--cores", "2",
             "--configfile", str(TINY)]
 
@@ -180,7 +180,7 @@ def test_sigkilled_run_resumes_with_the_same_command_and_the_same_results(tmp_pa
 
 
 def test_a_target_after_the_config_files_is_passed_as_a_target():
-    from benchmark.runtime.runner import targets_first
+    from benchmark.runner import targets_first
 
     args = ["--profile", "p", "--configfile", "presets/a.yaml", "presets/b.yml", "table_main", "--cores", "2"]
     assert targets_first(args) == ["table_main", "--profile", "p", "--configfile", "presets/a.yaml",

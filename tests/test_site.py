@@ -14,6 +14,7 @@ import pytest
 
 from benchmark.cli import main as cli_main
 from benchmark.core.io import replace_dir
+from benchmark.publishing import site_links
 from benchmark.publishing.site import build_site, site_data
 from benchmark.publishing.site.generator import inline_json
 from benchmark.results.aggregate import AggregationError, aggregate, read_leaderboard
@@ -92,14 +93,17 @@ def test_one_row_per_result_file(site):
     assert len(page.rows) == len(site["files"]) == 13
     ids = [r["attrs"]["data-id"] for r in page.rows]
     assert len(set(ids)) == len(ids)
-    # every result file is linked from exactly one entry page
+    # every result file is linked from exactly one entry page, through its copy in the site
     linked = []
     for entry in (site["out"] / "entries").glob("*.html"):
         for href in parse(entry).links:
             target = (entry.parent / href).resolve()
             if target.suffix == ".json" and target.is_file():
                 linked.append(target)
-    assert sorted(linked) == sorted(f.resolve() for f in site["files"])
+    copies = site["out"] / site_links.FILES
+    assert sorted(linked) == sorted(copies / f.resolve().relative_to(site["out"].parent.resolve())
+                                    for f in site["files"])
+    assert all(t.read_bytes() == (site["out"].parent / t.relative_to(copies)).read_bytes() for t in linked)
 
 
 def test_values_equal_the_leaderboard_csv(site):
@@ -293,9 +297,13 @@ def test_entry_page_holds_recipe_provenance_links_and_command(tmp_path):
             "results/fixture/runs/cifar10/resnet18/hydra/on/sp90/seed0.json") in text
     assert "zero gradient" in text and "fab-t" in text  # the flags' reasons
     hrefs = parse(entry).links
-    for name in ("seed0.json", "seed0.log", "m.safetensors"):
-        href = next(h for h in hrefs if h.endswith(name))
-        assert (entry.parent / href).resolve().is_file(), href
+    # the result JSON is copied into the site; the log (under work/) and the model file (outside
+    # the results tree) are named, not linked: the site is one self-contained folder
+    href = next(h for h in hrefs if h.endswith("seed0.json"))
+    assert (entry.parent / href).resolve().is_file() and "/files/" in "/" + href, href
+    assert not any(h.endswith(("seed0.log", "m.safetensors")) for h in hrefs), hrefs
+    assert "seed0.log" in text and "m.safetensors" in text
+    assert site_links.link_problems(out) == []
     # RobustBench: the entry page says why it is not exported
     assert "not exported" in text and "100 of the 10,000" in text
 

@@ -15,6 +15,7 @@ import yaml
 
 from benchmark.cli import main as cli_main
 from benchmark.core import config as C
+from benchmark.core import strict_yaml
 from benchmark.core.datasets import get_info
 from benchmark.core.model_files import export_models
 from benchmark.core.models import build_model
@@ -29,7 +30,7 @@ DATASET, ARCH, WIDTH = "fashion-mnist", "small_cnn", 0.5  # the tiny preset's
 
 def tiny_preset(root: Path) -> Path:
     """presets/tiny.yaml with the data under root (the Debian files are extracted there once)."""
-    raw = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    raw = strict_yaml.load_file(REPO / "presets" / "tiny.yaml")
     raw["data"]["root"] = str(root / "data")
     path = root / "presets" / "tiny.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +245,7 @@ def test_a_truncated_file_is_refused(entry, tmp_path, fmt):
     # the sha256 in the YAML is the full file's: named truncated, not merely "different"
     refused(entry, folder, "truncated", "truncated")
     # a submitter who hashed the truncated file: the format itself shows the missing end
-    spec = yaml.safe_load((folder / "submission.yaml").read_text())
+    spec = strict_yaml.load_file(folder / "submission.yaml")
     spec["model"]["sha256"] = sha(f)
     (folder / "submission.yaml").write_text(yaml.safe_dump(spec))
     refused(entry, folder, "truncated", "truncated")
@@ -252,7 +253,7 @@ def test_a_truncated_file_is_refused(entry, tmp_path, fmt):
 
 def test_another_file_with_the_claimed_name_is_a_checksum_mismatch(entry, tmp_path):
     folder = make_submission(tmp_path, "swapped", entry["safetensors"])
-    spec = yaml.safe_load((folder / "submission.yaml").read_text())
+    spec = strict_yaml.load_file(folder / "submission.yaml")
     spec["model"]["sha256"] = "0" * 64
     (folder / "submission.yaml").write_text(yaml.safe_dump(spec))
     refused(entry, folder, "checksum", "does not match model.sha256")

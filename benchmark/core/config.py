@@ -21,9 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchmark.core import choices
+from benchmark.core import choices, strict_yaml
 from benchmark.core import external_dense as _external
 from benchmark.core import paper_tables as _tables
 from benchmark.core import registry as _registry
@@ -177,8 +175,10 @@ def with_defaults(raw: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    with open(path) as fh:
-        raw = yaml.safe_load(fh) or {}
+    try:
+        raw = strict_yaml.load_file(path) or {}
+    except strict_yaml.StrictYAMLError as exc:
+        raise ConfigError(f"preset {exc}") from None
     if not isinstance(raw, Mapping):
         raise ValueError(f"preset {path} must be a YAML mapping, got {type(raw).__name__}")
     return dict(raw)
@@ -214,6 +214,11 @@ def load_presets(paths: Iterable[str | Path]) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     for path in paths:
         raw = overlay(raw, _read_yaml(path))
+    s2ap = raw.get("grid", {}).get("s2ap") if isinstance(raw.get("grid"), Mapping) else None
+    if isinstance(s2ap, list) and any(isinstance(v, bool) for v in s2ap):
+        # the strict loader reads off/on as words; a boolean here was written true/false
+        raise ConfigError(f"grid.s2ap: {s2ap!r} holds a boolean; write the words off, on, score "
+                          "or awp")
     return finish_name(with_defaults(raw), paths[-1].stem)
 
 
@@ -267,8 +272,7 @@ def method_traits(name: str, registry: _registry.MethodRegistry) -> dict[str, bo
 # ---------------------------------------------------------------------------------- validation
 def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
     """The schema file, with every list of valid words filled in from the code's own lists."""
-    with open(SCHEMA_PATH) as fh:
-        schema = yaml.safe_load(fh)
+    schema = strict_yaml.load_file(SCHEMA_PATH)
     defs = schema["$defs"]
     enums = {
         "dataset": _registry.DATASETS.names(),
@@ -309,6 +313,10 @@ def validate(cfg: Mapping[str, Any], method_files: Iterable[str | Path] | None =
     """
     import jsonschema  # deferred: jsonschema
 
+    bad = non_finite_fields(cfg)
+    if bad:
+        raise ConfigError("\n".join(f"{f}: {v!r} is not a finite number; NaN and infinity pass "
+                                     "every range check, so none is accepted" for f, v in bad))
     search_dirs = list(search_dirs)
     if method_files is None:
         method_files = cfg.get("method_files") or []
@@ -343,6 +351,17 @@ def validate(cfg: Mapping[str, Any], method_files: Iterable[str | Path] | None =
     if problems:
         raise ConfigError("preset cannot run:\n" + "\n".join(f"  {p}" for p in problems))
     return out
+
+
+def non_finite_fields(obj: Any, where: str = "") -> list[tuple[str, float]]:
+    """(dotted field, value) of every NaN or infinity in a preset, however it was read."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [(where or "<preset>", obj)]
+    if isinstance(obj, Mapping):
+        return [b for k, v in obj.items() for b in non_finite_fields(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [b for i, v in enumerate(obj) for b in non_finite_fields(v, f"{where}[{i}]")]
+    return []
 
 
 def _epochs_field(cfg: Mapping[str, Any], method: str | None, stage: str) -> tuple[int, str]:
@@ -387,6 +406,20 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
         if val_size >= n:
             problems.append(f"data.val_size: {val_size}, but {dataset} has {n} training images; the "
                             "validation slice is cut from them and must leave some to train on")
+
+    # an evaluation count the test images cannot meet would be clamped at run time, and the
+    # leaderboard would show a protocol that never ran
+    test_subset = cfg["data"]["test_subset"]
+    for dataset in grid["datasets"]:
+        n = _registry.DATASETS.get(dataset).test_size
+        limit, why = (n, f"{dataset} has {n} test images")
+        if test_subset is not None and test_subset < n:
+            limit, why = test_subset, f"data.test_subset keeps {test_subset} test images"
+        for field, value in (("evaluate.clean_n", cfg["evaluate"]["clean_n"]),
+                             ("evaluate.pgd_n", cfg["evaluate"]["pgd_n"]),
+                             ("evaluate.autoattack.n_images", cfg["evaluate"]["autoattack"]["n_images"])):
+            if value is not None and value > limit:
+                problems.append(f"{field}: {value}, but {why}; ask for at most {limit}")
 
     aa = cfg["evaluate"]["autoattack"]
     if aa["attacks"] is not None:

@@ -33,6 +33,10 @@ class MachineError(UserError, RuntimeError):
     """The config asks for something this machine lacks (a CUDA device, a folder)."""
 
 
+class OutputWriteError(UserError, OSError):
+    """An output cannot be written (a read-only folder, a full disk); nothing partial is left."""
+
+
 class InputFileError(UserError):
     """A file a command reads is missing or unusable."""
 

@@ -11,6 +11,7 @@ user's choice and is respected.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,11 +19,12 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from benchmark.core.errors import CheckpointError, CorruptFileError, MissingFileError
+from benchmark.core import safe_json
+from benchmark.core.errors import CheckpointError, CorruptFileError, MissingFileError, OutputWriteError
 
 
 def _temp_beside(path: Path) -> Path:
@@ -38,17 +40,45 @@ def _temp_beside(path: Path) -> Path:
         return tmp
 
 
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_error(path: Path, exc: OSError) -> OutputWriteError:
+    """One line naming the path, the reason and what to do about it."""
+    if exc.errno in _NO_SPACE:
+        remedy = "the disk is full or a file-size limit is reached: free space, or run in a folder on another disk"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        remedy = "a part of that path is a file, not a folder: remove it or choose another path"
+    elif exc.errno in _READ_ONLY:
+        remedy = "the folder is read-only for this user: make it writable, or run in another folder"
+    else:
+        remedy = "check the folder and the disk"
+    return OutputWriteError(f"cannot write {path}: {exc.strerror or exc} ({remedy}); nothing was "
+                            "written there, rerun the command once fixed")
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path to write; renamed to ``path`` when the block ends without an
-    exception, removed otherwise (the previous file at ``path`` stays untouched)."""
+    exception, removed otherwise (the previous file at ``path`` stays untouched). An OSError of
+    the write (read-only folder, full disk) becomes an OutputWriteError naming ``path``."""
     path = Path(path)
-    tmp = _temp_beside(path)
+    tmp = None
     try:
+        tmp = _temp_beside(path)
         yield tmp
         os.replace(tmp, path)
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE | _READ_ONLY | {errno.EIO, errno.ENOTDIR}:
+            raise  # not the disk's doing: the caller's own error, as it was
+        raise write_error(path, exc) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -139,13 +169,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def read_json(path: str | Path) -> Any:
     """A JSON file the suite wrote; a missing or unparsable one is a user error naming the path."""
     path = Path(path)
+    if not os.path.lexists(path):
+        raise MissingFileError(f"file not found: {path}")
     try:
-        with open(path) as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise MissingFileError(f"file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{path} is not valid JSON ({exc}); rerun the step that writes it") from exc
+        return safe_json.read_json_file(path)
+    except safe_json.JSONFileError as exc:
+        raise CorruptFileError(f"{exc}; rerun the step that writes it") from None
 
 
 def replace_dir(path: str | Path, build: Callable[[Path], None]) -> Path:

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmark.core import safe_json
 from benchmark.core.datasets import get_info
 from benchmark.core.entries import canon_s2ap, expand_runs, model_key, preset_of, result_entry_id, result_key
 from benchmark.core.errors import CorruptFileError, MissingFileError
@@ -194,9 +195,9 @@ def load_state_dict_verified(path: str | Path, sha256: str, size: int | None = N
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"cannot read model manifest {path}: {exc}") from exc
+        manifest = safe_json.read_json_file(path)
+    except safe_json.JSONFileError as exc:
+        raise ModelFileError(f"cannot read model manifest {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ModelFileError(f"{path} is not a model manifest (format {MANIFEST_FORMAT!r} expected)")
     if int(manifest.get("version", 0)) > MANIFEST_VERSION:

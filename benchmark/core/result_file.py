@@ -38,6 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from benchmark.core import safe_json
 from benchmark.core.io import _json_default, atomic_write_json
 from benchmark.core.paths import SCHEMAS_DIR
 from benchmark.core.provenance import config_hash as _hash
@@ -494,11 +495,10 @@ def read_result(path: str | Path) -> dict[str, Any]:
     """The validated record of a result file; ResultError naming the file and the rule else."""
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ResultError("json", f"not valid JSON: {exc}", path) from exc
-    except OSError as exc:
-        raise ResultError("file", f"cannot read: {exc}", path) from exc
+        record = safe_json.read_json_file(path)
+    except safe_json.JSONFileError as exc:
+        rule = "json" if exc.reason.startswith(("not valid JSON", "nested", "not UTF-8")) else "file"
+        raise ResultError(rule, exc.reason, path) from None
     return validate_record(record, path)
 
 

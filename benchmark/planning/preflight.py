@@ -58,6 +58,10 @@ def dataset_problems(cfg: Mapping[str, Any], workdir: str | Path = ".") -> list[
     data = cfg["data"]
     root = _under(workdir, data["root"])
     problems = []
+    if root.exists() and not root.is_dir():
+        # a loader would try to create or read folders under it and fail mid-job
+        return [f"data.root: {root} exists but is not a directory; point it at the folder that "
+                "holds (or will hold) the datasets"]
     if data.get("synthetic"):
         return problems  # stand-in images, generated in each job: nothing to find on disk
     for name in cfg["grid"]["datasets"]:

@@ -68,6 +68,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="with --archive: why it is archived rather than republished")
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--check-only", action="store_true", help="run the checks, publish nothing")
+    p.add_argument("--reattack-batches", type=int, default=None, metavar="N",
+                   help="PGD batches of each result attacked again with its saved model, whose "
+                        "per-image results must be the recorded ones (default 1; 0 skips)")
 
     p = sub.add_parser("submit", help="evaluate an external submission (submissions/<name>/) "
                                       "with a preset's protocol")
@@ -109,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
                   f"{str(rec['revision'])[:12]}, {rec['stale_results']} stale result(s)); commit "
                   f"results/published/{args.archive}/archived.json and results/published/site")
             return 0
+        reattack = {} if args.reattack_batches is None else {"reattack_batches": args.reattack_batches}
         if args.check_only:
-            chk = check_run(args.preset, root=args.root)
+            chk = check_run(args.preset, root=args.root, **reattack)
             if chk.problems:
                 raise chk.error()
             print(f"results/{args.preset}: every check passed")
             return 0
-        folder = publish(args.preset, root=args.root)
+        folder = publish(args.preset, root=args.root, **reattack)
         print(f"published: {folder} (and {Path(args.root) / 'results' / 'published' / 'site'}); "
               f"commit it: git add {folder} {Path(args.root) / 'results' / 'published' / 'site'}")
         return 0

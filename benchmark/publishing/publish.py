@@ -55,6 +55,7 @@ from benchmark.core.provenance import (
     git_revision,
 )
 from benchmark.core.result_file import ResultError, read_result
+from benchmark.publishing import result_trust
 from benchmark.publishing.export_robustbench import export_robustbench
 from benchmark.results.leaderboard_stamp import read_stamp
 from benchmark.results.staleness import CurrentCode, archive, archive_record, banner_text, stale_stages
@@ -121,7 +122,7 @@ class RunCheck:
         return f"rm -rf work/{self.preset} results/{self.preset} && make run PRESET={self.preset}"
 
     def reaggregate(self) -> str:
-        return (f".venv/bin/python -m benchmark.runtime.runner --profile workflows/profiles/local "
+        return (f".venv/bin/python -m benchmark.runner --profile workflows/profiles/local "
                 f"--configfile presets/{self.preset}.yaml --forcerun aggregate")
 
     @property
@@ -390,9 +391,10 @@ def _check_models(chk: RunCheck, stamp: dict[str, Any] | None) -> None:
             chk.models[path] = src
 
 
-def check_run(preset: str, *, root: str | Path = ".", repo: str | Path | None = None) -> RunCheck:
-    """Every integrity check of a run (see the module docstring); ``.problems`` empty when it may
-    be published."""
+def check_run(preset: str, *, root: str | Path = ".", repo: str | Path | None = None,
+              reattack_batches: int = result_trust.DEFAULT_REATTACK_BATCHES) -> RunCheck:
+    """Every integrity check of a run (see the module docstring and benchmark.publishing.result_trust);
+    ``.problems`` empty when it may be published."""
     root = Path(root).resolve()
     chk = RunCheck(preset=preset, root=root)
     committed = _preset(chk)
@@ -402,6 +404,8 @@ def check_run(preset: str, *, root: str | Path = ".", repo: str | Path | None = 
     if stamp is not None and not any(c in ("finished", "results") for c, _ in chk.problems):
         _check_leaderboard(chk, stamp)
     _check_models(chk, stamp)
+    result_trust.check(chk, stamp, search_dirs=[root, REPO], repo=Path(repo).resolve() if repo else root,
+                       reattack_batches=reattack_batches)
     return chk
 
 
@@ -455,13 +459,14 @@ def _file_digests(folder: Path) -> dict[str, str]:
 
 
 def publish(preset: str, *, root: str | Path = ".", repo: str | Path | None = None,
-            model_budget: int = MODEL_BUDGET_BYTES) -> Path:
+            model_budget: int = MODEL_BUDGET_BYTES,
+            reattack_batches: int = result_trust.DEFAULT_REATTACK_BATCHES) -> Path:
     """Checks the run of ``preset`` and, when it passes, replaces ``results/published/<preset>/``
     with it and rebuilds ``results/published/site/``; returns the published folder. PublishError
     with every problem otherwise (nothing is written)."""
     from benchmark.publishing.site import build_site  # deferred: pandas
 
-    chk = check_run(preset, root=root, repo=repo)
+    chk = check_run(preset, root=root, repo=repo, reattack_batches=reattack_batches)
     if chk.problems:
         raise chk.error()
     root = chk.root

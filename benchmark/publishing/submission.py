@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import struct
 import time
@@ -49,27 +50,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmark.core import config as apcfg
 from benchmark.core import model_files as mx
 from benchmark.core import result_file as results
+from benchmark.core import strict_yaml
 from benchmark.core.datasets import get_info
 from benchmark.core.errors import ConfigError
 from benchmark.core.io import sha256_file
 from benchmark.core.paths import REPO_ROOT, SCHEMAS_DIR
 from benchmark.core.provenance import provenance
 from benchmark.core.registry import ARCHITECTURES, DATASETS
+from benchmark.publishing import submission_checks as checks
 
 log = logging.getLogger(__name__)
 
 SUBMISSIONS_DIR = Path("submissions")
 SUBMISSION_FILE = "submission.yaml"
 SCHEMA_FILE = SCHEMAS_DIR / "submission.schema.json"
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")  # matched in full (fullmatch): no trailing newline
 REPO = REPO_ROOT
 REASONS = ("schema", "name", "preset", "dataset", "eps", "classes", "file", "checksum",
-           "truncated", "pickle", "not-a-model", "architecture")
+           "truncated", "pickle", "not-a-model", "architecture", "dtype", "non-finite")
 
 
 class SubmissionError(ConfigError):
@@ -78,7 +79,8 @@ class SubmissionError(ConfigError):
 
     def __init__(self, reason: str, message: str, folder: str | Path | None = None) -> None:
         self.reason, self.folder = reason, None if folder is None else str(folder)
-        where = f"submission {folder}: " if folder is not None else ""
+        shown = str(folder)
+        where = "" if folder is None else f"submission {shown if shown.isprintable() else repr(shown)}: "
         super().__init__(f"{where}refused ({reason}): {message}")
 
 
@@ -94,13 +96,16 @@ def read_submission(folder: str | Path) -> dict[str, Any]:
 
     folder = Path(folder)
     path = folder / SUBMISSION_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise SubmissionError("file", f"{path} not found: a submission folder holds "
                                       f"{SUBMISSION_FILE} and the model file", folder)
+    problem = checks.file_problem(folder, SUBMISSION_FILE)
+    if problem is not None:
+        raise SubmissionError("file", problem, folder)
     try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SubmissionError("schema", f"{path} is not valid YAML: {exc}", folder) from exc
+        spec = strict_yaml.load_file(path)
+    except strict_yaml.StrictYAMLError as exc:
+        raise SubmissionError("schema", str(exc), folder) from None
     validator = jsonschema.Draft202012Validator(load_schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(spec))
     if error is not None:
@@ -124,13 +129,13 @@ def submissions_for(preset: str, root: str | Path = SUBMISSIONS_DIR,
         return out
     for folder in sorted(p for p in root.iterdir() if (p / SUBMISSION_FILE).is_file()):
         try:
-            spec = yaml.safe_load((folder / SUBMISSION_FILE).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            warn(f"warning: {folder}/{SUBMISSION_FILE} cannot be read ({exc}); skipped")
+            spec = strict_yaml.load_file(folder / SUBMISSION_FILE) or {}
+        except strict_yaml.StrictYAMLError as exc:
+            warn(f"warning: {exc}; skipped")
             continue
         if not isinstance(spec, dict) or spec.get("preset") != preset:
             continue
-        if not NAME.match(folder.name):
+        if not NAME.fullmatch(folder.name):
             warn(f"warning: submission folder {folder}: the name must match {NAME.pattern} (it is "
                  "the entry's name); skipped")
             continue
@@ -168,9 +173,19 @@ def load_submitted_state(folder: Path, spec: dict[str, Any]) -> tuple[Path, dict
 
     entry = spec["model"]
     path = folder / entry["file"]
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise SubmissionError("file", f"the model file {path} named in {SUBMISSION_FILE} "
                                       "(model.file) does not exist", folder)
+    problem = checks.file_problem(folder, entry["file"])
+    if problem is not None:
+        raise SubmissionError("file", f"model.file: {problem}", folder)
+    # before the library parses it: its own refusal of a lying header reads "damaged"
+    problems = checks.safetensors_problems(path) if _is_safetensors(path) else []
+    if problems:
+        raise SubmissionError("truncated" if _truncated(path) else "not-a-model",
+                              f"{path} is not a consistent safetensors file: " + "; ".join(problems[:3]),
+                              folder)
+
     try:
         state = mx.load_state_dict_verified(path, entry["sha256"], entry.get("size"))
     except mx.ChecksumMismatchError as exc:
@@ -188,6 +203,12 @@ def load_submitted_state(folder: Path, spec: dict[str, Any]) -> tuple[Path, dict
         reason = "truncated" if _truncated(path) else "not-a-model"
         raise SubmissionError(reason, str(exc), folder) from exc
     return path, state
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and head[:4] != b"PK\x03\x04"
 
 
 def _classifier(net: Any) -> str | None:
@@ -208,6 +229,13 @@ def build_submitted_model(folder: Path, state: dict[str, Any], arch: str, info: 
     from benchmark.core.models import build_model  # deferred: torch
 
     net = build_model(arch, info, width=width)
+    dtypes, non_finite = checks.tensor_problems(state, net.state_dict())
+    if dtypes:
+        raise SubmissionError("dtype", "the model file's tensors do not have the architecture's "
+                                       f"dtypes: {'; '.join(dtypes[:5])}", folder)
+    if non_finite:
+        raise SubmissionError("non-finite", f"the model file holds non-finite weights: "
+                                            f"{'; '.join(non_finite[:5])}", folder)
     head = _classifier(net)
     weight = state.get(f"{head}.weight") if head else None
     if weight is not None and getattr(weight, "dim", lambda: 0)() == 2 \
@@ -275,7 +303,7 @@ def submit(folder: str | Path, *, preset_file: str | Path | None = None,
     folder = Path(folder)
     spec = read_submission(folder)
     name = folder.resolve().name
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise SubmissionError("name", f"the folder name {name!r} is the entry's name and must match "
                                       f"{NAME.pattern}", folder)
     preset_path, cfg = resolve_preset(spec["preset"], preset_file, search_dirs)

@@ -21,7 +21,6 @@ Torch-free.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from benchmark.core.errors import CorruptFileError, MissingFileError
 from benchmark.core.io import atomic_write_json, sha256_file
+from benchmark.core import safe_json
 
 STAMP_NAME = "leaderboard.stamp.json"
 STAMP_FORMAT = "apbench-leaderboard-stamp"
@@ -59,9 +59,9 @@ def read_stamp(out_dir: str | Path) -> dict[str, Any]:
             f"{path} not found: the leaderboard in {out_dir} was not made by a finished "
             "aggregation (run the workflow, or `python -m benchmark aggregate`)")
     try:
-        stamp = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CorruptFileError(f"{path} is not valid JSON: {exc}") from exc
+        stamp = safe_json.read_json_file(path)
+    except safe_json.JSONFileError as exc:
+        raise CorruptFileError(str(exc)) from None
     if not isinstance(stamp, dict) or stamp.get("format") != STAMP_FORMAT \
             or not isinstance(stamp.get("argv"), list) or not isinstance(stamp.get("inputs"), dict):
         raise CorruptFileError(f"{path} is not a leaderboard stamp ({STAMP_FORMAT!r}); rerun the "

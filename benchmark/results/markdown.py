@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.results import flags as flag_legend
+from benchmark.results import md_escape
 from benchmark.results.loading import DASH, fmt_sparsity
 from benchmark.results.published import published_cell
 
@@ -75,7 +76,7 @@ def leaderboard_md(df: pd.DataFrame, has_ref: bool, pairs: pd.DataFrame | None =
             c["Flags"] = codes
             rows.append(c)
         parts += [f"### {dataset} · {arch}", "",
-                  pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+                  md_escape.table(rows), ""]
     return "\n".join(parts), used
 
 
@@ -118,7 +119,7 @@ def pairs_md(pairs: pd.DataFrame) -> str:
         row["Left out (degenerate)"] = r["left_out"] or ""
         row["S2AP inactive"] = "" if na or not r["s2ap_inactive_seeds"] else int(r["s2ap_inactive_seeds"])
         rows.append(row)
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return md_escape.table(rows)
 
 
 FLIP_EPOCH = "diag.s2ap_flip_fraction_by_epoch[{}]"
@@ -151,7 +152,7 @@ def flips_md(df: pd.DataFrame) -> str | None:
         row["Steps without a flip (%)"] = _num(_pct(r.get("diag.s2ap_noflip_fraction")), 1)
         row["Seeds"] = int(r["n_seeds"])
         out.append(row)
-    return pd.DataFrame(out).to_markdown(index=False, disable_numparse=True)
+    return md_escape.table(out)
 
 
 def _values(df: pd.DataFrame, col: str) -> list:
@@ -227,6 +228,6 @@ def excluded_md(excluded: list[dict[str, str]]) -> list[str]:
     return ["## Excluded result files", "",
             f"{len(excluded)} file(s) broke a rule and are not in the tables above "
             "(aggregated with --exclude-invalid).", "",
-            pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+            md_escape.table(rows), ""]
 
 

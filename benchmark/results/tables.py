@@ -52,6 +52,7 @@ from benchmark.core.paper_tables import (  # noqa: F401 - the declarations, for 
     table_cells,
 )
 from benchmark.core.io import atomic_output, atomic_write_text
+from benchmark.results import md_escape
 from benchmark.results import reference as ref_mod
 
 DASH = "—"
@@ -123,7 +124,7 @@ def _yes(v: bool | None) -> str:
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     def esc(s: str) -> str:
-        return str(s).replace("|", "\\|")
+        return md_escape.cell(str(s))
 
     lines = ["| " + " | ".join(map(esc, header)) + " |",
              "|" + "|".join(" --- " for _ in header) + "|"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -105,3 +107,17 @@ def claim_from_env(environ: dict | None = None) -> str | None:
     env[VISIBLE_ENV] = card
     log.info("GPU slot: card %s of %d (%s=%s)", card, n, VISIBLE_ENV, card)
     return card
+
+
+def count_gpus(environ: dict | None = None) -> int:
+    """Cards this machine offers: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L` (no torch
+    import: the runner starts Snakemake, not CUDA)."""
+    env = os.environ if environ is None else environ
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else 0

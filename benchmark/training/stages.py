@@ -217,16 +217,53 @@ def pretrain(cfg: dict, *, dataset: str, arch: str, seed: int, out: str | Path,
     meta = _meta(cfg, "pretrain", None, dataset=dataset, arch=arch, seed=seed,
                  width=float(cfg.get("model", {}).get("width", 1.0)), history=history,
                  timing={"pretrain_s": time.perf_counter() - t0})
-    atomic_torch_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                       "masks": None, "meta": json.dumps(meta)}, out)
+    _save_artifact({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "masks": None}, meta, out)
     return meta
+
+
+# What the clock says (stage seconds, seconds per epoch) lives beside a model file, not in it:
+# the same training twice gives byte-identical model files, so a model's sha256 names its weights
+# and recipe, not the moment it ran. _read_artifact puts it back, so every reader sees one meta.
+CLOCK_SUFFIX = ".timing.json"
+_HISTORIES = (("history",), ("search", "history"))
+
+
+def _history(meta: dict, where: tuple) -> list | None:
+    node: Any = meta
+    for key in where:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, list) else None
+
+
+def _save_artifact(ckpt: dict, meta: dict, out: str | Path) -> None:
+    meta = json.loads(json.dumps(meta))
+    clock = {"timing": meta.pop("timing", {}), "time_s": {}}
+    for where in _HISTORIES:
+        hist = _history(meta, where)
+        if hist is not None:
+            clock["time_s"][".".join(where)] = [e.pop("time_s", None) if isinstance(e, dict) else None
+                                                for e in hist]
+    atomic_write_json(f"{out}{CLOCK_SUFFIX}", clock)
+    atomic_torch_save({**ckpt, "meta": json.dumps(meta, sort_keys=True)}, out)
 
 
 def _read_artifact(path: str | Path) -> tuple[dict, dict]:
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "meta" not in ckpt:
         raise CheckpointError(f"{path} is not a model file of this suite (no state_dict/meta)")
-    return ckpt, json.loads(ckpt["meta"])
+    meta = json.loads(ckpt["meta"])
+    side = Path(f"{path}{CLOCK_SUFFIX}")
+    if side.is_file():  # absent for a model made elsewhere: no timings then
+        clock = json.loads(side.read_text())
+        meta["timing"] = {**clock.get("timing", {}), **meta.get("timing", {})}
+        for where in _HISTORIES:
+            hist, times = _history(meta, where), clock.get("time_s", {}).get(".".join(where))
+            if hist is not None and times is not None and len(times) == len(hist):
+                for entry, t in zip(hist, times):
+                    if isinstance(entry, dict) and t is not None:
+                        entry["time_s"] = t
+    return ckpt, meta
 
 
 def _masked_model(arch, info, cfg, method, device) -> nn.Module:
@@ -298,8 +335,8 @@ def prune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, sparsit
                  sparsity_report=masking.sparsity_report(masks), diagnostics=diag,
                  timing={**upstream_timing, "prune_s": time.perf_counter() - t0 - diag_s,
                          "diagnostics_s": diag_s})
-    atomic_torch_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                       "masks": masks, "meta": json.dumps(meta)}, out)
+    _save_artifact({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "masks": masks}, meta, out)
     return meta
 
 
@@ -349,8 +386,7 @@ def finetune(cfg: dict, *, dataset: str, arch: str, method: str, s2ap: str, spar
                                               val_majority_share=smeta.get("val_majority_share")),
                  diagnostics=smeta.get("diagnostics") or {},
                  timing={**smeta.get("timing", {}), "finetune_s": time.perf_counter() - t0})
-    atomic_torch_save({"state_dict": masking.export_state_dict(model), "masks": masks,
-                       "meta": json.dumps(meta)}, out)
+    _save_artifact({"state_dict": masking.export_state_dict(model), "masks": masks}, meta, out)
     return meta
 
 

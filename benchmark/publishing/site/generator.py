@@ -48,6 +48,7 @@ from benchmark.core.entries import (
 from benchmark.core.io import atomic_write_text, replace_dir
 from benchmark.core.model_files import manifest_by_model
 from benchmark.core.result_file import ResultError, read_result
+from benchmark.publishing import site_links
 from benchmark.publishing.export_robustbench import entry_path as rb_entry_path
 from benchmark.publishing.export_robustbench import robustbench_status
 from benchmark.publishing.ranked_board import ranked_boards
@@ -576,6 +577,8 @@ def build_site(runs: Any, out_dir: str | Path, *, reference_csv: str | Path | No
         for e in data["entries"]:
             atomic_write_text(tmp / "entries" / f"{e['slug']}.html",
                               entry.render(title=title, e=e, legend=FLAG_LEGEND, root="../", data=data))
+        # the pages link where the files lie; the site must stand on its own (benchmark.publishing.site_links)
+        site_links.bundle(tmp, out_dir.resolve().parent)
 
     replace_dir(out_dir, build)
     return out_dir / "index.html"

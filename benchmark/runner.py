@@ -1,7 +1,7 @@
 """Run Snakemake so that a killed run resumes with the same command, without `snakemake --unlock`.
 
-    python -m benchmark.runtime.runner --profile workflows/profiles/local --cores all --configfile presets/quick.yaml
-    python -m benchmark.runtime.runner --profile workflows/profiles/local-gpu --gpus auto --configfile ...
+    python -m benchmark.runner --profile workflows/profiles/local --cores all --configfile presets/quick.yaml
+    python -m benchmark.runner --profile workflows/profiles/local-gpu --gpus auto --configfile ...
 
 Every argument goes to Snakemake unchanged, except ``--gpus auto|N`` (a multi-GPU workstation:
 it becomes ``--resources gpu=N``, N counted by nvidia-smi for auto). A Snakemake killed hard (SIGKILL, a power cut, the
@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+from benchmark.planning import run_guard
+from benchmark.runtime.gpu_slots import count_gpus
 
 log = logging.getLogger(__name__)
 
@@ -147,20 +148,6 @@ def record_run(workdir: Path) -> None:
     os.replace(tmp, snakemake_dir / RECORD)
 
 
-def count_gpus(environ: dict | None = None) -> int:
-    """Cards this machine offers: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L` (no torch
-    import: the runner starts Snakemake, not CUDA)."""
-    env = os.environ if environ is None else environ
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else 0
-
-
 def gpu_arguments(args: list[str], environ: dict | None = None) -> list[str]:
     """``--gpus auto|N`` (ours, not Snakemake's) becomes ``--resources gpu=N``: with the local-gpu
     profile every job that trains or attacks then takes one card of its own."""
@@ -213,7 +200,30 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    yes = "--yes" in args  # ours: confirms a run whose cost estimate is far above the machine's
+    args = [a for a in args if a != "--yes"]
     workdir = workdir_of(args)
+    dry = any(a in ("-n", "--dry-run", "--unlock") for a in args)
+    try:
+        cfg = run_guard.read_preset(args, workdir)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not dry:
+        targets = [a for a in args[:next((i for i, a in enumerate(args) if a.startswith("-")),
+                                         len(args))]]
+        try:
+            # held through exec by Snakemake itself: released when the run's process ends
+            run_guard.acquire(workdir / "results" / cfg["name"], [sys.executable, "-m",
+                                                                  "benchmark.runner", *args])
+            try:
+                hours = run_guard.estimated_hours(cfg, targets, workdir)
+            except (ValueError, KeyError, OSError):
+                hours = None  # no estimate: nothing to confirm
+            run_guard.confirm_cost(hours, yes=yes)
+        except (run_guard.RunLocked, run_guard.NotConfirmed, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         clear_stale_lock(workdir)
     except LiveRunError as exc:
