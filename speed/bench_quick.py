@@ -281,40 +281,37 @@ def thread_speedup(build, input_shape, num_classes, cores: int, steps: int, atta
 
 
 # ---------------------------------------------------------------- the DAG and its schedule
+# the workflow's rules this scaled run measures, and the stage each one's cost is taken from
+MEASURED_STAGES = {"pretrain": "pretrain", "prune": "prune", "finetune": "finetune",
+                   "evaluate": "evaluate", "evaluate_dense": "evaluate", "aggregate": "aggregate"}
+
+
 def preset_jobs(cfg: dict) -> list[dict]:
-    """Every job `make <preset>` runs (pretrain, prune, finetune, evaluate, aggregate), with deps."""
-    from benchmark.core.registry import method_registry
+    """Every job `make <preset>` runs, with its dependencies: the workflow's own plan
+    (benchmark/planning/jobgraph.py). Its target rule and any job of a rule this run does not
+    measure (seed stability, an external model's import) are left out of the schedule."""
+    from benchmark.planning.jobgraph import JobGraph
 
-    registry = method_registry()
-    cells = C.grid_cells(cfg, registry)
-    dense = C.dense_cells(cfg, cells)
-    jobs: dict[str, dict] = {}
-
-    def add(key, stage, method, s2ap, sparsity, deps):
-        jobs.setdefault(key, {"key": key, "stage": stage, "method": method, "s2ap": s2ap,
-                              "sparsity": sparsity, "deps": sorted(set(deps))})
-        return key
-
-    pre = {}
-    for d in dense:
-        pre[(d["dataset"], d["arch"], d["seed"])] = add(
-            f"pretrain/{d['dataset']}/{d['arch']}/{d['seed']}", "pretrain", None, None, None, [])
-        add(f"evaluate/dense/{d['dataset']}/{d['arch']}/{d['seed']}", "evaluate", "dense", "n/a", 0.0,
-            [pre[(d["dataset"], d["arch"], d["seed"])]])
-    for c in cells:
-        traits = c.get("traits") or _traits(c["method"])
-        base = f"{c['dataset']}/{c['arch']}/{c['method']}"
-        search_s2ap = C.s2ap_search_value(c["s2ap"])
-        dep = [pre[(c["dataset"], c["arch"], c["seed"])]] if traits["needs_pretrain"] else []
-        p = add(f"prune/{base}/{search_s2ap}/{c['sparsity']}/{c['seed']}", "prune", c["method"],
-                search_s2ap, float(c["sparsity"]), dep)
-        f = add(f"finetune/{base}/{c['s2ap']}/{c['sparsity']}/{c['seed']}", "finetune", c["method"],
-                c["s2ap"], float(c["sparsity"]), [p])
-        add(f"evaluate/{base}/{c['s2ap']}/{c['sparsity']}/{c['seed']}", "evaluate", c["method"],
-            c["s2ap"], float(c["sparsity"]), [f])
-    evals = [k for k in jobs if k.startswith("evaluate/")]
-    add("aggregate", "aggregate", None, None, None, evals)
-    return list(jobs.values())
+    plan = JobGraph(cfg, [REPO]).plan(["all"])
+    producer = plan.producers()
+    jobs = []
+    for job in plan.all_jobs():
+        stage = MEASURED_STAGES.get(job.rule)
+        if stage is None:
+            continue
+        deps = {producer[f].output for f in job.needs
+                if f in producer and producer[f].rule in MEASURED_STAGES}
+        cell = job.cell if stage != "pretrain" else None
+        jobs.append({"rule": job.rule, "stage": stage,
+                     # the aggregate job's key is its stage: its cost is the measured aggregation
+                     "key": "aggregate" if stage == "aggregate" else job.output,
+                     "method": None if cell is None else job.method,
+                     "s2ap": None if cell is None else job.s2ap,
+                     "sparsity": None if cell is None else float(cell["sparsity"]),
+                     "deps": sorted(deps)})
+    # the lone pretraining first, the aggregation last, as they run
+    order = {"pretrain": 0, "evaluate_dense": 1, "aggregate": 3}
+    return sorted(jobs, key=lambda j: order.get(j["rule"], 2))
 
 
 def job_cost(job: dict, measured: dict[str, float]) -> tuple[float, str]:

@@ -280,7 +280,7 @@ def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
         "schedule": list(choices.SCHEDULES),
         "autoattack_version": list(choices.AUTOATTACK_VERSIONS),
         "autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
-        "paper_table": list(choices.PAPER_TABLES),
+        "paper_table": list(_tables.KINDS),
         "purpose": list(choices.PURPOSES),
     }
     if registry is not None:
