@@ -1,5 +1,8 @@
 """Presets: loading, validation, per-stage sub-configs and hashes.
 
+Long because it is the preset's one gate, loaded by the Snakefile on every parse: defaults, every
+rule across fields, the stage cut-outs and their hashes must agree with each other.
+
 This module is imported by the Snakefile on every parse, so it must never import torch, nor any
 method's code: method traits come from the literal arguments of ``@register_method`` in source
 (``benchmark.core.registry``), and the lists of valid words from ``benchmark.core.choices``.

@@ -1,5 +1,8 @@
 """Publishing a finished run: ``results/<preset>/`` -> ``results/published/<preset>/``.
 
+Long because the integrity checks a publication passes are one list, run together so that a refusal
+names every reason.
+
 A run writes ``results/<preset>/`` (ignored by git: it is yours). ``python -m benchmark publish
 --preset NAME`` (``make publish PRESET=NAME``) copies it to ``results/published/<preset>/``
 (committed), only when every integrity check passes; otherwise it refuses with every reason and
