@@ -50,6 +50,7 @@ from benchmark.core.model_files import export_models, verify_manifest
 from benchmark.core.paths import REPO_ROOT
 from benchmark.core.provenance import git_revision, stage_code_digest
 from benchmark.core.result_file import ResultError, read_result
+from benchmark.planning.jobgraph import JobGraph
 from benchmark.publishing.export_robustbench import export_robustbench
 from benchmark.results.leaderboard_stamp import read_stamp
 
@@ -146,15 +147,8 @@ def _preset(chk: RunCheck) -> list[Path]:
 
 
 def expected_results(cfg: dict[str, Any], root: Path) -> list[Path]:
-    """The result files the preset's grid asks for (the workflow's RUNS)."""
-
-    methods = apcfg.methods_of(cfg, [root, REPO])
-    cells = apcfg.grid_cells(cfg, methods)
-    out = []
-    for c in apcfg.dense_cells(cfg, cells) + cells:
-        out.append(root / "results" / cfg["name"] / "runs" / c["dataset"] / c["arch"] / c["method"]
-                   / apcfg.s2ap_to_path(c["s2ap"]) / f"sp{c['sparsity']}" / f"seed{c['seed']}.json")
-    return out
+    """The result files the preset's grid asks for: the workflow's RUNS, from its job graph."""
+    return [root / f for f in JobGraph(cfg, [root, REPO]).runs()]
 
 
 def _stamp_cwd(stamp: dict[str, Any], root: Path) -> Path:
