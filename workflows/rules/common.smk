@@ -201,8 +201,6 @@ def planned(rule, name, one=False):
     return files
 
 
-dense_path = GRAPH.dense_path
-run_path = GRAPH.run_path
 RUNS = GRAPH.runs()
 DENSE_BY_KEY = {(c["dataset"], c["arch"], str(c["seed"])): c for c in DENSE}
 CELL_BY_KEY = {
@@ -216,11 +214,6 @@ CELL_BY_KEY = {
     ): c
     for c in CELLS
 }
-
-
-# AutoAttack shards as jobs of their own (runtime.autoattack_shard_jobs): one model's AutoAttack
-# spreads over the free GPUs; the evaluation then finds every shard done (the count: GRAPH).
-N_AA_SHARDS = GRAPH.n_aa_shards
 
 
 def shard_cell(wc):
