@@ -111,6 +111,22 @@ def test_the_smoke_form_plans_every_target_of_its_preset():
     assert graph.full_plan().counts() == SMOKE_DRY_RUN_TOTAL
 
 
+def test_seed_stability_and_autoattack_shard_jobs_are_planned_as_the_dry_run_ran_them():
+    """No shipped preset turns them on: the offline preset, one seed, with both (a dry run of it
+    at f5bb8aa ran these 90 jobs: 2 shards of 50 images per evaluation, a second search and its
+    comparison per searched cell of a score-learning method)."""
+    cfg = C.load_preset(PRESETS / "offline.yaml")
+    cfg["diagnostics"]["seed_stability"] = True
+    cfg["runtime"]["autoattack_shard_jobs"] = True
+    cfg["grid"]["seeds"] = cfg["grid"]["seeds"][:1]
+    plan = JobGraph(C.validate(cfg, search_dirs=[REPO]), [REPO]).plan(["all"])
+    assert plan.counts() == {"aggregate": 1, "all": 1, "evaluate": 12, "autoattack_shard": 26,
+                             "finetune": 12, "prune": 12, "prune_second_seed": 12,
+                             "seed_stability": 12, "pretrain": 1, "evaluate_dense": 1}
+    evaluate = plan.jobs["evaluate"][0]
+    assert len(evaluate.inputs["shards"]) == 2 and len(evaluate.inputs["seed_stability"]) == 1
+
+
 def test_the_plan_of_all_names_every_result_and_each_job_s_inputs_are_planned_outputs():
     graph = JobGraph(load("offline"), [REPO])
     plan = graph.full_plan()
