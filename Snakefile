@@ -21,7 +21,7 @@ from snakemake.utils import validate
 
 from benchmark.core import config as apcfg
 from benchmark.core import external_dense
-from benchmark.planning import preflight
+from benchmark.planning import jobgraph, preflight
 from benchmark.publishing import submission as submission_lib
 from benchmark.results import reference as apref
 from benchmark.core import paper_tables as tables
@@ -74,7 +74,8 @@ include: "workflows/rules/submissions.smk"
 include: "workflows/rules/tables.smk"
 
 
-# Cheap bookkeeping runs on the submitting machine, not as a cluster job.
+# Cheap bookkeeping runs on the submitting machine, not as a cluster job (the table targets say
+# so themselves, workflows/rules/tables.smk).
 localrules:
     all,
     aggregate,
@@ -82,15 +83,6 @@ localrules:
     submissions,
     table,
     figure,
-    table_main,
-    table_structured,
-    table_vit,
-    table_imagenet,
-    table_baselines,
-    table_ablation,
-    figure_sharpness,
-    figure_stability,
-    table_overhead,
 
 
 # Every result file is a target too, not only the leaderboard: Snakemake (>= 7.7) does not remake

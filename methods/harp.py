@@ -1,5 +1,8 @@
 """HARP, Holistic Adversarially Robust Pruning (Zhao & Wressnegger, ICLR 2023; intellisec/harp).
 
+Long because the method contract keeps one pruner in one file: HARP's layer allocations, budgets,
+rate hinge and hooks belong together.
+
 HYDRA's scaled scores plus ONE learnable keep-rate per layer,
 
     k_l = sigmoid(r_l) * (1 - k_min) + k_min,    k_min = alpha * target_keep  (alpha 0.1),

@@ -1,5 +1,8 @@
 """Where a preset's time goes, and whether it fits: a scaled run of its jobs (a benchmark, not a test).
 
+Long because its main prints the six sections of one run side by side, all from the same measured
+jobs (the schedule is speed/dag_schedule.py, the ledger speed/ledger.py).
+
 Runs, in this process, on the preset's thread count, the real stage functions of a few cells of a
 preset (default presets/quick.yaml): the pretraining, the mask search, finetune and evaluation of
 the cells named by --cells, and the dense model's evaluation. Prints, side by side in one run:
@@ -27,10 +30,7 @@ time of a job on an idle core.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import heapq
-import json
 import os
 import statistics
 import subprocess
@@ -44,7 +44,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "speed"))
 
 import torch  # noqa: E402
-from passes import KINDS, PassCounter, PassPrices, cpu_time  # noqa: E402
+from dag_schedule import job_cost, preset_jobs, simulate  # noqa: E402
+from ledger import Ledger  # noqa: E402
+from passes import KINDS, PassPrices, cpu_time  # noqa: E402
 
 from benchmark.core import config as C  # noqa: E402
 from benchmark.core import fastpaths  # noqa: E402
@@ -52,105 +54,6 @@ from benchmark.core.stats import wilson_interval  # noqa: E402
 from benchmark.training import stages  # noqa: E402
 
 ATTACK_ORDER = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-
-
-# ---------------------------------------------------------------- attribution of time and passes
-class Ledger:
-    """CPU seconds and model passes per label; labels nest (the innermost one gets the passes)."""
-
-    def __init__(self) -> None:
-        self.counter = PassCounter()
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.results: dict[str, dict] = {}
-        self.stages: list[str] = []
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps({
-            "seconds": self.seconds, "results": self.results, "stages": self.stages,
-            "counts": [[lab, kind, b, n] for (lab, kind, b), n in self.counter.counts.items()]}))
-
-    @classmethod
-    def load(cls, path: Path) -> Ledger:
-        data = json.loads(path.read_text())
-        ledger = cls()
-        ledger.seconds.update(data["seconds"])
-        ledger.results, ledger.stages = data["results"], data["stages"]
-        for lab, kind, b, n in data["counts"]:
-            ledger.counter.counts[(lab, kind, b)] = n
-        return ledger
-
-    @contextlib.contextmanager
-    def stage(self, label: str):
-        self.stages.append(label)
-        with instrumented(self, label), self.section(label):
-            yield
-
-    @contextlib.contextmanager
-    def section(self, label: str):
-        t0 = cpu_time()
-        with self.counter.labelled(label):
-            try:
-                yield
-            finally:
-                self.seconds[label] += cpu_time() - t0
-
-
-@contextlib.contextmanager
-def _patched(obj, name, wrapper):
-    original = getattr(obj, name)
-    setattr(obj, name, wrapper(original))
-    try:
-        yield
-    finally:
-        setattr(obj, name, original)
-
-
-@contextlib.contextmanager
-def instrumented(ledger: Ledger, prefix: str):
-    """Every top-level model forward is counted (a global forward hook on benchmark.core.models.Normalized);
-    evaluation phases and pyautoattack's attacks get labels of their own."""
-    from pyautoattack import autopgd_base, fab_base, square
-
-    from benchmark.core.models import Normalized
-    from benchmark.evaluation import protocol as evaluation
-    from benchmark.training import loop as training
-
-    def hook(module, args, output):
-        if isinstance(module, Normalized):
-            ledger.counter._hook(module, args, output)
-
-    def labelled(label_of):
-        def wrap(fn):
-            def inner(*args, **kwargs):
-                with ledger.section(label_of(*args)):
-                    return fn(*args, **kwargs)
-            return inner
-        return wrap
-
-    def attack_label(name):
-        return lambda self, *a: f"{prefix}/autoattack/{name(self)}"
-
-    handle = torch.nn.modules.module.register_module_forward_hook(hook)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_patched(evaluation, "_clean_pass", labelled(lambda *a: f"{prefix}/clean")))
-        stack.enter_context(_patched(evaluation, "_pgd", labelled(lambda *a: f"{prefix}/pgd")))
-        stack.enter_context(_patched(evaluation, "run_autoattack",
-                                     labelled(lambda *a: f"{prefix}/autoattack/other")))
-        stack.enter_context(_patched(training, "validate", labelled(lambda *a: f"{prefix}/validate")))
-        stack.enter_context(_patched(stages, "validate", labelled(lambda *a: f"{prefix}/validate")))
-        stack.enter_context(_patched(
-            autopgd_base.APGDAttack, "perturb",
-            labelled(attack_label(lambda s: "apgd-ce" if s.loss == "ce" else "apgd-dlr"))))
-        stack.enter_context(_patched(autopgd_base.APGDAttack_targeted, "perturb",
-                                     labelled(attack_label(lambda s: "apgd-t"))))
-        stack.enter_context(_patched(fab_base.FABAttack, "perturb",
-                                     labelled(attack_label(lambda s: "fab-t" if s.targeted else "fab"))))
-        stack.enter_context(_patched(square.SquareAttack, "perturb",
-                                     labelled(attack_label(lambda s: "square"))))
-        try:
-            yield
-        finally:
-            handle.remove()
 
 
 # ---------------------------------------------------------------- the stages of a few cells
@@ -278,120 +181,6 @@ def thread_speedup(build, input_shape, num_classes, cores: int, steps: int, atta
         torch.set_num_threads(old)
     one, many = statistics.median(times[1]), statistics.median(times[cores])
     return one, many, one / many
-
-
-# ---------------------------------------------------------------- the DAG and its schedule
-def preset_jobs(cfg: dict) -> list[dict]:
-    """Every job `make <preset>` runs (pretrain, prune, finetune, evaluate, aggregate), with deps."""
-    from benchmark.core.registry import method_registry
-
-    registry = method_registry()
-    cells = C.grid_cells(cfg, registry)
-    dense = C.dense_cells(cfg, cells)
-    jobs: dict[str, dict] = {}
-
-    def add(key, stage, method, s2ap, sparsity, deps):
-        jobs.setdefault(key, {"key": key, "stage": stage, "method": method, "s2ap": s2ap,
-                              "sparsity": sparsity, "deps": sorted(set(deps))})
-        return key
-
-    pre = {}
-    for d in dense:
-        pre[(d["dataset"], d["arch"], d["seed"])] = add(
-            f"pretrain/{d['dataset']}/{d['arch']}/{d['seed']}", "pretrain", None, None, None, [])
-        add(f"evaluate/dense/{d['dataset']}/{d['arch']}/{d['seed']}", "evaluate", "dense", "n/a", 0.0,
-            [pre[(d["dataset"], d["arch"], d["seed"])]])
-    for c in cells:
-        traits = c.get("traits") or _traits(c["method"])
-        base = f"{c['dataset']}/{c['arch']}/{c['method']}"
-        search_s2ap = C.s2ap_search_value(c["s2ap"])
-        dep = [pre[(c["dataset"], c["arch"], c["seed"])]] if traits["needs_pretrain"] else []
-        p = add(f"prune/{base}/{search_s2ap}/{c['sparsity']}/{c['seed']}", "prune", c["method"],
-                search_s2ap, float(c["sparsity"]), dep)
-        f = add(f"finetune/{base}/{c['s2ap']}/{c['sparsity']}/{c['seed']}", "finetune", c["method"],
-                c["s2ap"], float(c["sparsity"]), [p])
-        add(f"evaluate/{base}/{c['s2ap']}/{c['sparsity']}/{c['seed']}", "evaluate", c["method"],
-            c["s2ap"], float(c["sparsity"]), [f])
-    evals = [k for k in jobs if k.startswith("evaluate/")]
-    add("aggregate", "aggregate", None, None, None, evals)
-    return list(jobs.values())
-
-
-def job_cost(job: dict, measured: dict[str, float]) -> tuple[float, str]:
-    """A job's CPU seconds from the measured job of the same stage and method (same S2AP value if
-    measured, else any), the nearest sparsity for evaluations (their cost follows robustness)."""
-    stage = job["stage"]
-    if stage == "aggregate":
-        return measured.get("aggregate", 2.0), "aggregate (measured start-up only)"
-    if stage == "pretrain":
-        return measured["pretrain"], "pretrain"
-    if job["method"] == "dense":
-        return measured["evaluate/dense"], "evaluate/dense"
-    same = [k for k in measured if k.startswith(f"{stage}/{job['method']}/")]
-    if not same:
-        return float("nan"), f"no measured {stage} job of {job['method']}"
-    if stage == "evaluate":
-        # AutoAttack's cost follows the robust images, i.e. the sparsity, not the S2AP value:
-        # linear between the nearest measured sparsities
-        points = sorted({float(k.split("/")[3]): measured[k] for k in same}.items())
-        sp = job["sparsity"]
-        below = [p for p in points if p[0] <= sp] or points[:1]
-        above = [p for p in points if p[0] >= sp] or points[-1:]
-        (s0, c0), (s1, c1) = below[-1], above[0]
-        cost = c0 if s1 == s0 else c0 + (c1 - c0) * (sp - s0) / (s1 - s0)
-        return cost, f"evaluate/{job['method']} at sp {s0:g}..{s1:g}"
-    exact_s2ap = [k for k in same if k.split("/")[2] == C.s2ap_to_path(job["s2ap"])]
-    pool = exact_s2ap or same
-    key = min(pool, key=lambda k: abs(float(k.split("/")[3]) - job["sparsity"]))
-    return measured[key], key
-
-
-def simulate(jobs: list[dict], cost: dict[str, float], cores: int, threads: dict[str, int],
-             order: str = "critical") -> float:
-    """Wall seconds of a greedy list schedule: whenever cores are free, start a ready job: the
-    one with the most work downstream of it (order "critical"), or the longest one last (order
-    "worst": the shortest ready job first, which leaves the longest for the end). A job on t
-    threads takes cost / speedup; (t, speedup) per job key in ``threads``."""
-    by_key = {j["key"]: j for j in jobs}
-    children: dict[str, list[str]] = defaultdict(list)
-    for j in jobs:
-        for d in j["deps"]:
-            children[d].append(j["key"])
-    below: dict[str, float] = {}
-
-    def downstream(k):
-        if k not in below:
-            below[k] = cost[k] + max((downstream(c) for c in children[k]), default=0.0)
-        return below[k]
-
-    remaining = {k: len(by_key[k]["deps"]) for k in by_key}
-    ready = [k for k, n in remaining.items() if n == 0]
-    running: list[tuple[float, str, int]] = []
-    now, free = 0.0, cores
-    while ready or running:
-        if order == "critical":
-            ready.sort(key=lambda k: -downstream(k))
-        else:
-            ready.sort(key=lambda k: cost[k])
-        started = True
-        while started:
-            started = False
-            for k in list(ready):
-                t, speedup = threads.get(k, (1, 1.0))
-                t = min(t, cores)
-                if t <= free:
-                    ready.remove(k)
-                    free -= t
-                    heapq.heappush(running, (now + cost[k] / speedup, k, t))
-                    started = True
-                    break
-        end, k, t = heapq.heappop(running)
-        now, free = end, free + t
-        for c in children[k]:
-            remaining[c] -= 1
-            if remaining[c] == 0:
-                ready.append(c)
-    return now
 
 
 # ---------------------------------------------------------------- fast against reference paths

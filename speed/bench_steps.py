@@ -27,36 +27,20 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark import masking  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import trainers  # noqa: E402
+
 from benchmark.core.datasets import get_info  # noqa: E402
-from benchmark.core.models import build_model  # noqa: E402
 from benchmark.core.registry import method_registry  # noqa: E402
-from benchmark.evaluation.attacks import AttackConfig  # noqa: E402
-from benchmark.training.loop import TrainConfig, Trainer  # noqa: E402
-from benchmark.training.score_init import ScoreInitContext  # noqa: E402
 
 
 def make_trainer(variant: str, args, info, data, device):
-    torch.manual_seed(0)
-    model = build_model(args.arch, info, width=args.width).to(device)
-    cfg = TrainConfig(epochs=20, lr=0.1, weight_decay=1e-4, batch_size=args.batch, loss=args.loss,
-                      attack=AttackConfig(info.eps, args.steps, info.step_size), val_attack_steps=0)
-    if variant == "dense":
-        return Trainer(model, list(model.parameters()), cfg, train_set=data, val_set=None,
-                       device=device, seed=0)
-    name = variant.split("+")[0]
-    method = method_registry().get(name)(args.sparsity)
-    method.prepare_search_model(model, ScoreInitContext(torch.Generator().manual_seed(0), device))
-    masking.set_mode(model, "search")
-    hooks = method.search_hooks(model, cfg)
-    if variant.endswith("+s2ap"):
-        hooks.append(method.s2ap_search_hook({"gamma": 0.02, "warmup": 0.0}, cfg.epochs))
-    tr = Trainer(model, method.search_params(model, cfg), cfg, train_set=data, val_set=None,
-                 device=device, seed=0, hooks=hooks)
-    for h in tr.hooks:
-        h.on_fit_start(tr)
-        h.on_epoch_start(tr, 10)
-    return tr
+    """A variant's trainer as its stage builds it (speed/trainers.py)."""
+    cfg = trainers.train_config(info, batch=args.batch, attack_steps=args.steps, loss=args.loss,
+                                lr=0.1, momentum=0.9, weight_decay=1e-4)
+    return trainers.make_trainer(variant, args.arch, info, cfg, data, device, width=args.width,
+                                 sparsity=args.sparsity, s2ap={"gamma": 0.02, "warmup": 0.0})
 
 
 def main(argv=None) -> int:
@@ -77,19 +61,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     info = get_info(args.dataset)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch, info.in_channels, info.image_size, info.image_size, generator=g)
-    y = torch.randint(0, info.num_classes, (args.batch,), generator=g)
+    x, y = trainers.random_data(args.batch, info, 0)
     data = TensorDataset(x, y)
     registered = set(method_registry().names())
     variants = [v for v in args.variants.split(",") if v == "dense" or v.split("+")[0] in registered]
-    trainers = {v: make_trainer(v, args, info, data, device) for v in variants}
+    built = {v: make_trainer(v, args, info, data, device) for v in variants}
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for tr in trainers.values():  # warm-up: allocator, kernels, first-call overheads
+    for tr in built.values():  # warm-up: allocator, kernels, first-call overheads
         tr.train_step(x, y)
     sync()
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -99,7 +81,7 @@ def main(argv=None) -> int:
             for _ in range(args.reps):
                 sync()
                 t0 = time.perf_counter()
-                trainers[v].train_step(x, y)
+                built[v].train_step(x, y)
                 sync()
                 times[v].append(time.perf_counter() - t0)
     print(f"device={device} arch={args.arch} width={args.width} batch={args.batch} PGD-{args.steps} "

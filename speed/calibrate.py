@@ -48,15 +48,14 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark import masking  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import trainers  # noqa: E402
+
 from benchmark.core.datasets import get_info  # noqa: E402
-from benchmark.core.models import build_model  # noqa: E402
-from benchmark.core.registry import method_registry  # noqa: E402
 from benchmark.evaluation.attacks import AttackConfig, pgd_linf  # noqa: E402
 from benchmark.evaluation.protocol import prepare_for_eval  # noqa: E402
 from benchmark.planning import calibration as cal  # noqa: E402
-from benchmark.training.loop import TrainConfig, Trainer  # noqa: E402
-from benchmark.training.score_init import ScoreInitContext  # noqa: E402
 
 # architecture -> (dataset whose shape it is measured at, batch size at width 1). Small batches
 # keep a CPU run short; the estimate scales a step linearly to the preset's batch size.
@@ -69,41 +68,20 @@ ARCHS = {
     "resnet50": ("imagenet", 1),
 }
 SMALL_WIDTH_BATCH = 32  # below width 0.25 every architecture is cheap: the smoke runs' batch
-VARIANTS = ("pretrain_step", "search_step", "search_step_s2ap", "finetune_step", "finetune_step_awp")
+# calibration key -> the step variant of speed/trainers.py that measures it
+STEP_VARIANT = {key: variant for variant, key in trainers.STEP_KEYS.items() if key}
+VARIANTS = tuple(STEP_VARIANT)
 AA_FULL = {"apgd-ce": 100, "apgd-t": 100, "fab-t": 100, "square": 5000}
 
 
-def _trainer(variant: str, arch: str, info, width: float, batch: int, data, device) -> Trainer:
-    torch.manual_seed(0)
-    model = build_model(arch, info, width=width).to(device)
-    cfg = TrainConfig(epochs=20, lr=0.01, weight_decay=1e-4, batch_size=batch, loss="pgd_at",
-                      attack=AttackConfig(info.eps, cal.STEP_ATTACK_STEPS, info.step_size),
-                      val_attack_steps=0)
-    if variant == "pretrain_step":
-        return Trainer(model, list(model.parameters()), cfg, train_set=data, val_set=None,
-                       device=device, seed=0)
-    method = method_registry().get("hydra")(0.9)
-    method.prepare_search_model(model, ScoreInitContext(torch.Generator().manual_seed(0), device))
-    if variant.startswith("search"):
-        masking.set_mode(model, "search")
-        hooks = method.search_hooks(model, cfg)
-        if variant == "search_step_s2ap":
-            hooks.append(method.s2ap_search_hook({"gamma": 0.01, "warmup": 0.0}, cfg.epochs))
-        params = method.search_params(model, cfg)
-    else:
-        masking.set_mode(model, "finetune")
-        masking.apply_masks_to_weights(model)
-        hooks = method.finetune_hooks(model, cfg)
-        if variant == "finetune_step_awp":
-            hooks.append(method.s2ap_finetune_hook({"gamma": 0.01, "warmup_epochs": 0,
-                                                    "proxy_lr": 0.01}))
-        params = [p for p in model.parameters() if p.requires_grad]
-    tr = Trainer(model, params, cfg, train_set=data, val_set=None, device=device, seed=0,
-                 hooks=hooks)
-    for h in tr.hooks:  # as the epoch loop would: the hooks are past their warm-up
-        h.on_fit_start(tr)
-        h.on_epoch_start(tr, 10)
-    return tr
+def _trainer(variant: str, arch: str, info, width: float, batch: int, data, device):
+    """A calibration key's step (speed/trainers.py builds it as its stage does): HYDRA's search
+    for the search steps, a HYDRA mask's finetune for the finetune steps."""
+    cfg = trainers.train_config(info, batch=batch, attack_steps=cal.STEP_ATTACK_STEPS, lr=0.01,
+                                momentum=0.9, weight_decay=1e-4)
+    return trainers.make_trainer(STEP_VARIANT[variant], arch, info, cfg, data, device, width=width,
+                                 sparsity=0.9, s2ap={"gamma": 0.01, "warmup": 0.0},
+                                 awp={"gamma": 0.01, "warmup_epochs": 0, "proxy_lr": 0.01})
 
 
 def _sync(device) -> None:
@@ -191,20 +169,18 @@ def measure(arch: str, width: float, args, device) -> dict:
         batch = SMALL_WIDTH_BATCH
     batch = args.batch or batch
     info = get_info(dataset)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, info.in_channels, info.image_size, info.image_size, generator=g)
-    y = torch.randint(0, info.num_classes, (batch,), generator=g)
+    x, y = trainers.random_data(batch, info, 0)
     data = TensorDataset(x, y)
-    trainers = {v: _trainer(v, arch, info, width, batch, data, device) for v in VARIANTS}
-    for tr in trainers.values():  # allocator, kernels, first-call overheads
+    built = {v: _trainer(v, arch, info, width, batch, data, device) for v in VARIANTS}
+    for tr in built.values():  # allocator, kernels, first-call overheads
         tr.train_step(x, y)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
         order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
         for v in order:
-            times[v].append(_timed(lambda t=trainers[v]: t.train_step(x, y), device))
+            times[v].append(_timed(lambda t=built[v]: t.train_step(x, y), device))
     seconds = {v: statistics.median(t) for v, t in times.items()}
-    model = prepare_for_eval(trainers["pretrain_step"].model)
+    model = prepare_for_eval(built["pretrain_step"].model)
     xd = x.to(device)
     with torch.no_grad():
         model(xd)

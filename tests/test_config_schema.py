@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from benchmark.core import choices
+from benchmark.core import choices, paper_tables
 from benchmark.core import config as C
 from benchmark.core.registry import ARCHITECTURES, DATASETS, method_registry
 from benchmark.evaluation import autoattack as autoattack_eval
@@ -51,7 +51,7 @@ def test_every_schema_enum_is_a_code_list():
         "/$defs/schedule": list(choices.SCHEDULES),
         "/$defs/autoattack_version": list(choices.AUTOATTACK_VERSIONS),
         "/$defs/autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
-        "/$defs/paper_table": list(choices.PAPER_TABLES),
+        "/$defs/paper_table": list(paper_tables.KINDS),
         "/$defs/purpose": list(choices.PURPOSES),
     }
     assert dict(_enums(C.load_schema(registry))) == expected

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmark.core.paper_tables import KINDS
+
 REPO = Path(__file__).resolve().parent.parent
 RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflows" / "rules").glob("*.smk"))]
 GPU_COMMANDS = ("PRETRAIN_CMD", "PRUNE_CMD", "FINETUNE_CMD", "EVALUATE_CMD", "SUBMIT_CMD",
@@ -18,14 +20,19 @@ GPU_COMMANDS = ("PRETRAIN_CMD", "PRUNE_CMD", "FINETUNE_CMD", "EVALUATE_CMD", "SU
 
 
 def workflow_rules() -> dict[str, str]:
-    """Every rule of the workflow (those behind `if` too) -> the text of its body."""
+    """Every rule of the workflow (those behind `if` too, and the table targets generated from
+    benchmark.core.paper_tables.KINDS in a loop) -> the text of its body."""
     rules = {}
     for path in RULE_FILES:
         text = path.read_text()
-        starts = list(re.finditer(r"^(\s*)rule (\w+):", text, re.M))
+        starts = list(re.finditer(r"^(\s*)rule( \w+)?:", text, re.M))
         for i, match in enumerate(starts):
             end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
-            rules[match.group(2)] = text[match.end():end]
+            if match.group(2):
+                rules[match.group(2).strip()] = text[match.end():end]
+            else:  # the loop's rule, one per declared table
+                assert "_kind.target" in text[match.end():end], path
+                rules.update({k.target: text[match.end():end] for k in KINDS.values()})
     return rules
 
 
@@ -36,6 +43,8 @@ def local_rules() -> set[str]:
     for path in RULE_FILES:
         for block in re.finditer(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", path.read_text(), re.M):
             names |= {name.strip(" ,\n") for name in block.group(1).split()}
+    # a rule may say so itself
+    names |= {name for name, body in workflow_rules().items() if "localrule: True" in body}
     return names
 
 

@@ -44,7 +44,5 @@ AUTOATTACK_VERSIONS: dict[str, tuple[str, ...]] = {
 #: every attack name pyautoattack knows (its ``AttackName`` literal)
 AUTOATTACK_ATTACKS = tuple(dict.fromkeys(a for attacks in AUTOATTACK_VERSIONS.values() for a in attacks))
 
-#: the paper tables and figures a preset can feed (preset key ``tables``; one Snakemake target
-#: each, benchmark/results/tables.py; docs/paper_tables.md)
-PAPER_TABLES = ("main", "structured", "vit", "imagenet", "baselines", "ablation", "sharpness",
-                "stability", "overhead")
+#: the paper tables and figures a preset can feed (preset key ``tables``) are declared with what
+#: each shows in benchmark/core/paper_tables.py (``KINDS``), the one list of them

@@ -1,5 +1,8 @@
 """Presets: loading, validation, per-stage sub-configs and hashes.
 
+Long because it is the preset's one gate, loaded by the Snakefile on every parse: defaults, every
+rule across fields, the stage cut-outs and their hashes must agree with each other.
+
 This module is imported by the Snakefile on every parse, so it must never import torch, nor any
 method's code: method traits come from the literal arguments of ``@register_method`` in source
 (``benchmark.core.registry``), and the lists of valid words from ``benchmark.core.choices``.
@@ -284,7 +287,7 @@ def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
         "schedule": list(choices.SCHEDULES),
         "autoattack_version": list(choices.AUTOATTACK_VERSIONS),
         "autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
-        "paper_table": list(choices.PAPER_TABLES),
+        "paper_table": list(_tables.KINDS),
         "purpose": list(choices.PURPOSES),
     }
     if registry is not None:

@@ -1,5 +1,8 @@
 """Datasets: registry entries, loaders, the validation slice, input checks and clear offline errors.
 
+Long because each dataset's offline checks (sizes, checksums, the command that restores a file) sit
+beside the loader that reads it.
+
 Inputs stay in [0, 1] (every transform ends in ToTensor): attacks clip to that box and eps is
 measured there, so normalisation lives inside the model (``benchmark.core.models.Normalized``) with the
 ``mean``/``std`` recorded here.

@@ -1,5 +1,8 @@
 """Score-based masks for every Conv2d and Linear weight.
 
+Long because the masked layers, their straight-through mask and the mask utilities (export, load,
+report) share one layer contract that every method relies on.
+
 One mask function (``topk_mask_count`` of a layer's scores at its ``kept_target``) serves every
 method, the layer-wise magnitude baseline and the export. A masked layer holds its dense
 ``weight``, one importance score per weight (or per output channel for structured pruning) and a

@@ -1,7 +1,8 @@
 """The paper's tables and figures, declared once: which tables exist (``KINDS``), what each shows,
-and which grid cells it reads. The preset's validation, the workflow's table rules, the estimate
-and the table builder (``benchmark.results.tables``) all read this declaration; it needs neither
-torch nor pandas."""
+and which grid cells it reads. The preset's schema (its ``tables`` names), the workflow's table
+rules and targets (generated in a loop, workflows/rules/tables.smk), the job graph, the estimate
+and the table builder (``benchmark.results.tables``) all read this declaration; docs/paper_tables.md
+is checked against it (tests/test_paper_tables_declared_once.py). It needs neither torch nor pandas."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -54,7 +55,6 @@ KINDS: dict[str, TableKind] = {
     "overhead": TableKind("overhead", "Overhead of S2AP: search and finetune time", "overhead",
                           _PAIR, True),
 }
-assert tuple(KINDS) == choices.PAPER_TABLES, "benchmark.core.choices.PAPER_TABLES lists the same tables"
 
 ABLATION_LABELS = {"off": "Orig.", "score": "score-only", "awp": "AWP-only", "on": "both"}
 # diagnostics a figure shows (keys of the result's diagnostics), as regular expressions

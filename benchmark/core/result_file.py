@@ -1,5 +1,8 @@
 """The result JSON of one evaluated model: built, checked, written and read in one place.
 
+Long because every rule a result must satisfy beyond its schema is in this one reader, which every
+consumer uses.
+
 The format is ``benchmark/schemas/result.schema.json`` (JSON Schema). The writer validates a record
 before it writes it (atomically), and every reader goes through ``read_result``, which validates
 the file again and then checks the rules a schema cannot express (``check_record``):

@@ -1,5 +1,8 @@
 """AutoAttack through pyautoattack 0.2.0, with the traps of that wrapper handled here.
 
+Long because each trap of pyautoattack 0.2.0 is handled beside the call that meets it (shards, log
+capture, attack subsets).
+
 What the wrapper does and what we do about it:
 
 - ``AutoAttack(attacks=[...], version='standard')`` raises, and ``version='custom'`` runs APGD-CE

@@ -1,5 +1,8 @@
 """Clean, PGD-50 and AutoAttack accuracy with per-image correctness flags.
 
+Long because the clean, PGD and AutoAttack passes share the batching and the per-image flag
+conventions that keep two models' flags paired.
+
 Every function takes the first N test images in test order (never shuffled), so that flags of
 two models line up image by image for paired tests, and refuses a model that is not ready for
 evaluation (benchmark.evaluation.readiness).

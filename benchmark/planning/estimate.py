@@ -1,11 +1,15 @@
 """What a preset costs before it runs: its jobs per workflow rule and their compute time.
 
+Long because one cost model prices every rule: expected and upper AutoAttack costs, width scaling,
+start-up, and the wall time over cores stage by stage belong together.
+
 ``python -m benchmark estimate --configfile presets/X.yaml [presets/smoke.yaml] [--device cuda]
-[--target table_main]`` lists the jobs the workflow would run for the targets (``plan``: the same
-cells, searches and dense models the Snakefile derives, so the counts equal a Snakemake dry run's;
-tests/test_paper_presets.py compares them) and what they cost on the device from the calibration
-file (benchmark/planning/calibration.py), never from a guess: an architecture, width, input shape or device
-that was not measured is reported as "no calibration for ...".
+[--target table_main]`` lists the jobs the workflow would run for the targets (``plan``: the
+workflow's own job graph, benchmark/planning/jobgraph.py, so the counts equal a Snakemake dry
+run's; tests/test_paper_presets.py and tests/test_jobgraph.py compare them) and what they cost on
+the device from the calibration file (benchmark/planning/calibration.py), never from a guess: an
+architecture, width, input shape or device that was not measured is reported as "no calibration
+for ...".
 
 The cost model, per job (seconds):
 
@@ -47,13 +51,13 @@ from benchmark.core.datasets import get_info
 from benchmark.core.errors import ConfigError
 from benchmark.core.paths import REPO_ROOT
 from benchmark.planning import calibration as _cal
+from benchmark.planning.jobgraph import Job, JobGraph, Plan
 
 TRAINING_RULES = ("pretrain", "prune", "prune_second_seed", "finetune")
 COMPUTE_RULES = ("import_dense", "pretrain", "prune", "prune_second_seed", "finetune", "evaluate",
                  "evaluate_dense")
 BOOKKEEPING_RULES = ("seed_stability", "aggregate", "table", "figure")
 # a bookkeeping job is priced at a job's start-up (its imports dominate: it trains nothing)
-SEED_SEARCH_OFFSET = 1000  # workflows/rules/common.smk: SEARCH_SEED_OFFSET
 # The share of the evaluated images AutoAttack does not break, for the expected cost: adversarially
 # trained models keep about half (our published quick run: 47-55 % for HYDRA at 90-99 % sparsity,
 # the offline study 40-59 %; RobustBench's CIFAR-10 L-inf board 40-70 %). The upper bound takes 1.
@@ -61,32 +65,9 @@ EXPECTED_ROBUST_SHARE = 0.5
 # the order the stages run in: a stage's jobs start once the stage before has finished
 STAGE_LEVELS = (("import_dense", "pretrain"), ("prune", "prune_second_seed"), ("finetune",),
                 ("evaluate", "evaluate_dense"), BOOKKEEPING_RULES)
-
-
-@dataclass
-class Job:
-    rule: str
-    dataset: str
-    arch: str
-    method: str | None = None
-    s2ap: str | None = None
-    cell: Mapping[str, Any] | None = None
-
-
-@dataclass
-class Plan:
-    """The jobs of one or more targets, by rule (the target rules themselves included)."""
-
-    jobs: dict[str, list[Job]] = field(default_factory=dict)
-
-    def add(self, key: tuple, job: Job, seen: set) -> None:
-        if key in seen:
-            return
-        seen.add(key)
-        self.jobs.setdefault(job.rule, []).append(job)
-
-    def counts(self) -> dict[str, int]:
-        return {rule: len(jobs) for rule, jobs in self.jobs.items()}
+# AutoAttack shard jobs (runtime.autoattack_shard_jobs) attack for their evaluation, whose cost
+# counts every image of the AutoAttack already
+COUNTED_IN_EVALUATE = ("autoattack_shard",)
 
 
 # ---------------------------------------------------------------- the DAG, without Snakemake
@@ -97,66 +78,9 @@ def targets_of(cfg: Mapping[str, Any]) -> list[str]:
 
 def plan(cfg: Mapping[str, Any], targets: Sequence[str] = ("all",),
          search_dirs: Iterable[str | Path] = ()) -> Plan:
-    """The jobs Snakemake runs for ``targets`` from scratch (``all`` or a table target)."""
-    registry = apcfg.methods_of(cfg, search_dirs)
-    cells = apcfg.grid_cells(cfg, registry)
-    dense = apcfg.dense_cells(cfg, cells)
-    recipes = apcfg.pretrain_recipes(cfg, cells, dense)
-    traits = {m: registry.traits(m) for m in cfg["grid"]["methods"]}
-    by_target = {k.target: k for k in _tables.KINDS.values()}
-    out, seen = Plan(), set()
-    for target in targets:
-        if target == "all":
-            chosen, with_dense = cells, True
-            out.add(("aggregate",), Job("aggregate", "", ""), seen)
-        elif target in by_target:
-            kind = by_target[target]
-            if kind.name not in (cfg.get("tables") or {}):
-                raise ConfigError(
-                    f"preset {cfg['name']} feeds no {kind.name} table (its tables: "
-                    f"{', '.join(cfg.get('tables') or {}) or 'none'})")
-            chosen, with_dense = _tables.table_cells(cfg, cells, kind.name, traits), False
-            rule = "figure" if kind.figure else "table"
-            out.add((rule, kind.name), Job(rule, "", "", method=kind.name), seen)
-        else:
-            raise ConfigError(f"unknown target {target!r}; this preset's: "
-                                    f"{', '.join(targets_of(cfg))}")
-        out.add((target,), Job(target, "", ""), seen)
-        for cell in chosen:
-            _add_cell(out, seen, cfg, cell, recipes)
-        if with_dense:
-            for cell in dense:
-                out.add(("evaluate_dense", cell["dataset"], cell["arch"], cell["seed"]),
-                        Job("evaluate_dense", cell["dataset"], cell["arch"], "dense", "n/a", cell), seen)
-                _add_dense(out, seen, cell["dataset"], cell["arch"], cell["recipe"], cell["seed"],
-                           recipes, cell.get("recipe_method"))
-    return out
-
-
-def _add_dense(out: Plan, seen: set, dataset: str, arch: str, recipe: str, seed: int,
-               recipes: Mapping[str, Any], method: str | None) -> None:
-    if (recipes.get(recipe) or {}).get("external"):
-        out.add(("import_dense", dataset, arch, recipe), Job("import_dense", dataset, arch), seen)
-    else:
-        out.add(("pretrain", dataset, arch, recipe, seed),
-                Job("pretrain", dataset, arch, method=method,
-                    cell={"dataset": dataset, "arch": arch, "seed": seed}), seen)
-
-
-def _add_cell(out: Plan, seen: set, cfg: Mapping[str, Any], cell: Mapping[str, Any],
-              recipes: Mapping[str, Any]) -> None:
-    d, a, m, s, sp, seed = (cell[k] for k in ("dataset", "arch", "method", "s2ap", "sparsity", "seed"))
-    search = apcfg.s2ap_search_value(s)
-    out.add(("evaluate", d, a, m, s, sp, seed), Job("evaluate", d, a, m, s, cell), seen)
-    out.add(("finetune", d, a, m, s, sp, seed), Job("finetune", d, a, m, s, cell), seen)
-    out.add(("prune", d, a, m, search, sp, seed), Job("prune", d, a, m, search, cell), seen)
-    if cell["traits"]["learns_scores"] and cfg["diagnostics"].get("seed_stability"):
-        out.add(("prune_second_seed", d, a, m, search, sp, seed),
-                Job("prune_second_seed", d, a, m, search, cell), seen)
-        out.add(("seed_stability", d, a, m, search, sp, seed),
-                Job("seed_stability", d, a, m, search, cell), seen)
-    if cell["recipe"] is not None:
-        _add_dense(out, seen, d, a, cell["recipe"], seed, recipes, m)
+    """The jobs Snakemake runs for ``targets`` from scratch (``all`` or a table target): the
+    workflow's own plan (benchmark/planning/jobgraph.py)."""
+    return JobGraph(cfg, search_dirs).plan(targets)
 
 
 # ---------------------------------------------------------------- what each job costs
@@ -434,6 +358,8 @@ def report(cfg: Mapping[str, Any], preset_files: Sequence[str | Path], targets: 
                 text = f"{human(secs)} ({human(est.upper[rule])})"
                 if total is not None:
                     total += secs
+        elif rule in COUNTED_IN_EVALUATE:
+            text = "counted in evaluate"
         else:
             text = "bookkeeping"
         lines.append(f"{rule:<20} {count:>6}  {text}")

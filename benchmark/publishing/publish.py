@@ -1,5 +1,8 @@
 """Publishing a finished run: ``results/<preset>/`` -> ``results/published/<preset>/``.
 
+Long because the integrity checks a publication passes are one list, run together so that a refusal
+names every reason.
+
 A run writes ``results/<preset>/`` (ignored by git: it is yours). ``python -m benchmark publish
 --preset NAME`` (``make publish PRESET=NAME``) copies it to ``results/published/<preset>/``
 (committed), only when every integrity check passes; otherwise it refuses with every reason and
@@ -55,6 +58,7 @@ from benchmark.core.provenance import (
     git_revision,
 )
 from benchmark.core.result_file import ResultError, read_result
+from benchmark.planning.jobgraph import JobGraph
 from benchmark.publishing import result_trust
 from benchmark.publishing.export_robustbench import export_robustbench
 from benchmark.results.leaderboard_stamp import read_stamp
@@ -204,15 +208,8 @@ def _preset(chk: RunCheck) -> list[Path]:
 
 
 def expected_results(cfg: dict[str, Any], root: Path) -> list[Path]:
-    """The result files the preset's grid asks for (the workflow's RUNS)."""
-
-    methods = apcfg.methods_of(cfg, [root, REPO_ROOT])
-    cells = apcfg.grid_cells(cfg, methods)
-    out = []
-    for c in apcfg.dense_cells(cfg, cells) + cells:
-        out.append(root / "results" / cfg["name"] / "runs" / c["dataset"] / c["arch"] / c["method"]
-                   / apcfg.s2ap_to_path(c["s2ap"]) / f"sp{c['sparsity']}" / f"seed{c['seed']}.json")
-    return out
+    """The result files the preset's grid asks for: the workflow's RUNS, from its job graph."""
+    return [root / f for f in JobGraph(cfg, [root, REPO_ROOT]).runs()]
 
 
 def _stamp_cwd(stamp: dict[str, Any], root: Path) -> Path:

@@ -1,10 +1,13 @@
 """The S2AP paper's tables and figures, in the paper's layout, from one preset's result files.
 
+Long because the four table layouts (s2ap, ablation, metrics, overhead) are formatted from the same
+reading of the results and share its header.
+
 A preset names the tables it feeds (``tables:``, e.g. ``{main: null, ablation: null}``); each is
 one Snakemake target (``table_main``, ``figure_sharpness``, ...; docs/paper_tables.md) that needs
 exactly the results its cells read and writes ``results/<preset>/tables/<table>.md`` and ``.csv``
-(figures also ``.png``). What each table shows is fixed here (``KINDS``); the preset may narrow
-its methods, architectures or sparsities.
+(figures also ``.png``). What each table shows is declared in benchmark/core/paper_tables.py
+(``KINDS``); the preset may narrow its methods, architectures or sparsities.
 
 Layouts (rows: method x architecture in the preset's order; columns: sparsity):
 

@@ -1,5 +1,8 @@
 """What S2AP does to the mask: stability, score-space sharpness and the score-space Hessian.
 
+Long because every measurement must restore the model bit for bit, and the restoring machinery is
+shared by all of them.
+
 All measurements run on a fixed batch with the model in EVAL mode (BatchNorm uses its running
 statistics, dropout is off), so they are deterministic functions of (weights, scores, batch) and
 comparable across runs. None of them changes the model: every call snapshots and restores the

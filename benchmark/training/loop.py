@@ -1,5 +1,8 @@
 """The epoch loop shared by pretraining, mask search and finetuning.
 
+Long because resuming must cover every piece of the loop's state (weights, optimiser, scheduler,
+RNG, hooks), kept in the class that owns it.
+
 Checkpoints after every epoch hold everything that shapes the future (weights, scores, rates,
 masks, optimiser momentum, scheduler, epoch, RNG states as tensors, the sampler's generator and
 every hook's state), so a killed job resumes to the same weights as an uninterrupted one.

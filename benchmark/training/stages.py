@@ -1,5 +1,8 @@
 """The four stages of a grid cell, each a function of its own stage config (docs/design.md).
 
+Long because the four stages share their set-up (device, data, StageTraining, metadata), and each
+stage is a short function of it.
+
 pretrain  dense robust training                          -> dense.pt  (plain state_dict + meta)
 prune     mask search with learned scores (or a fixed rule) -> search.pt (masked state_dict, masks)
 finetune  robust training of the kept weights               -> model.pt  (plain state_dict, masks)

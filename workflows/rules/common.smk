@@ -11,12 +11,17 @@ import sys
 PRESET = CFG["name"]
 METHOD_FILES = apcfg.resolve_method_files(CFG["method_files"], SEARCH_DIRS)
 METHODS = apcfg.methods_of(CFG, SEARCH_DIRS)
-CELLS = apcfg.grid_cells(CFG, METHODS)
-DENSE = apcfg.dense_cells(CFG, CELLS)
-RECIPES = apcfg.pretrain_recipes(CFG, CELLS, DENSE)
+# The job graph, planned once (benchmark/planning/jobgraph.py; the estimate and speed/bench_quick.py
+# read the same plan): the cells, dense models and recipes, the file of every job, and the input
+# functions below, which look a job's inputs up in PLAN.
+GRAPH = jobgraph.JobGraph(CFG, registry=METHODS)
+PLAN = GRAPH.full_plan()
+CELLS = GRAPH.cells
+DENSE = GRAPH.dense
+RECIPES = GRAPH.recipes
 SWEEP = CFG.get("gamma_sweep") or {}
 # the grid's methods, and those only the gamma sweep uses
-TRAITS = {m: METHODS.traits(m) for m in [*CFG["grid"]["methods"], *(SWEEP.get("methods") or [])]}
+TRAITS = GRAPH.traits
 THREADS = int(CFG["runtime"]["threads"])
 
 
@@ -32,9 +37,7 @@ def _run_resource(name):
 # a job takes the extra threads only while those cores are idle (benchmark/runtime/threads.py). A thread
 # count changes the last bits of a training run, never its hash: the count used is recorded in
 # the model's meta and the result. On a cluster each job has its own node share.
-PRETRAIN_TARGETS = {(c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in DENSE} | {
-    (c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in CELLS if c["recipe"] is not None
-}
+PRETRAIN_TARGETS = PLAN.jobs.get("pretrain", [])
 RUN_CORES = _run_resource("_cores")
 PRETRAIN_THREADS = (
     max(THREADS, RUN_CORES // max(1, len(PRETRAIN_TARGETS)))
@@ -49,20 +52,18 @@ REFERENCE_CSV = (
     if CFG.get("reference_csv")
     else None
 )
-SEED_STABILITY = bool(CFG["diagnostics"].get("seed_stability"))
 # a cell's search, finetunes and evaluations as one cluster job (runtime.group_jobs; the local
 # executor ignores groups)
 GROUP_JOBS = bool(CFG["runtime"].get("group_jobs"))
-# an offset far from any grid seed, so the second search never coincides with another cell's
-SEARCH_SEED_OFFSET = 1000
+SEARCH_SEED_OFFSET = jobgraph.SEARCH_SEED_OFFSET
 
-WORK = f"work/{PRESET}"
-RESULTS = f"results/{PRESET}"
+WORK = GRAPH.work
+RESULTS = GRAPH.results
 LEADERBOARD_CSV = f"{RESULTS}/leaderboard.csv"
 LEADERBOARD_MD = f"{RESULTS}/leaderboard.md"
 # The aggregate rule's declared output: Snakemake deletes a job's outputs before it runs, so the
 # leaderboard files themselves are written beside the stamp and a failed aggregation keeps them
-LEADERBOARD_STAMP = f"{RESULTS}/leaderboard.stamp.json"
+LEADERBOARD_STAMP = GRAPH.leaderboard_stamp
 # The published run of this preset (results/published/<preset>/, committed): when it exists, the
 # leaderboard compares this run with it, cell by cell, and is made again when it changes
 PUBLISHED_CSV = f"results/published/{PRESET}/leaderboard.csv"
@@ -186,38 +187,21 @@ wildcard_constraints:
     name=r"[a-z0-9][a-z0-9._-]*",
 
 
-def dense_path(dataset, arch, recipe, seed):
-    """The dense model of a recipe: trained here per seed, or one external model for every seed."""
-    if (RECIPES.get(recipe) or {}).get("external"):
-        return f"{WORK}/external/{dataset}/{arch}/{recipe}/dense.pt"
-    return f"{WORK}/pretrain/{dataset}/{arch}/{recipe}/seed{seed}/dense.pt"
+def planned(rule, name, one=False):
+    """An input function: the files named ``name`` of the planned job of ``rule`` with these
+    wildcards (``one``: the file, or none); an error when the plan has no such job."""
+
+    def files(wc):
+        job = PLAN.find(rule, dict(wc.items()))
+        if job is None:
+            raise ValueError(f"{rule} {'/'.join(map(str, wc))} is not a job of preset {PRESET}")
+        files = job.inputs[name]
+        return (files[0] if files else []) if one else files
+
+    return files
 
 
-def search_path(dataset, arch, method, s2ap, sparsity, seed):
-    """s2ap is a grid value; the search is shared by on/score and by off/awp."""
-    s = apcfg.s2ap_to_path(apcfg.s2ap_search_value(s2ap))
-    return f"{WORK}/prune/{dataset}/{arch}/{method}/{s}/sp{sparsity}/seed{seed}/search.pt"
-
-
-def model_path(dataset, arch, method, s2ap, sparsity, seed):
-    s = apcfg.s2ap_to_path(s2ap)
-    return f"{WORK}/finetune/{dataset}/{arch}/{method}/{s}/sp{sparsity}/seed{seed}/model.pt"
-
-
-def run_path(cell):
-    s = apcfg.s2ap_to_path(cell["s2ap"])
-    return (
-        f"{RESULTS}/runs/{cell['dataset']}/{cell['arch']}/{cell['method']}/{s}/"
-        f"sp{cell['sparsity']}/seed{cell['seed']}.json"
-    )
-
-
-def seed_stability_path(dataset, arch, method, s2ap, sparsity, seed):
-    s = apcfg.s2ap_to_path(apcfg.s2ap_search_value(s2ap))
-    return f"{WORK}/seed_stability/{dataset}/{arch}/{method}/{s}/sp{sparsity}/seed{seed}.json"
-
-
-RUNS = [run_path(c) for c in DENSE] + [run_path(c) for c in CELLS]
+RUNS = GRAPH.runs()
 DENSE_BY_KEY = {(c["dataset"], c["arch"], str(c["seed"])): c for c in DENSE}
 CELL_BY_KEY = {
     (
@@ -230,38 +214,6 @@ CELL_BY_KEY = {
     ): c
     for c in CELLS
 }
-
-
-# AutoAttack shards as jobs of their own (runtime.autoattack_shard_jobs): one model's AutoAttack
-# spreads over the free GPUs; the evaluation then finds every shard done. The count comes from
-# n_images before the data is read; a shard past the end of a smaller test set does nothing.
-AA_SHARD_JOBS = bool(CFG["runtime"].get("autoattack_shard_jobs")) and bool(
-    (CFG["evaluate"].get("autoattack") or {}).get("n_images")
-)
-if AA_SHARD_JOBS:
-    _AA = CFG["evaluate"]["autoattack"]
-    N_AA_SHARDS = -(-int(_AA["n_images"]) // int(_AA["shard_size"] or _AA["n_images"]))
-else:
-    N_AA_SHARDS = 0
-
-
-def autoattack_shard_receipts(wc):
-    """The shard jobs an evaluation waits for (none unless runtime.autoattack_shard_jobs)."""
-    method, s2ap, sparsity = (
-        (wc.method, wc.s2ap, wc.sparsity) if "method" in wc.keys() else ("dense", "n-a", "0")
-    )
-    return [
-        f"{WORK}/autoattack_shards/{wc.dataset}/{wc.arch}/{method}/{s2ap}/"
-        f"sp{sparsity}/seed{wc.seed}/shard{i}.json"
-        for i in range(N_AA_SHARDS)
-    ]
-
-
-def shard_model(wc):
-    """The model an AutoAttack shard job attacks: the dense model or a finetuned one."""
-    if wc.method == "dense":
-        return dense_path(wc.dataset, wc.arch, dense_cell(wc)["recipe"], wc.seed)
-    return evaluated_model(wc)
 
 
 def shard_cell(wc):
@@ -279,12 +231,9 @@ def recipe_config(wc):
     return recipe["config"]
 
 
-def prune_dense(wc):
-    """The dense model a search starts from; none for a method that prunes random weights (RST)."""
-    if not TRAITS[wc.method]["needs_pretrain"]:
-        return []
-    recipe = apcfg.pretrain_recipe_hash(CFG, wc.dataset, wc.arch, wc.method)
-    return dense_path(wc.dataset, wc.arch, recipe, wc.seed)
+def sweep_dense(wc):
+    """The dense model a sweep's search starts from (the sweep is not in the plan: its own target)."""
+    return GRAPH.dense_input(wc.dataset, wc.arch, wc.method, wc.seed)
 
 
 def dense_arg(wc, input):
@@ -304,18 +253,8 @@ def cell_stage_config(stage, wc, s2ap=None, cfg=None):
     )
 
 
-def finetune_search(wc):
-    s2ap = apcfg.s2ap_from_path(wc.s2ap)
-    return search_path(wc.dataset, wc.arch, wc.method, s2ap, wc.sparsity, wc.seed)
-
-
 def evaluate_config(wc):
     return apcfg.stage_config(CFG, "evaluate", dataset=wc.dataset, arch=wc.arch)
-
-
-def evaluated_model(wc):
-    s2ap = apcfg.s2ap_from_path(wc.s2ap)
-    return model_path(wc.dataset, wc.arch, wc.method, s2ap, wc.sparsity, wc.seed)
 
 
 def pruned_cell(wc):
@@ -344,15 +283,6 @@ def cell_group(wc):
         return None
     s = apcfg.s2ap_to_path(apcfg.s2ap_search_value(apcfg.s2ap_from_path(wc.s2ap)))
     return f"cell-{wc.dataset}-{wc.arch}-{wc.method}-{s}-sp{wc.sparsity}-seed{wc.seed}"
-
-
-def seed_stability_inputs(wc):
-    """The seed-stability file of an evaluated cell, when the preset asks for it and the method
-    learns scores (a fixed rule such as lwm gives the same mask for every seed)."""
-    if not SEED_STABILITY or not TRAITS[wc.method]["learns_scores"]:
-        return []
-    s2ap = apcfg.s2ap_from_path(wc.s2ap)
-    return [seed_stability_path(wc.dataset, wc.arch, wc.method, s2ap, wc.sparsity, wc.seed)]
 
 
 def extra_diagnostics(wc, input):
@@ -403,15 +333,7 @@ if SWEEP:
 
 
 # ---------------------------------------------------------------- publishing and submissions
-def _model_file(cell):
-    if cell["method"] == "dense":
-        return dense_path(cell["dataset"], cell["arch"], cell["recipe"], cell["seed"])
-    return model_path(
-        cell["dataset"], cell["arch"], cell["method"], cell["s2ap"], cell["sparsity"], cell["seed"]
-    )
-
-
-MODEL_FILES = [_model_file(c) for c in DENSE] + [_model_file(c) for c in CELLS]
+MODEL_FILES = GRAPH.model_files()
 # a submission's result names its own model file (submissions/<name>/...)
 MODEL_FILES += [s["model"] for s in SUBMISSIONS.values()]
 
@@ -421,7 +343,6 @@ def submission_model(wc):
 
 
 # ---------------------------------------------------------------- paper tables (tables.smk)
-TABLE_TRAITS = {m: TRAITS[m] for m in CFG["grid"]["methods"]}
 TABLE_NAMES = [n for n in CFG["tables"] if not tables.KINDS[n].figure]
 FIGURE_NAMES = [n for n in CFG["tables"] if tables.KINDS[n].figure]
 # the published numbers beside ours: the preset's file, else the AP benchmark of the package
@@ -429,26 +350,10 @@ TABLE_REFERENCE = REFERENCE_CSV or str(apref.AP_BENCHMARK_CSV)
 NO_NAME = "(?!)"  # a wildcard constraint nothing matches: the preset feeds no such table
 
 
-def table_runs(wc):
-    cells = tables.table_cells(CFG, CELLS, wc.table, TABLE_TRAITS)
-    return [run_path(c) for c in cells]
-
-
 def table_spec(wc):
-    return apcfg.dumps(tables.spec(CFG, wc.table, TABLE_TRAITS))
+    return apcfg.dumps(GRAPH.table_spec(wc.table))
 
 
 def table_files(name):
     """The files of a table target; an error naming the preset's tables when it feeds none."""
-
-    def files(wc):
-        if name not in CFG["tables"]:
-            raise ValueError(
-                f"preset {PRESET} feeds no {name} table (its tables: "
-                f"{', '.join(CFG['tables']) or 'none'}); docs/paper_tables.md lists the preset "
-                "of each table"
-            )
-        kind = tables.KINDS[name]
-        return [f"{RESULTS}/tables/{name}.{ext}" for ext in kind.outputs]
-
-    return files
+    return lambda wc: GRAPH.table_files(name)

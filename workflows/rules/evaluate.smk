@@ -5,9 +5,9 @@
 
 rule evaluate:
     input:
-        model=evaluated_model,
-        seed_stability=seed_stability_inputs,
-        shards=autoattack_shard_receipts,
+        model=planned("evaluate", "model", one=True),
+        seed_stability=planned("evaluate", "seed_stability"),
+        shards=planned("evaluate", "shards"),
     output:
         "results/{preset}/runs/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.json",
     log:
@@ -27,8 +27,8 @@ rule evaluate:
 
 rule evaluate_dense:
     input:
-        model=lambda wc: dense_path(wc.dataset, wc.arch, dense_cell(wc)["recipe"], wc.seed),
-        shards=autoattack_shard_receipts,
+        model=planned("evaluate_dense", "model", one=True),
+        shards=planned("evaluate_dense", "shards"),
     output:
         "results/{preset}/runs/{dataset}/{arch}/dense/n-a/sp0/seed{seed}.json",
     log:
@@ -48,7 +48,7 @@ rule evaluate_dense:
 # writes the shard into the evaluation's state folder, where the evaluate job finds it done.
 rule autoattack_shard:
     input:
-        model=shard_model,
+        model=planned("autoattack_shard", "model", one=True),
     output:
         "work/{preset}/autoattack_shards/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}/shard{shard}.json",
     log:

@@ -4,7 +4,7 @@
 
 rule finetune:
     input:
-        search=finetune_search,
+        search=planned("finetune", "search", one=True),
     output:
         "work/{preset}/finetune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}/model.pt",
     log:

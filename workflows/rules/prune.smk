@@ -5,7 +5,7 @@
 rule prune:
     input:
         # none for a method that prunes random weights (RST)
-        dense=prune_dense,
+        dense=planned("prune", "dense", one=True),
     output:
         "work/{preset}/prune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}/search.pt",
     log:

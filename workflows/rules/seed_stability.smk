@@ -5,7 +5,7 @@
 
 rule prune_second_seed:
     input:
-        dense=prune_dense,
+        dense=planned("prune_second_seed", "dense", one=True),
     output:
         "work/{preset}/prune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}/search_seed2.pt",
     log:

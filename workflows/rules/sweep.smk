@@ -11,7 +11,7 @@ if SWEEP:
 
     rule sweep_prune:
         input:
-            dense=prune_dense,
+            dense=sweep_dense,
         output:
             "work/{preset}/sweep/gamma{gamma}/prune/{dataset}/{arch}/{method}/sp{sparsity}/seed{seed}/search.pt",
         log:

@@ -7,7 +7,7 @@
 
 rule table:
     input:
-        runs=table_runs,
+        runs=planned("table", "runs"),
         reference=TABLE_REFERENCE,
     output:
         md="results/{preset}/tables/{table}.md",
@@ -27,7 +27,7 @@ rule table:
 
 rule figure:
     input:
-        runs=table_runs,
+        runs=planned("figure", "runs"),
         reference=TABLE_REFERENCE,
     output:
         md="results/{preset}/tables/{table}.md",
@@ -46,46 +46,13 @@ rule figure:
         TABLE_CMD
 
 
-rule table_main:
-    input:
-        table_files("main"),
+# One target per declared table or figure (benchmark/core/paper_tables.py KINDS: table_main,
+# figure_sharpness, ...), written out nowhere else; a local rule, bookkeeping only.
+for _kind in tables.KINDS.values():
 
-
-rule table_structured:
-    input:
-        table_files("structured"),
-
-
-rule table_vit:
-    input:
-        table_files("vit"),
-
-
-rule table_imagenet:
-    input:
-        table_files("imagenet"),
-
-
-rule table_baselines:
-    input:
-        table_files("baselines"),
-
-
-rule table_ablation:
-    input:
-        table_files("ablation"),
-
-
-rule figure_sharpness:
-    input:
-        table_files("sharpness"),
-
-
-rule figure_stability:
-    input:
-        table_files("stability"),
-
-
-rule table_overhead:
-    input:
-        table_files("overhead"),
+    rule:
+        name:
+            _kind.target
+        input:
+            table_files(_kind.name),
+        localrule: True

@@ -1,5 +1,8 @@
 """The static web leaderboard: one ``index.html`` with every row, a page per entry, no network.
 
+Long because the index and the entry pages are built in one pass from one data model of the rows,
+which its helpers share.
+
 ``build_site(runs, out_dir, ...)`` writes::
 
   out_dir/index.html            one table per (dataset, threat model, eps, AutoAttack images),
