@@ -25,8 +25,16 @@ S2AP_GAMMA_STATUS = ("selected", "unselected")
 #: numbers mean nothing) heads its leaderboard with a note saying so (benchmark/aggregate.py)
 PURPOSES = ("benchmark", "plumbing")
 
-#: train.loss (benchmark/losses.py)
-LOSSES = ("pgd_at", "trades", "clean")
+#: train.loss (benchmark/losses.py); free: free adversarial training (Shafahi et al. 2019), the
+#: minibatch replayed train.free_replays times with one perturbation carried across replays
+LOSSES = ("pgd_at", "trades", "clean", "free")
+
+#: train.keep (benchmark/training.py): the last epoch, or the best validation PGD accuracy once the
+#: method allows selection (HARP: once its budget is met)
+KEEP_RULES = ("last", "best_val")
+#: recipe_ledger (benchmark/recipes.py): strict checks a preset against the ledger, marks only
+#: marks the paper tables' reference cells of deviating recipes, off ignores it
+RECIPE_LEDGER_MODES = ("off", "marks", "strict")
 
 #: train.schedule (benchmark/training.py), stepped once per epoch; step: x0.1 at 50 % and again at
 #: 75 % of the epochs (RST's published piecewise schedule)

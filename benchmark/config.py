@@ -125,6 +125,8 @@ DEFAULTS: dict[str, Any] = {
         "seed_stability": False,
     },
     "gamma_sweep": None,
+    # the paper presets follow benchmark/recipe_ledger.yaml (strict); see benchmark/recipes.py
+    "recipe_ledger": "off",
     "reference_csv": None,
     # paper tables this preset feeds: {table name: null or {methods, archs, sparsities}}
     # (benchmark/tables.py; docs/paper_tables.md)
@@ -298,6 +300,8 @@ def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
         "autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
         "paper_table": list(choices.PAPER_TABLES),
         "purpose": list(choices.PURPOSES),
+        "keep_rule": list(choices.KEEP_RULES),
+        "recipe_ledger_mode": list(choices.RECIPE_LEDGER_MODES),
     }
     if registry is not None:
         enums["method"] = registry.names()
@@ -404,6 +408,8 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
             problems.append(f"data.val_size: {val_size}, but {dataset} has {n} training images; the "
                             "validation slice is cut from them and must leave some to train on")
 
+    problems += _train_option_problems(cfg, traits)
+
     aa = cfg["evaluate"]["autoattack"]
     if aa["attacks"] is not None:
         full = choices.AUTOATTACK_VERSIONS[aa["version"]]
@@ -426,6 +432,10 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
     from benchmark import tables as _tables  # imports this module: not at the top
 
     problems += _tables.preset_problems(cfg, traits)
+    if cfg.get("recipe_ledger", "off") == "strict" and not problems:
+        from benchmark import recipes  # reads this module's stage configs: not at the top
+
+        problems += recipes.check_preset(cfg, registry)[0]
     problems += _external.entries_problems(cfg)
 
     for i, method in enumerate(sweep.get("methods") or []):
@@ -438,6 +448,24 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
         except ValueError as exc:
             problems.append(str(exc).replace("grid.sparsities", f"gamma_sweep.sparsities[{i}]"))
     return problems
+
+
+def _train_option_problems(cfg: Mapping[str, Any], traits: Mapping[str, Mapping[str, bool]]) -> list[str]:
+    """keep: best_val needs a validation split to select on; free adversarial training needs at
+    least one replay (the schema's minimum says so too, this names the stage)."""
+    problems = []
+    for stage in TRAIN_STAGES:
+        for method in [None, *traits]:
+            train = deep_merge(cfg[stage], _method_overrides(cfg, method).get(stage))
+            where = f"methods.{method}.{stage}" if method and stage in _method_overrides(cfg, method) \
+                else stage
+            if train.get("keep") == "best_val" and int(cfg["data"]["val_size"]) < 1:
+                problems.append(f"{where}.keep: best_val selects the epoch on the validation split, "
+                                "but data.val_size is 0; hold out some training images or keep: last")
+            if train.get("loss") == "free" and int(train.get("free_replays", 1)) < 1:
+                problems.append(f"{where}.free_replays: {train.get('free_replays')}; free adversarial "
+                                "training replays each minibatch at least once")
+    return list(dict.fromkeys(problems))
 
 
 # ---------------------------------------------------------------------------------- stage configs

@@ -1,0 +1,151 @@
+"""The recipe ledger (benchmark/recipe_ledger.yaml): every paper preset holds the published value
+or a declared deviation, field by field; bad input is refused before any job; docs/recipes.md is
+the page the ledger generates."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from benchmark import config as C
+from benchmark import recipes
+
+REPO = Path(__file__).resolve().parent.parent
+PRESETS = REPO / "presets"
+PAPER = sorted(p.stem for p in PRESETS.glob("paper_*.yaml"))
+
+
+def raw(name: str) -> dict:
+    return C.load_presets([PRESETS / f"{name}.yaml"])
+
+
+def validate(cfg: dict) -> dict:
+    return C.validate(cfg, search_dirs=[REPO])
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_every_paper_preset_holds_the_ledgers_values_or_its_declared_deviations(name):
+    cfg = validate(raw(name))
+    assert cfg["recipe_ledger"] == "strict"
+    problems, deviations = recipes.check_preset(cfg, C.methods_of(cfg))
+    assert problems == []
+    # every training stage the preset runs has its ledger entry, so no value goes unchecked
+    assert all(recipes.entry(d, m, s) is not None
+               for d, m, s in recipes._cells(cfg, C.methods_of(cfg)))
+    assert all(d.reason for d in deviations)
+
+
+def test_a_value_that_contradicts_the_ledger_is_refused_before_any_job():
+    cfg = raw("paper_cifar10")
+    cfg["methods"]["rst"]["prune"]["schedule"] = "cosine"  # the issue's finding
+    with pytest.raises(C.ConfigError, match=r"cifar10/rst/prune.schedule is cosine, but the published value is step"):
+        validate(cfg)
+    cfg = raw("paper_imagenet")
+    cfg["pretrain"]["weight_decay"] = 5e-4
+    with pytest.raises(C.ConfigError, match=r"imagenet/hydra/pretrain.weight_decay"):
+        validate(cfg)
+
+
+def test_a_declared_deviation_must_be_the_value_the_preset_holds():
+    cfg = raw("paper_svhn")
+    cfg["data"]["val_size"] = 2000  # neither the public split nor the declared holdout of 1,000
+    with pytest.raises(C.ConfigError, match=r"split is holdout_2000, but the declared deviation is holdout_1000"):
+        validate(cfg)
+
+
+def test_a_method_option_set_against_the_ledger_is_refused():
+    cfg = raw("paper_imagenet")
+    cfg["methods"]["harp"]["options"]["gamma"] = 0.01
+    with pytest.raises(C.ConfigError, match=r"methods.harp.options.gamma is 0.01, but the ledger says 0.1"):
+        validate(cfg)
+
+
+def test_the_smoke_overlay_marks_but_does_not_check():
+    cfg = validate(C.load_presets([PRESETS / "paper_cifar10.yaml", PRESETS / "smoke.yaml"]))
+    assert cfg["recipe_ledger"] == "marks"
+    marks = recipes.deviations_by_method(cfg, C.methods_of(cfg))
+    assert {"hydra", "harp", "rst", "lamp"} <= set(marks)
+    assert any("keep best_val" in line for line in marks["rst"])
+
+
+def test_quick_and_offline_presets_do_not_follow_the_ledger():
+    for name in ("quick", "offline", "tiny"):
+        cfg = validate(raw(name))
+        assert recipes.mode(cfg) == "off" and recipes.startup_lines(cfg, C.methods_of(cfg)) == []
+
+
+def test_keep_best_val_without_a_validation_split_is_refused():
+    cfg = raw("paper_cifar10")
+    cfg["data"]["val_size"] = 0
+    cfg["recipe_ledger"] = "off"
+    with pytest.raises(C.ConfigError, match=r"keep: best_val selects the epoch on the validation split"):
+        validate(cfg)
+
+
+def test_free_adversarial_training_with_no_replay_is_refused():
+    cfg = raw("paper_imagenet")
+    cfg["pretrain"]["free_replays"] = 0
+    with pytest.raises(C.ConfigError, match=r"free_replays"):
+        validate(cfg)
+
+
+def test_startup_lines_list_each_declared_deviation_once():
+    cfg = validate(raw("paper_svhn"))
+    lines = recipes.startup_lines(cfg, C.methods_of(cfg))
+    assert "declared deviation" in lines[0]
+    assert any("svhn/hydra/pretrain: augmentation crop4 (published crop4_flip)" in x for x in lines)
+    assert len(lines) == len(set(lines))
+
+
+def test_docs_recipes_md_is_the_page_the_ledger_generates():
+    assert (REPO / "docs" / "recipes.md").read_text() == recipes.render(), \
+        "run: python -m benchmark.recipes --write docs/recipes.md"
+    assert recipes.main(["--check", str(REPO / "docs" / "recipes.md")]) == 0
+
+
+def test_every_ledger_value_names_a_known_source_or_why_it_has_none():
+    ledger = recipes.load_ledger()
+    for e in ledger["recipes"]:
+        for field, spec in e["fields"].items():
+            assert spec.get("source") in ledger["sources"] or spec.get("not_public"), (e, field)
+
+
+def test_s2aps_own_values_say_they_are_not_public_and_point_to_the_sweep():
+    s2ap = recipes.load_ledger()["s2ap"]
+    assert s2ap["gamma"]["value"] is None
+    assert "results/published/offline/gamma_sweep.md" in s2ap["gamma"]["not_public"]
+    assert s2ap["norm"]["value"] is None and s2ap["norm"]["not_public"]
+    assert (REPO / "results" / "published" / "offline" / "gamma_sweep.md").is_file()
+
+
+def test_our_augmentation_words_match_the_transforms():
+    from benchmark.datasets import _transforms
+
+    for dataset, word in recipes.AUGMENTATION.items():
+        train, _ = _transforms(dataset, augment=True)
+        assert ("RandomHorizontalFlip" in repr(train)) == word.endswith("flip"), dataset
+
+
+def test_harps_default_options_are_the_ledgers_values_or_declared_deviations():
+    from methods.harp import Harp
+
+    defaults = Harp(0.9).options
+    opts = recipes.load_ledger()["options"]["harp"]
+    assert defaults["class_floor"] == opts["class_floor"]["ours"]
+    assert defaults["gamma"] == opts["gamma"]["cifar10"]["value"]
+
+
+def test_a_ledger_field_without_a_reason_for_its_deviation_is_rejected(tmp_path):
+    import yaml
+
+    ledger = copy.deepcopy(recipes.load_ledger())
+    ledger["recipes"][0]["fields"]["lr"] = {"value": 0.1, "source": "hydra-cfg", "ours": 0.2}
+    path = tmp_path / "ledger.yaml"
+    path.write_text(yaml.safe_dump(ledger))
+    recipes.load_ledger.cache_clear()
+    try:
+        with pytest.raises(recipes.LedgerError, match="needs its reason"):
+            recipes.load_ledger(str(path))
+    finally:
+        recipes.load_ledger.cache_clear()
