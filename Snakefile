@@ -22,6 +22,7 @@ from snakemake.utils import validate
 from benchmark import config as apcfg
 from benchmark import external_dense
 from benchmark import preflight
+from benchmark import recipes
 from benchmark import submission as submission_lib
 from benchmark import reference as apref
 from benchmark import tables
@@ -53,6 +54,9 @@ onstart:
         CFG, SEARCH_DIRS, enforce=workflow.local_exec, pythonpath=REPO
     ):
         logger.warning(f"warning: {_problem} (on this machine; jobs run on the cluster)")
+    # a paper preset's declared deviations from the published recipes (docs/recipes.md)
+    for _line in recipes.startup_lines(CFG, TRAITS):
+        logger.info(_line)
 
 
 include: "workflows/rules/common.smk"

@@ -435,7 +435,7 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
     if cfg.get("recipe_ledger", "off") == "strict" and not problems:
         from benchmark import recipes  # reads this module's stage configs: not at the top
 
-        problems += recipes.check_preset(cfg, registry)[0]
+        problems += recipes.check_preset(cfg, traits)[0]
     problems += _external.entries_problems(cfg)
 
     for i, method in enumerate(sweep.get("methods") or []):
@@ -494,6 +494,30 @@ def s2ap_search_value(s2ap: str) -> str:
     if s2ap in ("off", "awp"):
         return "off"
     raise ValueError(f"unknown s2ap value {s2ap!r}; valid choices: {', '.join((*S2AP_CHOICES, S2AP_NA))}")
+
+
+def runs_finetune(cfg: Mapping[str, Any], method: str, traits: Mapping[str, bool]) -> bool:
+    """Whether a method's finetune trains: it needs one, or the preset gives it epochs
+    (``stage_config`` gives a method that needs none 0 epochs otherwise)."""
+    if traits.get("needs_finetune", True):
+        return True
+    return int((_method_overrides(cfg, method).get("finetune") or {}).get("epochs", 0)) > 0
+
+
+def effective_variant(cfg: Mapping[str, Any], method: str, variant: str,
+                      traits: Mapping[str, bool]) -> str:
+    """The s2ap value a method really runs for a grid value: the one place that says which
+    variants are the same job. A method that learns no scores runs "n/a"; one whose finetune
+    does not train (RST) cannot take AWP, so its "score" is its "on" and its "awp" its "off".
+    The planner (``grid_cells``) schedules each effective value once, and the tables show a
+    variant that changes nothing as the method's other row."""
+    if not traits.get("learns_scores", True):
+        return S2AP_NA
+    if variant not in S2AP_CHOICES:
+        raise ValueError(f"{method}: unknown s2ap value {variant!r}; valid choices: {', '.join(S2AP_CHOICES)}")
+    if not runs_finetune(cfg, method, traits):
+        return s2ap_search_value(variant)
+    return variant
 
 
 def s2ap_uses_awp(s2ap: str) -> bool:
@@ -612,7 +636,8 @@ def grid_cells(cfg: Mapping[str, Any], registry: _registry.Registry | None = Non
                search_dirs: Iterable[str | Path] = ()) -> list[dict[str, Any]]:
     """Every pruned cell of the preset: methods x s2ap x sparsities x seeds x datasets x archs.
 
-    A method that learns no scores gets the single s2ap value "n/a" whatever the grid lists.
+    A method that learns no scores gets the single s2ap value "n/a" whatever the grid lists; each
+    grid value becomes its ``effective_variant``, so no two cells run the same configuration.
     Each cell carries the method's traits and, when it starts from a dense model, the recipe hash
     of that model.
     """
@@ -626,7 +651,8 @@ def grid_cells(cfg: Mapping[str, Any], registry: _registry.Registry | None = Non
         for arch in grid["archs"]:
             for method in grid["methods"]:
                 traits = traits_of[method]
-                values = list(grid["s2ap"]) if traits["learns_scores"] else [S2AP_NA]
+                values = [effective_variant(cfg, method, v, traits) for v in grid["s2ap"]] \
+                    if traits["learns_scores"] else [S2AP_NA]
                 recipe = (pretrain_recipe_hash(cfg, dataset, arch, method)
                           if traits["needs_pretrain"] else None)
                 for s2ap in dict.fromkeys(values):

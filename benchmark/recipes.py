@@ -163,12 +163,13 @@ def _skip(field: str, spec_value: Any, stage_cfg: Mapping[str, Any]) -> bool:
     return False
 
 
-def _cells(cfg: Mapping[str, Any], registry) -> Iterable[tuple[str, str, str]]:
+def _cells(cfg: Mapping[str, Any], traits_of: Mapping[str, Mapping[str, bool]]
+           ) -> Iterable[tuple[str, str, str]]:
     """(dataset, method, stage) of every training stage the preset runs."""
     grid = cfg["grid"]
     for dataset in grid["datasets"]:
         for method in grid["methods"]:
-            traits = registry.traits(method)
+            traits = traits_of[method]
             if traits["needs_pretrain"]:
                 yield dataset, method, "pretrain"
             if traits["learns_scores"]:
@@ -177,22 +178,24 @@ def _cells(cfg: Mapping[str, Any], registry) -> Iterable[tuple[str, str, str]]:
                 yield dataset, method, "finetune"
 
 
-def check_preset(cfg: Mapping[str, Any], registry) -> tuple[list[str], list[Deviation]]:
+def check_preset(cfg: Mapping[str, Any], traits_of: Mapping[str, Mapping[str, bool]]
+                 ) -> tuple[list[str], list[Deviation]]:
     """(problems, declared deviations) of a validated preset against the ledger: a problem is a
-    value that is neither the published one nor the declared deviation."""
+    value that is neither the published one nor the declared deviation. ``traits_of``: method ->
+    its traits (benchmark.config.method_traits) for every grid method."""
     from benchmark import config as C
 
     problems: list[str] = []
     deviations: list[Deviation] = []
     arch = cfg["grid"]["archs"][0]  # no recipe depends on the architecture
-    for dataset, method, stage in _cells(cfg, registry):
+    for dataset, method, stage in _cells(cfg, traits_of):
         e = entry(dataset, method, stage)
         if e is None:
             problems.append(f"recipe_ledger: no ledger entry for {dataset}/{method}/{stage}; add one "
                             "to benchmark/recipe_ledger.yaml (with its sources) or set "
                             "recipe_ledger: off")
             continue
-        traits = registry.traits(method)
+        traits = traits_of[method]
         stage_cfg = C.stage_config(cfg, stage, dataset=dataset, arch=arch, method=method,
                                    s2ap="off" if traits["learns_scores"] else C.S2AP_NA,
                                    traits=traits)
@@ -251,12 +254,13 @@ def mode(cfg: Mapping[str, Any]) -> str:
     return cfg.get("recipe_ledger") or "off"
 
 
-def deviations_by_method(cfg: Mapping[str, Any], registry) -> dict[str, list[str]]:
+def deviations_by_method(cfg: Mapping[str, Any], traits_of: Mapping[str, Mapping[str, bool]]
+                         ) -> dict[str, list[str]]:
     """method -> its declared deviations as lines, for the paper tables' "recipe differs" marks;
     empty when the preset does not follow the ledger."""
     if mode(cfg) == "off":
         return {}
-    _, devs = check_preset(cfg, registry)
+    _, devs = check_preset(cfg, traits_of)
     out: dict[str, list[str]] = {}
     for d in devs:
         out.setdefault(d.method, [])
@@ -265,12 +269,12 @@ def deviations_by_method(cfg: Mapping[str, Any], registry) -> dict[str, list[str
     return out
 
 
-def startup_lines(cfg: Mapping[str, Any], registry) -> list[str]:
+def startup_lines(cfg: Mapping[str, Any], traits_of: Mapping[str, Mapping[str, bool]]) -> list[str]:
     """What a run prints when it starts: the preset's declared deviations from the published
     recipes (none when the preset does not follow the ledger)."""
     if mode(cfg) == "off":
         return []
-    _, devs = check_preset(cfg, registry)
+    _, devs = check_preset(cfg, traits_of)
     if not devs:
         return [f"{cfg['name']}: follows the published recipes with no declared deviation"]
     lines = sorted({d.line() for d in devs})

@@ -20,6 +20,11 @@ def raw(name: str) -> dict:
     return C.load_presets([PRESETS / f"{name}.yaml"])
 
 
+def traits_of(cfg: dict) -> dict:
+    registry = C.methods_of(cfg)
+    return {m: registry.traits(m) for m in cfg["grid"]["methods"]}
+
+
 def validate(cfg: dict) -> dict:
     return C.validate(cfg, search_dirs=[REPO])
 
@@ -28,11 +33,11 @@ def validate(cfg: dict) -> dict:
 def test_every_paper_preset_holds_the_ledgers_values_or_its_declared_deviations(name):
     cfg = validate(raw(name))
     assert cfg["recipe_ledger"] == "strict"
-    problems, deviations = recipes.check_preset(cfg, C.methods_of(cfg))
+    problems, deviations = recipes.check_preset(cfg, traits_of(cfg))
     assert problems == []
     # every training stage the preset runs has its ledger entry, so no value goes unchecked
     assert all(recipes.entry(d, m, s) is not None
-               for d, m, s in recipes._cells(cfg, C.methods_of(cfg)))
+               for d, m, s in recipes._cells(cfg, traits_of(cfg)))
     assert all(d.reason for d in deviations)
 
 
@@ -64,7 +69,7 @@ def test_a_method_option_set_against_the_ledger_is_refused():
 def test_the_smoke_overlay_marks_but_does_not_check():
     cfg = validate(C.load_presets([PRESETS / "paper_cifar10.yaml", PRESETS / "smoke.yaml"]))
     assert cfg["recipe_ledger"] == "marks"
-    marks = recipes.deviations_by_method(cfg, C.methods_of(cfg))
+    marks = recipes.deviations_by_method(cfg, traits_of(cfg))
     assert {"hydra", "harp", "rst", "lamp"} <= set(marks)
     assert any("keep best_val" in line for line in marks["rst"])
 
@@ -72,7 +77,7 @@ def test_the_smoke_overlay_marks_but_does_not_check():
 def test_quick_and_offline_presets_do_not_follow_the_ledger():
     for name in ("quick", "offline", "tiny"):
         cfg = validate(raw(name))
-        assert recipes.mode(cfg) == "off" and recipes.startup_lines(cfg, C.methods_of(cfg)) == []
+        assert recipes.mode(cfg) == "off" and recipes.startup_lines(cfg, traits_of(cfg)) == []
 
 
 def test_keep_best_val_without_a_validation_split_is_refused():
@@ -92,7 +97,7 @@ def test_free_adversarial_training_with_no_replay_is_refused():
 
 def test_startup_lines_list_each_declared_deviation_once():
     cfg = validate(raw("paper_svhn"))
-    lines = recipes.startup_lines(cfg, C.methods_of(cfg))
+    lines = recipes.startup_lines(cfg, traits_of(cfg))
     assert "declared deviation" in lines[0]
     assert any("svhn/hydra/pretrain: augmentation crop4 (published crop4_flip)" in x for x in lines)
     assert len(lines) == len(set(lines))
