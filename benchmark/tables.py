@@ -140,7 +140,7 @@ def s2ap_values(kind: TableKind, learns_scores: bool) -> tuple[str, ...]:
 def table_cells(cfg: Mapping[str, Any], cells: Iterable[Mapping[str, Any]], name: str,
                 traits: Mapping[str, Mapping[str, bool]]) -> list[Mapping[str, Any]]:
     """The grid cells (benchmark.config.grid_cells) whose results the table reads."""
-    sel, kind = selection(cfg, name, traits), KINDS[name]
+    sel = selection(cfg, name, traits)
     return [c for c in cells
             if c["dataset"] in sel["datasets"] and c["arch"] in sel["archs"]
             and c["method"] in sel["methods"] and c["sparsity"] in sel["sparsities"]
