@@ -36,6 +36,9 @@ KEEP_RULES = ("last", "best_val")
 #: marks the paper tables' reference cells of deviating recipes, off ignores it
 RECIPE_LEDGER_MODES = ("off", "marks", "strict")
 
+#: data.imagenet_test (benchmark/datasets.py): RobustBench's 5,000-image list from val/, or all of val/
+IMAGENET_TESTS = ("robustbench", "folder")
+
 #: train.schedule (benchmark/training.py), stepped once per epoch; step: x0.1 at 50 % and again at
 #: 75 % of the epochs (RST's published piecewise schedule)
 SCHEDULES = ("cosine", "constant", "step")

@@ -88,6 +88,9 @@ DEFAULTS: dict[str, Any] = {
         "split_seed": 0,
         # stand-in data of the dataset's shape (benchmark/synthetic.py): smoke runs anywhere
         "synthetic": False,
+        # ImageNet's test images: RobustBench's 5,000-image list from val/ (benchmark/
+        # imagenet_list.py), or every image of val/ ("folder")
+        "imagenet_test": "robustbench",
     },
     "model": {"width": 1.0},
     # group_jobs: a cell's search, finetunes and evaluations go to a cluster as one job
@@ -146,7 +149,7 @@ _NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last", "group_jobs",
 
 # Fields added after results existed: left out of the hash while they hold their default, so their
 # arrival reran nothing; any other value is part of it (synthetic data never pools with real).
-_HASHED_UNLESS_DEFAULT = {("data", "synthetic"): False}
+_HASHED_UNLESS_DEFAULT = {("data", "synthetic"): False, ("data", "imagenet_test"): "robustbench"}
 
 
 class ConfigError(ValueError):
@@ -301,6 +304,7 @@ def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
         "paper_table": list(choices.PAPER_TABLES),
         "purpose": list(choices.PURPOSES),
         "keep_rule": list(choices.KEEP_RULES),
+        "imagenet_test": list(choices.IMAGENET_TESTS),
         "recipe_ledger_mode": list(choices.RECIPE_LEDGER_MODES),
     }
     if registry is not None:

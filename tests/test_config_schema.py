@@ -51,6 +51,7 @@ def test_every_schema_enum_is_a_code_list():
         "/$defs/paper_table": list(choices.PAPER_TABLES),
         "/$defs/purpose": list(choices.PURPOSES),
         "/$defs/keep_rule": list(choices.KEEP_RULES),
+        "/$defs/imagenet_test": list(choices.IMAGENET_TESTS),
         "/$defs/recipe_ledger_mode": list(choices.RECIPE_LEDGER_MODES),
     }
     assert dict(_enums(C.load_schema(registry))) == expected
