@@ -154,3 +154,21 @@ def test_a_ledger_field_without_a_reason_for_its_deviation_is_rejected(tmp_path)
             recipes.load_ledger(str(path))
     finally:
         recipes.load_ledger.cache_clear()
+
+
+def test_the_method_and_table_docs_state_what_the_ledger_says():
+    methods_md = " ".join((REPO / "docs" / "methods.md").read_text().split())
+    tables_md = " ".join((REPO / "docs" / "paper_tables.md").read_text().split())
+    ledger = recipes.load_ledger()
+    imagenet = recipes.entry("imagenet", "harp", "pretrain")["fields"]
+    assert imagenet["loss"]["value"] == "free" and imagenet["free_replays"]["value"] == 4
+    assert "free adversarial training with cross-entropy (not TRADES), m = 4 replays" in methods_md
+    assert imagenet["weight_decay"]["value"] == 1e-4
+    assert "weight decay 1e-4 (not CIFAR's 5e-4)" in methods_md
+    rst = recipes.entry("cifar10", "rst", "prune")["fields"]
+    assert rst["milestones"]["value"] == [80, 120] and "x0.1 at epoch 80 and again at 120 of 160" in methods_md
+    assert ledger["options"]["harp"]["class_floor"]["ours"] is True and "The class floor" in methods_md
+    assert ledger["options"]["harp"]["channel_score_norm"]["value"] == "l1" and "public: L1" in methods_md
+    assert "docs/recipes.md" in methods_md and "recipe_ledger: strict" in methods_md
+    assert "† recipe differs" in tables_md and tables_md.count("RobustBench's 5,000") == 1
+    assert "54 RST evaluations, not 108" in tables_md
