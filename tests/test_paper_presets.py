@@ -339,3 +339,17 @@ def test_the_smoke_form_sends_each_search_and_its_downstream_jobs_as_one_cluster
     # one group per mask search: 3 archs x 3 sparsities x (off, on), one seed
     assert len(set(smoke)) == 18 and "cell-cifar10-resnet18-harp-on-sp50-seed0" in smoke
     assert groups(PRESETS / "paper_cifar10_structured.yaml") == []  # the full preset: one job each
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_no_two_planned_cells_have_the_same_effective_config(name):
+    """A variant that changes nothing for a method (RST: no finetune, so no AWP) is planned once:
+    every cell's config hash and seed are unique, and paper_cifar10 evaluates RST 54 times, not
+    108 (3 archs x 3 sparsities x 3 seeds x off/on)."""
+    cfg = load(name)
+    cells = C.grid_cells(cfg)
+    keys = [(C.cell_config_hash(cfg, c, c["traits"]), c["seed"]) for c in cells]
+    assert len(keys) == len(set(keys))
+    if name == "paper_cifar10":
+        rst = [c for c in cells if c["method"] == "rst"]
+        assert len(rst) == 54 and {c["s2ap"] for c in rst} == {"off", "on"}
