@@ -234,6 +234,8 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
         "synthetic": bool(((res["config"].get("evaluate") or {}).get("data") or {}).get("synthetic")),
         # the mask was made with the unit floor (docs/decisions.md): the header names the methods
         "unit_floor": "unit_floor_added" in (res.get("search") or {}),
+        # the preset follows the recipe ledger and declares deviations for this cell's recipe
+        "recipe_differs": bool(cell.get("recipe_deviations")),
     }
     for name in METRICS:
         m = metrics.get(name)
@@ -406,6 +408,8 @@ def _pool(key: tuple, runs: list[dict]) -> dict[str, Any]:
     row["unit_floor"] = any(r["unit_floor"] for r in runs)
     if row["unit_floor"]:
         flags.append("unit-floor")
+    if any(r.get("recipe_differs") for r in runs):
+        flags.append("recipe-differs")
     for col, flag in (("degenerate", "degenerate"), ("projected", "projected"),
                       ("s2ap_inactive", "s2ap-inactive")):
         k = sum(1 for r in runs if r[col])

@@ -714,13 +714,25 @@ def pretrain_recipes(cfg: Mapping[str, Any], cells: list[dict[str, Any]],
 
 
 def cell_json(cfg: Mapping[str, Any], cell: Mapping[str, Any]) -> dict[str, Any]:
-    """The --cell argument of the evaluate command."""
-    return {
+    """The --cell argument of the evaluate command. A preset that follows the recipe ledger adds
+    the declared deviations of the recipe the cell trained with (the leaderboard flags the row
+    ``recipe-differs``); other presets' cells are as they were."""
+    out = {
         "dataset": cell["dataset"], "arch": cell["arch"], "method": cell["method"],
         "s2ap": cell["s2ap"], "sparsity": float(cell["sparsity"]), "seed": int(cell["seed"]),
         "preset": cfg["name"], "pretrain_recipe": cell.get("recipe"),
         "config_hash": cell_config_hash(cfg, cell, cell.get("traits")),
     }
+    if cfg.get("recipe_ledger", "off") != "off":
+        from benchmark import recipes  # reads this module's stage configs: not at the top
+
+        method = cell.get("recipe_method") if cell["method"] == "dense" else cell["method"]
+        devs = recipes.cached_deviations(cfg).get(method) or []
+        if cell["method"] == "dense":  # the dense model carries its pretraining's deviations only
+            devs = [d for d in devs if "/pretrain: " in d]
+        if devs:
+            out["recipe_deviations"] = devs
+    return out
 
 
 def dumps(obj: Any) -> str:

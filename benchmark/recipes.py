@@ -269,6 +269,23 @@ def deviations_by_method(cfg: Mapping[str, Any], traits_of: Mapping[str, Mapping
     return out
 
 
+_CACHE: dict[str, dict[str, list[str]]] = {}
+
+
+def cached_deviations(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``deviations_by_method`` for every grid method, computed once per preset content (the
+    workflow asks once per evaluation job while it parses)."""
+    import json
+
+    from benchmark import config as C
+
+    key = json.dumps(cfg, sort_keys=True, default=str)
+    if key not in _CACHE:
+        registry = C.methods_of(cfg)
+        _CACHE[key] = deviations_by_method(cfg, {m: registry.traits(m) for m in cfg["grid"]["methods"]})
+    return _CACHE[key]
+
+
 def startup_lines(cfg: Mapping[str, Any], traits_of: Mapping[str, Mapping[str, bool]]) -> list[str]:
     """What a run prints when it starts: the preset's declared deviations from the published
     recipes (none when the preset does not follow the ledger)."""

@@ -172,3 +172,34 @@ def test_the_method_and_table_docs_state_what_the_ledger_says():
     assert "docs/recipes.md" in methods_md and "recipe_ledger: strict" in methods_md
     assert "† recipe differs" in tables_md and tables_md.count("RobustBench's 5,000") == 1
     assert "54 RST evaluations, not 108" in tables_md
+
+
+def test_an_evaluation_of_a_ledger_preset_carries_its_recipes_deviations_and_the_row_is_flagged():
+    from benchmark import flags
+
+    cfg = validate(raw("paper_cifar10"))
+    cells = C.grid_cells(cfg)
+    rst = next(c for c in cells if c["method"] == "rst")
+    devs = C.cell_json(cfg, rst)["recipe_deviations"]
+    assert any("cifar10/rst/prune: keep best_val" in d for d in devs)
+    dense = C.dense_cells(cfg, cells)[0]
+    assert all("/pretrain: " in d for d in C.cell_json(cfg, dense)["recipe_deviations"])
+    quick = validate(raw("quick"))
+    assert "recipe_deviations" not in C.cell_json(quick, C.grid_cells(quick)[0])
+    assert flags.BY_NAME["recipe-differs"].code == "R"
+
+
+def test_the_leaderboard_flags_rows_whose_recipe_deviates(tmp_path):
+    import importlib.util
+
+    from benchmark.aggregate import build_tables
+
+    spec = importlib.util.spec_from_file_location("aggregate_fixtures", REPO / "tests" / "test_aggregate.py")
+    fx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fx)
+    files = [fx.write_result(tmp_path, method="hydra",
+                             cell_extra={"recipe_deviations": ["cifar10/hydra/finetune: keep best_val"]}),
+             fx.write_result(tmp_path, method="harp")]
+    df, _, _ = build_tables(files)
+    flag = dict(zip(df["method"], df["flag"]))
+    assert "recipe-differs" in flag["hydra"] and "recipe-differs" not in flag["harp"]
