@@ -215,3 +215,10 @@ def test_keep_best_val_survives_a_resume(tmp_path, monkeypatch):
     assert second.best["epoch"] == 1
     assert [r.get("kept") for r in second.history] == [True, None, None]
     assert all(torch.equal(v, kept[k]) for k, v in second.model.state_dict().items())
+
+
+def test_the_cost_estimate_counts_one_pass_per_replay():
+    from benchmark import estimate
+
+    assert estimate._passes(10, "free", 4) == 4
+    assert estimate._passes(10, "pgd_at") == 11 and estimate._passes(10, "trades") == 12
