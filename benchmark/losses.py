@@ -66,6 +66,10 @@ class RobustLoss:
             self._grad = grad.detach().clone()
 
     def _free_prepare(self, x: torch.Tensor, y: torch.Tensor) -> AdvBatch:
+        if self._leaf is not None and self._leaf.shape == x.shape:
+            # asked again within one step (S2AP's regenerate option): the same perturbation, and
+            # the gradient captured from the step's first backward stays
+            return AdvBatch(x, y, (x + self._leaf).clamp(0.0, 1.0))
         n = x.shape[0]
         if self._delta is None or self._delta.shape[0] < n or self._delta.shape[1:] != x.shape[1:]:
             self._delta = torch.zeros_like(x)

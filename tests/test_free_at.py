@@ -95,6 +95,19 @@ def test_a_second_backward_pass_does_not_steer_the_perturbation():
     assert torch.allclose(loss._delta, (EPS * first.sign()).clamp(-EPS, EPS))
 
 
+def test_a_second_prepare_within_a_step_keeps_the_perturbation_and_its_gradient():
+    model, loss = _model(), RobustLoss("free", AttackConfig(EPS, 0, 0.0), replays=1)
+    x, y = torch.rand(4, 3, 4, 4), torch.tensor([0, 1, 2, 0])
+    batch = loss.prepare(model, x, y)
+    out, _ = loss.loss(model, batch)
+    out.backward()
+    first = loss._grad.clone()
+    again = loss.prepare(model, x, y)  # S2AP with regenerate: true asks again before the update
+    assert torch.equal(again.x_adv, batch.x_adv)
+    loss.after_backward()
+    assert torch.allclose(loss._delta, (EPS * first.sign()).clamp(-EPS, EPS))
+
+
 def test_replays_below_one_and_replays_for_another_loss_are_refused():
     with pytest.raises(ValueError, match="at least once"):
         RobustLoss("free", AttackConfig(EPS, 0, 0.0), replays=0)
