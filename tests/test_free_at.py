@@ -235,3 +235,35 @@ def test_the_cost_estimate_counts_one_pass_per_replay():
 
     assert estimate._passes(10, "free", 4) == 4
     assert estimate._passes(10, "pgd_at") == 11 and estimate._passes(10, "trades") == 12
+
+
+@pytest.mark.slow
+def test_the_stages_run_free_at_keep_best_val_and_bn_refresh_and_record_the_kept_epoch(tmp_path):
+    """The real pretrain and HARP search stages with the paper presets' options (on synthetic
+    stand-in data): the history marks the kept epoch, and the search counts an epoch as
+    selectable only once HARP's budget was met."""
+    import copy as _copy
+    from pathlib import Path
+
+    from benchmark import config as C
+    from benchmark import stages
+
+    cfg = _copy.deepcopy(C.load_preset(Path(__file__).resolve().parent.parent / "presets" / "tiny.yaml"))
+    cfg["data"].update(synthetic=True, train_subset=64, val_size=32, test_subset=16, root=str(tmp_path))
+    for stage in ("pretrain", "prune"):
+        cfg[stage].update(epochs=2, batch_size=32, keep="best_val", bn_refresh=True)
+    cfg["pretrain"].update(loss="free", free_replays=2)
+    cfg["methods"] = {"harp": {"options": {"gamma": 5.0}}}
+    dense = tmp_path / "dense.pt"
+    meta = stages.pretrain(C.stage_config(cfg, "pretrain", dataset="fashion-mnist", arch="small_cnn"),
+                           dataset="fashion-mnist", arch="small_cnn", seed=0, out=dense)
+    assert [r.get("kept") for r in meta["history"]].count(True) == 1
+    assert meta["configs"]["pretrain"]["train"]["free_replays"] == 2
+    meta = stages.prune(C.stage_config(cfg, "prune", dataset="fashion-mnist", arch="small_cnn",
+                                       method="harp", s2ap="off"),
+                        dataset="fashion-mnist", arch="small_cnn", method="harp", s2ap="off",
+                        sparsity=90.0, seed=0, dense=dense, out=tmp_path / "search.pt")
+    history = meta["history"]
+    assert [r["selectable"] for r in history] == [r["harp_frozen"] for r in history]
+    kept = [r.get("kept") for r in history]
+    assert kept.count(True) == 1 or str(kept[-1]).startswith("last")
