@@ -302,7 +302,7 @@ def startup_lines(cfg: Mapping[str, Any], traits_of: Mapping[str, Mapping[str, b
 # ---------------------------------------------------------------- docs/recipes.md
 def _cell(spec: Mapping[str, Any], sources: Mapping[str, str]) -> str:
     pub = spec.get("value")
-    text = _show(pub) if pub is not None else "not public"
+    text = _show(pub) if pub is not None else ("not public" if spec.get("not_public") else "none")
     if "ours" in spec and (pub is None or not _same(spec["ours"], pub)):
         text += f" → ours {_show(spec['ours'])}" + (" (deviation)" if pub is not None else "")
     return text.replace("|", "\\|")
