@@ -25,6 +25,7 @@ from benchmark.planning import jobgraph, preflight
 from benchmark.publishing import submission as submission_lib
 from benchmark.results import reference as apref
 from benchmark.core import paper_tables as tables
+from benchmark.core import recipes
 
 # Not a `configfile:` directive: that one would also be loaded under --configfile, and its keys
 # (per-method overrides, say) would leak into the other preset.
@@ -59,6 +60,9 @@ onstart:
         CFG, SEARCH_DIRS, enforce=workflow.local_exec, pythonpath=REPO
     ):
         logger.warning(f"warning: {_problem} (on this machine; jobs run on the cluster)")
+    # a paper preset's declared deviations from the published recipes (docs/recipes.md)
+    for _line in recipes.startup_lines(CFG, TRAITS, apcfg.stage_config):
+        logger.info(_line)
 
 
 include: "workflows/rules/common.smk"

@@ -324,6 +324,10 @@ class RateHinge(TrainHook):
         record.update({"harp_rate": rate, "harp_hinge": hinge, "harp_gamma": self.gamma_t,
                        "harp_frozen": self.frozen_gamma is not None})
 
+    def selection_allowed(self, trainer) -> bool:
+        # keep: best_val counts an epoch only once the budget was met (public train.py: reach_hw)
+        return self.frozen_gamma is not None
+
     def summary(self, history: list[dict]) -> dict:
         last = history[-1] if history else {}
         return {k: last[k] for k in ("harp_rate", "harp_hinge", "harp_gamma", "harp_frozen") if k in last}

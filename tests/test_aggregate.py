@@ -75,7 +75,7 @@ def write_result(root, dataset="cifar10", arch="resnet18", method="hydra", s2ap=
                  sparsity=90, seed=0, clean=80, pgd=50, aa=40, n=100, eps=0.031,
                  version="standard", attacks=STANDARD, warnings=(), lowered_by=(), aa_flags=None,
                  pgd_flags=None, diagnostics=None, extra_config=None, structure="unstructured",
-                 config_hash=None, prov=None, search=None, class_balance=None):
+                 config_hash=None, prov=None, search=None, class_balance=None, cell_extra=None):
     ecfg, ev = copy.deepcopy(_evaluation(n, eps, tuple(attacks), version))
     aa_f = aa_flags if aa_flags is not None else flags(n, aa)
     pgd_f = pgd_flags if pgd_flags is not None else _union_filled(aa_f, pgd)
@@ -88,7 +88,7 @@ def write_result(root, dataset="cifar10", arch="resnet18", method="hydra", s2ap=
     configs = {"evaluate": {"evaluate": ecfg, "data": {}, "model": {}, "runtime": {}},
                "finetune": {"method": {"name": method, "options": {}}}, **(extra_config or {})}
     cell = {"dataset": dataset, "arch": arch, "method": method, "s2ap": s2ap,
-            "sparsity": float(sparsity), "seed": seed, "preset": None}
+            "sparsity": float(sparsity), "seed": seed, "preset": None, **(cell_extra or {})}
     record = results.build_record(
         cell=cell, structure=structure, configs=configs, evaluation=ev,
         sparsity=_sparsity(sparsity), timing={}, diagnostics=diagnostics or {}, history={},

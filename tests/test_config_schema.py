@@ -53,6 +53,9 @@ def test_every_schema_enum_is_a_code_list():
         "/$defs/autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
         "/$defs/paper_table": list(paper_tables.KINDS),
         "/$defs/purpose": list(choices.PURPOSES),
+        "/$defs/keep_rule": list(choices.KEEP_RULES),
+        "/$defs/imagenet_test": list(choices.IMAGENET_TESTS),
+        "/$defs/recipe_ledger_mode": list(choices.RECIPE_LEDGER_MODES),
     }
     assert dict(_enums(C.load_schema(registry))) == expected
     # every placeholder the file marks as filled is filled

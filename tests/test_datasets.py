@@ -186,7 +186,7 @@ def test_imagenet_from_image_folders(tmp_path):
     _write_image_folder(tmp_path / "train", ["n01", "n02"], 4)
     _write_image_folder(tmp_path / "val", ["n01", "n02"], 2, seed=1)
     train, val, test = D.build_splits("imagenet", tmp_path / "data", val_size=2, seed=0,
-                                      imagenet_root=tmp_path)
+                                      imagenet_root=tmp_path, imagenet_test="folder")
     assert (len(train), len(val), len(test)) == (6, 2, 4)
     for ds in (train, val, test):
         x, y = ds[0]
@@ -203,18 +203,18 @@ def test_imagenet_errors(tmp_path):
     assert "data.imagenet_root" in str(exc.value)
     _write_image_folder(tmp_path / "train", ["a", "b"], 2)
     with pytest.raises(D.DatasetNotFoundError) as exc:
-        D.build_splits("imagenet", tmp_path, val_size=1, imagenet_root=tmp_path)
+        D.build_splits("imagenet", tmp_path, val_size=1, imagenet_root=tmp_path, imagenet_test="folder")
     assert str(tmp_path / "val") in str(exc.value)
     _write_image_folder(tmp_path / "val", ["a", "c"], 1)
     with pytest.raises(ValueError, match="different class folders"):
-        D.build_splits("imagenet", tmp_path, val_size=1, imagenet_root=tmp_path)
+        D.build_splits("imagenet", tmp_path, val_size=1, imagenet_root=tmp_path, imagenet_test="folder")
 
 
 def test_imagenet_empty_tree_is_not_found(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
     with pytest.raises(D.DatasetNotFoundError):
-        D.build_splits("imagenet", tmp_path, val_size=1, imagenet_root=tmp_path)
+        D.build_splits("imagenet", tmp_path, val_size=1, imagenet_root=tmp_path, imagenet_test="folder")
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST (real)

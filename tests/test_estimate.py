@@ -126,6 +126,7 @@ def test_the_wall_time_runs_a_stages_jobs_side_by_side():
 def preset(**changes):
     cfg = C.load_preset(REPO / "presets" / "paper_cifar10_structured.yaml")
     cfg["grid"].update(archs=["resnet18"], sparsities=[50], seeds=[0])
+    cfg["recipe_ledger"] = "off"  # the changes below probe the estimate, not the published recipe
     for dotted, value in changes.items():
         node = cfg
         *parents, leaf = dotted.split("__")
@@ -163,7 +164,8 @@ def test_job_seconds_by_hand():
 
 def test_trades_costs_one_more_pass_and_batch_scales_linearly():
     cfg = preset(pretrain__loss="trades", pretrain__batch_size=64, pretrain__attack={
-        "eps": 0.031, "steps": 5, "step_size": 0.0078}, pretrain__epochs=1, data__val_size=0)
+        "eps": 0.031, "steps": 5, "step_size": 0.0078}, pretrain__epochs=1, data__val_size=0,
+        pretrain__keep="last", prune__keep="last", finetune__keep="last")
     c = cal.Calibration([entry()])
     job = E.plan(cfg, ["all"]).jobs["pretrain"][0]
     steps = 50_000 // 64

@@ -33,8 +33,9 @@ DRY_RUN_COUNTS = {
         dict(aggregate=1, all=1, evaluate=36, evaluate_dense=3, finetune=36, pretrain=3, prune=36),
     ("standard", "all"):
         dict(aggregate=1, all=1, evaluate=2, evaluate_dense=1, finetune=2, pretrain=1, prune=2),
+    # RST has no finetune: its score and awp variants are its on and off (54 RST evaluations, not 108)
     ("paper_cifar10", "all"):
-        dict(aggregate=1, all=1, evaluate=405, evaluate_dense=9, finetune=405, pretrain=18,
+        dict(aggregate=1, all=1, evaluate=351, evaluate_dense=9, finetune=351, pretrain=18,
              prune=243),
     ("paper_cifar10", "figure_sharpness"):
         dict(evaluate=108, figure=1, figure_sharpness=1, finetune=108, pretrain=18, prune=108),
@@ -82,7 +83,7 @@ DRY_RUN_COUNTS = {
 SMOKE_DRY_RUN_TOTAL = {"aggregate": 1, "all": 1, "evaluate_dense": 3, "figure": 2,
                        "figure_sharpness": 1, "figure_stability": 1, "pretrain": 6, "table": 4,
                        "table_ablation": 1, "table_baselines": 1, "table_main": 1,
-                       "table_overhead": 1, "prune": 81, "finetune": 135, "evaluate": 135}
+                       "table_overhead": 1, "prune": 81, "finetune": 117, "evaluate": 117}
 
 
 def load(name: str, *overlays: Path) -> dict:

@@ -30,6 +30,7 @@ def test_a_non_editable_install_validates_a_preset(tmp_path):
     assert (site / "benchmark" / "schemas" / "config.schema.yaml").is_file()
     assert (site / "benchmark" / "reference_data" / "ap_benchmark_leaderboard.csv").is_file()
     assert (site / "benchmark" / "calibration" / "calibration.json").is_file()
+    assert (site / "benchmark" / "recipe_ledger.yaml").is_file()
 
     shutil.rmtree(src)  # nothing may come from the sources or the repository
     code = (
@@ -38,6 +39,9 @@ def test_a_non_editable_install_validates_a_preset(tmp_path):
         "from benchmark.core import config as C\n"
         f"cfg = C.validate(C.load_preset({str(REPO / 'presets' / 'tiny.yaml')!r}))\n"
         "assert C.grid_cells(cfg) and 'torch' not in sys.modules\n"
+        f"paper = C.load_preset({str(REPO / 'presets' / 'paper_cifar10.yaml')!r})\n"
+        "paper['reference_csv'] = None  # a path relative to the repository, which is not here\n"
+        "assert C.validate(paper)['recipe_ledger'] == 'strict'  # the ledger came with the package\n"
         "from benchmark.planning import calibration\nfrom benchmark.results import reference\n"
         "assert len(reference.load_reference()[0]) == 154 and calibration.load().source\n"
     )

@@ -21,6 +21,7 @@ from benchmark.results import reference, tables
 from benchmark.results.tables import TableError
 
 REPO = Path(__file__).resolve().parent.parent
+MARK = tables.RECIPE_MARK
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
@@ -286,6 +287,39 @@ def test_a_table_the_grid_cannot_fill_is_refused_by_validation():
         C.validate(cfg, search_dirs=[REPO])
 
 
+def test_reference_cells_of_a_method_whose_recipe_deviates_are_marked(tmp_path):
+    ref = reference_csv(tmp_path, [("unstructured", "HYDRA", "resnet18", 90, 61.0, 30.0)])
+    s = dict(spec(sparsities=("90",), archs=("resnet18",)),
+             recipe_deviations={"hydra": ["cifar10/hydra/finetune: keep best_val (published best_test): why"]})
+    _, files = write_cells(tmp_path / "runs", s)
+    table = tables.build(s, files, ref)
+    _, rows = md_table(table.markdown, "## cifar10")
+    by = {r[0]: r for r in rows}
+    assert by["hydra"][5] == f"61.00 / 30.00 {MARK}"
+    assert by["lwm"][5] == "no counterpart"  # lwm declares no deviation here: no mark
+    assert "- cifar10/hydra/finetune: keep best_val (published best_test): why" in table.markdown
+    row = next(r for r in table.rows if r["method"] == "hydra")
+    assert row["sp90_recipe_differs"] is True
+
+
+def test_a_variant_that_changes_nothing_shows_the_methods_other_row(tmp_path):
+    """RST takes no finetune: its score-only column is its on row and its AWP-only column its off
+    row (benchmark.core.config.effective_variant), and no result of those variants is needed."""
+    s = dict(spec(table="ablation", methods=("rst",), archs=("resnet18",), sparsities=("90",)),
+             variants={"rst": {"off": "off", "score": "on", "awp": "off", "on": "on"}})
+    s["learns_scores"] = {"rst": True}
+    fx_acc = {"off": (61, 30), "on": (64, 33)}
+    files = [fx.write_result(tmp_path / "runs", dataset="cifar10", arch="resnet18", method="rst",
+                             s2ap=v, sparsity=90, clean=c, pgd=c - 5, aa=a, n=100)
+             for v, (c, a) in fx_acc.items()]
+    table = tables.build(s, files, None)
+    _, rows = md_table(table.markdown, "## cifar10")
+    cells = rows[0][2:]
+    # Orig. | score-only | Δ | AWP-only | Δ | both | Δ
+    assert cells[0] == "61.00 / 30.00" and cells[1] == "64.00 / 33.00"
+    assert cells[3] == "61.00 / 30.00" and cells[5] == "64.00 / 33.00"
+
+
 def test_the_cli_writes_a_table(tmp_path):
     from benchmark.cli import main
 
@@ -335,17 +369,22 @@ def test_smoke_main_cifar10_table_end_to_end(tmp_path):
             assert re.fullmatch(rf"{number} / {number}", cells[1]), cells
             assert re.fullmatch(r"[+-]\d+\.\d\d / [+-]\d+\.\d\d", cells[2]), cells
             published = ref.get((method.upper(), arch, sp, "unstructured"))
+            # HYDRA's and HARP's recipes deviate from the published ones as the ledger declares
+            # (benchmark/recipe_ledger.yaml): every reference cell says so
             if published is None:
-                assert cells[3:] == ["no counterpart", "—", "—"], (method, arch, sp)
+                assert cells[3:] == [f"no counterpart {MARK}", "—", "—"], (method, arch, sp)
                 continue
-            assert cells[3] == f"{float(published['clean']):.2f} / {float(published['autoattack']):.2f}"
+            assert cells[3] == (f"{float(published['clean']):.2f} / "
+                                f"{float(published['autoattack']):.2f} {MARK}")
             ours = table_csv[(method, arch)]
             assert float(ours[f"sp{sp}_ref_diff_aa"]) == pytest.approx(
                 float(ours[f"sp{sp}_orig_aa"]) - float(published["autoattack"]))
             assert re.fullmatch(r"(yes|no) / (yes|no)", cells[5])
     # the fixture's structured HARP cell (resnet18, 90 %) has the numbers 11.11 / 2.22
     assert "11.11" not in md
-    assert any(r[:2] == ["harp", "resnet18"] and r[5] == "33.33 / 4.44" for r in rows)
+    assert any(r[:2] == ["harp", "resnet18"] and r[5] == f"33.33 / 4.44 {MARK}" for r in rows)
+    assert f"{MARK}: our recipe for this method deviates" in md
+    assert "cifar10/hydra/finetune: keep best_val (published best_test)" in md
     # the run's own leaderboard is not what this target builds; the table's inputs are the runs
     runs = list((tmp_path / "results" / "paper_cifar10_smoke" / "runs").rglob("*.json"))
     assert len(runs) == 36

@@ -27,8 +27,19 @@ S2AP_GAMMA_STATUS = ("selected", "unselected")
 #: numbers mean nothing) heads its leaderboard with a note saying so (benchmark/results/aggregate.py)
 PURPOSES = ("benchmark", "plumbing")
 
-#: train.loss (benchmark/training/losses.py)
-LOSSES = ("pgd_at", "trades", "clean")
+#: train.loss (benchmark/training/losses.py); free: free adversarial training (Shafahi et al. 2019), the
+#: minibatch replayed train.free_replays times with one perturbation carried across replays
+LOSSES = ("pgd_at", "trades", "clean", "free")
+
+#: train.keep (benchmark/training/loop.py): the last epoch, or the best validation PGD accuracy once the
+#: method allows selection (HARP: once its budget is met)
+KEEP_RULES = ("last", "best_val")
+#: recipe_ledger (benchmark/core/recipes.py): strict checks a preset against the ledger, marks only
+#: marks the paper tables' reference cells of deviating recipes, off ignores it
+RECIPE_LEDGER_MODES = ("off", "marks", "strict")
+
+#: data.imagenet_test (benchmark/core/datasets.py): RobustBench's 5,000-image list from val/, or all of val/
+IMAGENET_TESTS = ("robustbench", "folder")
 
 #: train.schedule (benchmark/training/loop.py), stepped once per epoch; step: x0.1 at 50 % and again at
 #: 75 % of the epochs (RST's published piecewise schedule)

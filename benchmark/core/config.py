@@ -24,11 +24,19 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmark.core import choices, strict_yaml
+from benchmark.core import choices, recipes, strict_yaml
 from benchmark.core import external_dense as _external
 from benchmark.core import paper_tables as _tables
 from benchmark.core import registry as _registry
-from benchmark.core.cells import canonical_sparsity, s2ap_from_path, s2ap_to_path  # noqa: F401 - the config's API
+from benchmark.core.cells import (  # noqa: F401 - the config's API
+    canonical_sparsity,
+    effective_variant,
+    runs_finetune,
+    s2ap_from_path,
+    s2ap_search_value,
+    s2ap_to_path,
+)
+from benchmark.core.cells import method_overrides as _method_overrides
 from benchmark.core.paths import SCHEMAS_DIR
 
 SCHEMA_PATH = SCHEMAS_DIR / "config.schema.yaml"
@@ -90,6 +98,9 @@ DEFAULTS: dict[str, Any] = {
         "split_seed": 0,
         # stand-in data of the dataset's shape (benchmark/core/synthetic.py): smoke runs anywhere
         "synthetic": False,
+        # ImageNet's test images: RobustBench's 5,000-image list from val/ (benchmark/
+        # imagenet_list.py), or every image of val/ ("folder")
+        "imagenet_test": "robustbench",
     },
     "model": {"width": 1.0},
     # group_jobs: a cell's search, finetunes and evaluations go to a cluster as one job
@@ -127,6 +138,8 @@ DEFAULTS: dict[str, Any] = {
         "seed_stability": False,
     },
     "gamma_sweep": None,
+    # the paper presets follow benchmark/recipe_ledger.yaml (strict); see benchmark/core/recipes.py
+    "recipe_ledger": "off",
     "reference_csv": None,
     # paper tables this preset feeds: {table name: null or {methods, archs, sparsities}}
     # (benchmark/results/tables.py; docs/paper_tables.md)
@@ -146,7 +159,7 @@ _NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last", "group_jobs",
 
 # Fields added after results existed: left out of the hash while they hold their default, so their
 # arrival reran nothing; any other value is part of it (synthetic data never pools with real).
-_HASHED_UNLESS_DEFAULT = {("data", "synthetic"): False}
+_HASHED_UNLESS_DEFAULT = {("data", "synthetic"): False, ("data", "imagenet_test"): "robustbench"}
 
 
 class ConfigError(ValueError):
@@ -289,6 +302,9 @@ def load_schema(registry: _registry.Registry | None = None) -> dict[str, Any]:
         "autoattack_attack": list(choices.AUTOATTACK_ATTACKS),
         "paper_table": list(_tables.KINDS),
         "purpose": list(choices.PURPOSES),
+        "keep_rule": list(choices.KEEP_RULES),
+        "imagenet_test": list(choices.IMAGENET_TESTS),
+        "recipe_ledger_mode": list(choices.RECIPE_LEDGER_MODES),
     }
     if registry is not None:
         enums["method"] = registry.names()
@@ -423,6 +439,7 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
                              ("evaluate.autoattack.n_images", cfg["evaluate"]["autoattack"]["n_images"])):
             if value is not None and value > limit:
                 problems.append(f"{field}: {value}, but {why}; ask for at most {limit}")
+    problems += _train_option_problems(cfg, traits)
 
     aa = cfg["evaluate"]["autoattack"]
     if aa["attacks"] is not None:
@@ -444,6 +461,8 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
             problems.append(str(exc))
 
     problems += _tables.preset_problems(cfg, traits)
+    if cfg.get("recipe_ledger", "off") == "strict" and not problems:
+        problems += recipes.check_preset(cfg, traits, stage_config)[0]
     problems += _external.entries_problems(cfg)
 
     for i, method in enumerate(sweep.get("methods") or []):
@@ -458,6 +477,24 @@ def cross_field_problems(cfg: Mapping[str, Any], registry: _registry.MethodRegis
     return problems
 
 
+def _train_option_problems(cfg: Mapping[str, Any], traits: Mapping[str, Mapping[str, bool]]) -> list[str]:
+    """keep: best_val needs a validation split to select on; free adversarial training needs at
+    least one replay (the schema's minimum says so too, this names the stage)."""
+    problems = []
+    for stage in TRAIN_STAGES:
+        for method in [None, *traits]:
+            train = deep_merge(cfg[stage], _method_overrides(cfg, method).get(stage))
+            where = f"methods.{method}.{stage}" if method and stage in _method_overrides(cfg, method) \
+                else stage
+            if train.get("keep") == "best_val" and int(cfg["data"]["val_size"]) < 1:
+                problems.append(f"{where}.keep: best_val selects the epoch on the validation split, "
+                                "but data.val_size is 0; hold out some training images or keep: last")
+            if train.get("loss") == "free" and int(train.get("free_replays", 1)) < 1:
+                problems.append(f"{where}.free_replays: {train.get('free_replays')}; free adversarial "
+                                "training replays each minibatch at least once")
+    return list(dict.fromkeys(problems))
+
+
 # ---------------------------------------------------------------------------------- stage configs
 def _normalise(obj: Any) -> Any:
     """Integral floats become ints, so 1 and 1.0 give the same JSON, params and hashes."""
@@ -470,28 +507,8 @@ def _normalise(obj: Any) -> Any:
     return obj
 
 
-def _method_overrides(cfg: Mapping[str, Any], method: str | None) -> dict[str, Any]:
-    return dict((cfg.get("methods") or {}).get(method) or {}) if method else {}
-
-
-def s2ap_search_value(s2ap: str) -> str:
-    """The mask-search half of a grid s2ap value: on and score search with the score-space step;
-    off and awp search without it, so each pair shares one prune job."""
-    if s2ap == S2AP_NA:
-        return S2AP_NA
-    if s2ap in ("on", "score"):
-        return "on"
-    if s2ap in ("off", "awp"):
-        return "off"
-    raise ValueError(f"unknown s2ap value {s2ap!r}; valid choices: {', '.join((*S2AP_CHOICES, S2AP_NA))}")
-
-
 def s2ap_uses_awp(s2ap: str) -> bool:
     return s2ap in ("on", "awp")
-
-
-
-
 
 
 def stage_config(cfg: Mapping[str, Any], stage: str, *, dataset: str, arch: str,
@@ -598,7 +615,8 @@ def grid_cells(cfg: Mapping[str, Any], registry: _registry.Registry | None = Non
                search_dirs: Iterable[str | Path] = ()) -> list[dict[str, Any]]:
     """Every pruned cell of the preset: methods x s2ap x sparsities x seeds x datasets x archs.
 
-    A method that learns no scores gets the single s2ap value "n/a" whatever the grid lists.
+    A method that learns no scores gets the single s2ap value "n/a" whatever the grid lists; each
+    grid value becomes its ``effective_variant``, so no two cells run the same configuration.
     Each cell carries the method's traits and, when it starts from a dense model, the recipe hash
     of that model.
     """
@@ -612,7 +630,8 @@ def grid_cells(cfg: Mapping[str, Any], registry: _registry.Registry | None = Non
         for arch in grid["archs"]:
             for method in grid["methods"]:
                 traits = traits_of[method]
-                values = list(grid["s2ap"]) if traits["learns_scores"] else [S2AP_NA]
+                values = [effective_variant(cfg, method, v, traits) for v in grid["s2ap"]] \
+                    if traits["learns_scores"] else [S2AP_NA]
                 recipe = (pretrain_recipe_hash(cfg, dataset, arch, method)
                           if traits["needs_pretrain"] else None)
                 for s2ap in dict.fromkeys(values):
@@ -670,15 +689,30 @@ def pretrain_recipes(cfg: Mapping[str, Any], cells: list[dict[str, Any]],
 
 
 def cell_json(cfg: Mapping[str, Any], cell: Mapping[str, Any]) -> dict[str, Any]:
-    """The --cell argument of the evaluate command."""
-    return {
+    """The --cell argument of the evaluate command. A preset that follows the recipe ledger adds
+    the declared deviations of the recipe the cell trained with (the leaderboard flags the row
+    ``recipe-differs``); other presets' cells are as they were."""
+    out = {
         "dataset": cell["dataset"], "arch": cell["arch"], "method": cell["method"],
         "s2ap": cell["s2ap"], "sparsity": float(cell["sparsity"]), "seed": int(cell["seed"]),
         "preset": cfg["name"], "pretrain_recipe": cell.get("recipe"),
         "config_hash": cell_config_hash(cfg, cell, cell.get("traits")),
     }
+    if cfg.get("recipe_ledger", "off") != "off":
+        method = cell.get("recipe_method") if cell["method"] == "dense" else cell["method"]
+        devs = recipes.cached_deviations(cfg, stage_config, _grid_traits).get(method) or []
+        if cell["method"] == "dense":  # the dense model carries its pretraining's deviations only
+            devs = [d for d in devs if "/pretrain: " in d]
+        if devs:
+            out["recipe_deviations"] = devs
+    return out
 
 
 def dumps(obj: Any) -> str:
     """Compact, key-sorted JSON: the form stage configs take on the command line and in params."""
     return json.dumps(_normalise(obj), sort_keys=True, separators=(",", ":"))
+
+
+def _grid_traits(cfg: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
+    registry = methods_of(cfg)
+    return {m: registry.traits(m) for m in cfg["grid"]["methods"]}

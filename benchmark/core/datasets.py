@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.core import imagenet_list
+from benchmark.core.choices import IMAGENET_TESTS
 from benchmark.core.errors import ConfigError, DatasetCorruptError, DatasetError, DatasetNotFoundError
 from benchmark.core.io import atomic_open
 from benchmark.core.registry import DATASETS
@@ -371,7 +373,10 @@ def _load_fashion_mnist(root: Path, eval_tf, *, download: bool,
     return train, test
 
 
-def _load_imagenet(root: Path, eval_tf, *, imagenet_root: str | Path | None = None, **_):
+def _load_imagenet(root: Path, eval_tf, *, imagenet_root: str | Path | None = None,
+                   imagenet_test: str = "robustbench", **_):
+    """train/ and the test images: RobustBench's 5,000-image list from val/ (benchmark/
+    imagenet_list.py; labels from train/'s class folders), or every image of val/ ("folder")."""
     from torchvision import datasets  # deferred: torchvision
 
     remedy = ("To fix: pass `data.imagenet_root` pointing at a folder with train/ and val/ "
@@ -380,8 +385,11 @@ def _load_imagenet(root: Path, eval_tf, *, imagenet_root: str | Path | None = No
     if imagenet_root is None:
         raise _not_found("imagenet", [], "data.imagenet_root is not set. " + remedy)
     base = Path(imagenet_root)
+
+    if imagenet_test not in IMAGENET_TESTS:
+        raise ConfigError(f"data.imagenet_test: {imagenet_test!r}; valid: {', '.join(IMAGENET_TESTS)}")
     splits = {}
-    for split in ("train", "val"):
+    for split in ("train", "val") if imagenet_test == "folder" else ("train",):
         path = base / split
         if not path.is_dir():
             raise _not_found("imagenet", [path], remedy)
@@ -389,6 +397,19 @@ def _load_imagenet(root: Path, eval_tf, *, imagenet_root: str | Path | None = No
             splits[split] = datasets.ImageFolder(str(path), transform=eval_tf)
         except FileNotFoundError as exc:  # no class folders, or no images in them
             raise _not_found("imagenet", [path], f"{exc}\n{remedy}") from exc
+    if imagenet_test == "robustbench":
+
+        if not (base / "val").is_dir():
+            raise _not_found("imagenet", [base / "val"], remedy)
+        train = splits["train"]
+        _check_labels("imagenet", "train", train, IMAGENET.num_classes, base / "train")
+        # the train view's class folders label the listed val images; only the samples differ
+        test = copy.copy(train)
+        test.root = str(base / "val")
+        test.samples = imagenet_list.samples(base / "val", train.class_to_idx)
+        test.imgs = test.samples
+        test.targets = [label for _, label in test.samples]
+        return train, test
     if splits["train"].classes != splits["val"].classes:
         # labels are class-folder indices: different folder sets would silently mislabel val
         raise DatasetCorruptError(
@@ -483,6 +504,7 @@ def split_indices(n: int, val_size: int, seed: int = 0) -> tuple[list[int], list
 def build_splits(name: str, root: str | Path, *, val_size: int, train_subset: int | None = None,
                  test_subset: int | None = None, seed: int = 0, augment: bool = True,
                  download: bool = False, imagenet_root: str | Path | None = None,
+                 imagenet_test: str = "robustbench",
                  fashion_mnist_system_dir: str | Path = DEFAULT_FASHION_MNIST_SYSTEM_DIR,
                  synthetic: bool = False):
     """(train, val, test) datasets yielding (float tensor in [0, 1] of shape (C, S, S), int label).
@@ -505,7 +527,7 @@ def build_splits(name: str, root: str | Path, *, val_size: int, train_subset: in
     else:
         train_tf, eval_tf = _transforms(info.name, augment)
         full_eval, test = _LOADERS[info.loader](
-            root, eval_tf, download=download, imagenet_root=imagenet_root,
+            root, eval_tf, download=download, imagenet_root=imagenet_root, imagenet_test=imagenet_test,
             fashion_mnist_system_dir=fashion_mnist_system_dir)
         full_train = _with_transform(full_eval, train_tf)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmark.core import choices
-from benchmark.core.cells import canonical_sparsity
+from benchmark.core.cells import canonical_sparsity, effective_variant
 from benchmark.core.errors import InputFileError
 
 
@@ -86,7 +86,11 @@ def selection(cfg: Mapping[str, Any], name: str, traits: Mapping[str, Mapping[st
     sparsities = [canonical_sparsity(s) for s in (over.get("sparsities") or grid["sparsities"])]
     return {"datasets": list(grid["datasets"]), "archs": list(over.get("archs") or grid["archs"]),
             "methods": methods, "sparsities": list(dict.fromkeys(sparsities)),
-            "learns_scores": {m: bool(traits[m]["learns_scores"]) for m in methods}}
+            "learns_scores": {m: bool(traits[m]["learns_scores"]) for m in methods},
+            # a column's variant -> the one the method runs (RST: score is on, awp is off)
+            "variants": {m: {v: effective_variant(cfg, m, v, traits[m])
+                             for v in s2ap_values(kind, bool(traits[m]["learns_scores"]))}
+                         for m in methods}}
 
 
 def s2ap_values(kind: TableKind, learns_scores: bool) -> tuple[str, ...]:
@@ -96,18 +100,23 @@ def s2ap_values(kind: TableKind, learns_scores: bool) -> tuple[str, ...]:
 def table_cells(cfg: Mapping[str, Any], cells: Iterable[Mapping[str, Any]], name: str,
                 traits: Mapping[str, Mapping[str, bool]]) -> list[Mapping[str, Any]]:
     """The grid cells (benchmark.core.config.grid_cells) whose results the table reads."""
-    sel, kind = selection(cfg, name, traits), KINDS[name]
+    sel = selection(cfg, name, traits)
     return [c for c in cells
             if c["dataset"] in sel["datasets"] and c["arch"] in sel["archs"]
             and c["method"] in sel["methods"] and c["sparsity"] in sel["sparsities"]
-            and c["s2ap"] in s2ap_values(kind, sel["learns_scores"][c["method"]])]
+            and c["s2ap"] in sel["variants"][c["method"]].values()]
 
 
-def spec(cfg: Mapping[str, Any], name: str, traits: Mapping[str, Mapping[str, bool]]
-         ) -> dict[str, Any]:
-    """What the builder needs: the table, its rows and columns, the preset."""
-    return {"table": name, "preset": cfg["name"], **selection(cfg, name, traits),
-            "seeds": [int(s) for s in cfg["grid"]["seeds"]]}
+def spec(cfg: Mapping[str, Any], name: str, traits: Mapping[str, Mapping[str, bool]],
+         recipe_deviations: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+    """What the builder needs: the table, its rows and columns, the preset, and the declared
+    deviations of each method's recipe from the published one (benchmark.core.recipes, computed
+    by the caller from the preset's stage configs), which mark its reference cells."""
+    sel = selection(cfg, name, traits)
+    devs = recipe_deviations or {}
+    return {"table": name, "preset": cfg["name"], **sel,
+            "seeds": [int(s) for s in cfg["grid"]["seeds"]],
+            "recipe_deviations": {m: devs[m] for m in sel["methods"] if devs.get(m)}}
 
 
 def preset_problems(cfg: Mapping[str, Any], traits: Mapping[str, Mapping[str, bool]]) -> list[str]:

@@ -115,10 +115,14 @@ def _entry(cal: _cal.Calibration, cost: Cost, *, device: str, dataset: str, arch
     return entry
 
 
-def _passes(steps: int, loss: str) -> int:
-    """Forward/backward passes of one training step: the attack's, then the loss's."""
+def _passes(steps: int, loss: str, replays: int = 1) -> int:
+    """Forward/backward passes of one training step (one minibatch): the attack's, then the
+    loss's; free adversarial training has no attack and replays the minibatch ``replays`` times,
+    one pass each."""
     if loss == "clean":
         return 1
+    if loss == "free":
+        return int(replays)
     return steps + (2 if loss == "trades" else 1)
 
 
@@ -139,7 +143,8 @@ def _training_seconds(stage_cfg: Mapping[str, Any], entry: Mapping[str, Any], in
         return 0.0
     secs = entry["seconds"]
     attack_steps = int(train["attack"]["steps"])
-    scale = (_passes(attack_steps, train["loss"]) / _passes(_cal.STEP_ATTACK_STEPS, "pgd_at")
+    scale = (_passes(attack_steps, train["loss"], int(train.get("free_replays", 1)))
+             / _passes(_cal.STEP_ATTACK_STEPS, "pgd_at")
              * int(train["batch_size"]) / int(entry["batch_size"]))
     steps = _steps_per_epoch(_train_images(data, info), int(train["batch_size"]))
     plain_epochs = epochs if step_plus is None else min(epochs, max(warm_epochs, 0))

@@ -23,6 +23,7 @@ from typing import Any
 
 from benchmark.core import config as apcfg
 from benchmark.core import paper_tables as _tables
+from benchmark.core import recipes
 from benchmark.core.errors import ConfigError
 
 # an offset far from any grid seed, so the second search of seed stability never coincides with
@@ -188,7 +189,8 @@ class JobGraph:
         return _tables.table_cells(self.cfg, self.cells, name, self.table_traits)
 
     def table_spec(self, name: str) -> dict[str, Any]:
-        return _tables.spec(self.cfg, name, self.table_traits)
+        devs = recipes.deviations_by_method(self.cfg, self.table_traits, apcfg.stage_config)
+        return _tables.spec(self.cfg, name, self.table_traits, devs)
 
     def table_files(self, name: str) -> list[str]:
         """The files of a table target; an error naming the preset's tables when it feeds none."""

@@ -27,8 +27,10 @@ from typing import Any
 
 from benchmark.core import config as _config
 from benchmark.core import external_dense as _external
+from benchmark.core import imagenet_list
 from benchmark.core import registry as _registry
 from benchmark.core.datasets import DEFAULT_FASHION_MNIST_SYSTEM_DIR
+from benchmark.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ def dataset_problems(cfg: Mapping[str, Any], workdir: str | Path = ".") -> list[
                     f"data.imagenet_root: {base} has no {' and no '.join(m + '/' for m in missing)} "
                     "folder; point it at ImageFolder-style train/ and val/ trees (ImageNet is never "
                     "downloaded)")
+            elif data.get("imagenet_test", "robustbench") == "robustbench":
+                problems += _robustbench_list_problems(_under(workdir, base) / "val")
             continue
         folder, files = _DATASET_FILES[name]
         if all((root / folder / f).is_file() for f in files) or data["download"]:
@@ -93,6 +97,19 @@ def dataset_problems(cfg: Mapping[str, Any], workdir: str | Path = ".") -> list[
         problems.append(f"data.root: {name} is not on this machine (looked in "
                         f"{', '.join(map(str, looked))}); {remedy}")
     return problems
+
+
+def _robustbench_list_problems(val: Path) -> list[str]:
+    """RobustBench's 5,000 test images must all be in val/ (benchmark/core/imagenet_list.py)."""
+
+    try:
+        missing = imagenet_list.first_missing(val)
+    except UserError as exc:
+        return [f"data.imagenet_test: {exc}"]
+    if missing is None:
+        return []
+    return [f"data.imagenet_root: {missing} is missing (the first of RobustBench's 5,000 test "
+            "images val/ lacks); val/ must hold every image of the list, in class folders"]
 
 
 def _visible_nvidia_gpus() -> int:

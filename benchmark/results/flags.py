@@ -48,6 +48,10 @@ LEGEND: tuple[Flag, ...] = (
     Flag("K", "unit-floor", "unit floor",
          "every output unit of the mask kept at least one weight (methods.<name>.options.unit_floor;"
          " not in the paper: docs/decisions.md, \"Unit floor\")."),
+    Flag("R", "recipe-differs", "recipe differs",
+         "the method trained with a recipe that deviates from its published one, as the recipe "
+         "ledger declares (benchmark/recipe_ledger.yaml, docs/recipes.md; e.g. the epoch kept by "
+         "validation, not test, accuracy)."),
     Flag("Y", "synthetic-data", "synthetic data",
          "stand-in images of the dataset's shape (a smoke run, data.synthetic), not the dataset: "
          "the numbers say nothing about it."),

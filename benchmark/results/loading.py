@@ -154,6 +154,8 @@ def _record(path: Path, res: dict) -> dict[str, Any]:
         "aa_robust_pgd_broken": pgd_broken_aa_robust(res),
         "submission": (res.get("submission") or {}).get("name"),
         "claims_outside": list((res.get("submission") or {}).get("outside") or []),
+        # the preset follows the recipe ledger and declares deviations for this cell's recipe
+        "recipe_differs": bool(cell.get("recipe_deviations")),
         # what the evaluation ran on: stand-in data (benchmark/core/synthetic.py) is never the dataset
         "synthetic": bool(((res["config"].get("evaluate") or {}).get("data") or {}).get("synthetic")),
         # the mask was made with the unit floor (docs/decisions.md): the header names the methods

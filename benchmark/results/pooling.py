@@ -123,6 +123,8 @@ def pool_seeds(key: tuple, runs: list[dict]) -> dict[str, Any]:
     row["unit_floor"] = any(r["unit_floor"] for r in runs)
     if row["unit_floor"]:
         flags.append("unit-floor")
+    if any(r.get("recipe_differs") for r in runs):
+        flags.append("recipe-differs")
     for col, flag in (("degenerate", "degenerate"), ("projected", "projected"),
                       ("s2ap_inactive", "s2ap-inactive")):
         k = sum(1 for r in runs if r[col])

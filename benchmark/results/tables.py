@@ -60,6 +60,8 @@ from benchmark.results import reference as ref_mod
 
 DASH = "—"
 NA = "n/a"
+# beside a reference cell whose method trains with a recipe that deviates from the published one
+RECIPE_MARK = "† recipe differs"
 
 
 # ---------------------------------------------------------------- reading the results
@@ -81,6 +83,12 @@ def _lookup(df: Any, spec_: Mapping[str, Any], kind: TableKind) -> dict[tuple, d
                              f"({found[key]['config_hash']}, {row['config_hash']}): one table "
                              "cell, one configuration; pass the result files of one preset")
         found[key] = row
+    # a variant that changes nothing for a method (RST's score, awp) shows its other row
+    variants = spec_.get("variants") or {}
+    for m, mapping in variants.items():
+        for v, eff in mapping.items():
+            for key in [k for k in found if k[2] == m and k[3] == eff and v != eff]:
+                found.setdefault((key[0], key[1], m, v, key[4]), found[key])
     missing, wrong = [], []
     for key in expected_keys(spec_, kind):
         if key not in found:
@@ -192,6 +200,7 @@ def _s2ap_table(spec_: Mapping[str, Any], kind: TableKind, found: dict, referenc
     ref, ref_note = ref_mod.load_reference(reference_csv)
     label = ref_mod.REFERENCE_LABEL
     md, csv_rows, notes, flagged = [], [], [], []
+    deviating = spec_.get("recipe_deviations") or {}
     for dataset in spec_["datasets"]:
         header = ["Method", "Arch"]
         for sp in spec_["sparsities"]:
@@ -212,6 +221,8 @@ def _s2ap_table(spec_: Mapping[str, Any], kind: TableKind, found: dict, referenc
                         flagged.append((f"{method}/{arch}/{sp} % S2AP", on))
                     m = ref_mod.match_row(ref, orig)
                     p = f"sp{sp}_"
+                    differs = bool(deviating.get(method))
+                    csv[p + "recipe_differs"] = differs
                     line.append(_pair(_pct(orig["clean"]), _pct(orig["autoattack"])))
                     csv.update({p + "orig_clean": orig["clean"], p + "orig_aa": orig["autoattack"],
                                 p + "orig_clean_lo": orig["clean_lo"], p + "orig_clean_hi": orig["clean_hi"],
@@ -232,7 +243,8 @@ def _s2ap_table(spec_: Mapping[str, Any], kind: TableKind, found: dict, referenc
                     if m.matched:
                         in_c = ref_mod.inside(m.clean, orig["clean_lo"], orig["clean_hi"])
                         in_a = ref_mod.inside(m.autoattack, orig["autoattack_lo"], orig["autoattack_hi"])
-                        line += [_pair(_pct(m.clean), _pct(m.autoattack)),
+                        line += [_pair(_pct(m.clean), _pct(m.autoattack))
+                                 + (f" {RECIPE_MARK}" if differs else ""),
                                  _pair(_signed(orig["clean"] - m.clean),
                                        _signed(orig["autoattack"] - m.autoattack)),
                                  _pair(_yes(in_c), _yes(in_a))]
@@ -242,7 +254,7 @@ def _s2ap_table(spec_: Mapping[str, Any], kind: TableKind, found: dict, referenc
                                     p + "ref_in_ci_clean": in_c, p + "ref_in_ci_aa": in_a,
                                     p + "ref_status": m.status})
                     else:
-                        line += ["no counterpart", DASH, DASH]
+                        line += ["no counterpart" + (f" {RECIPE_MARK}" if differs else ""), DASH, DASH]
                         notes.append(f"- {dataset}/{method}/{arch}/{sp} %: {m.detail}")
                         csv.update({p + "ref_clean": math.nan, p + "ref_aa": math.nan,
                                     p + "ref_diff_clean": math.nan, p + "ref_diff_aa": math.nan,
@@ -260,6 +272,10 @@ def _s2ap_table(spec_: Mapping[str, Any], kind: TableKind, found: dict, referenc
     tail = (["Cells without a reference counterpart (benchmark/results/reference.py matches dataset, "
              "architecture, method, structure, sparsity, eps and number of images):", "", *notes, ""]
             if notes else [])
+    if deviating:
+        tail += [f"{RECIPE_MARK}: our recipe for this method deviates from the published one, as "
+                 "benchmark/recipe_ledger.yaml declares (docs/recipes.md):", ""]
+        tail += [f"- {line}" for m in spec_["methods"] for line in deviating.get(m, [])] + [""]
     return intro, md + tail + _flag_lines(flagged), csv_rows
 
 

@@ -32,7 +32,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from benchmark.core.choices import SCHEDULES
+from benchmark.core.choices import KEEP_RULES, SCHEDULES
 from benchmark.core.errors import ConfigError, Interrupted
 from benchmark.core.io import atomic_torch_save, load_checkpoint
 from benchmark.core.masking import scores_frozen
@@ -64,6 +64,14 @@ class TrainConfig:
     adv_eval_mode: bool = True
     train_bn: bool = True
     nesterov: bool = False
+    # opt-in options (benchmark/core/recipes.py TRAIN_OPTION_DEFAULTS): their defaults keep the loop as
+    # it was. keep: last | best_val (the epoch with the best validation PGD accuracy once every
+    # hook allows selection, HARP: once its budget is met); bn_refresh: an extra natural forward
+    # in train mode per minibatch (public HYDRA/HARP trainer/adv.py), which moves the BatchNorm
+    # running statistics; free_replays: free adversarial training's m (loss "free")
+    keep: str = "last"
+    bn_refresh: bool = False
+    free_replays: int = 1
 
     @classmethod
     def from_dict(cls, d: dict, default_attack: AttackConfig) -> TrainConfig:
@@ -106,6 +114,11 @@ class TrainHook:
     def after_step(self, trainer: Trainer) -> None: ...
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict) -> None: ...
+
+    def selection_allowed(self, trainer: Trainer) -> bool:
+        """Whether the epoch just ended may be kept by ``keep: best_val`` (HARP: only once its
+        budget is met, as the public train.py counts a best epoch only after the hinge is 0)."""
+        return True
 
     def state_dict(self) -> dict:
         return {}
@@ -228,8 +241,15 @@ class Trainer:
         self.params = params
         self.optimizer = build_optimizer(params, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
+        if cfg.keep not in KEEP_RULES:
+            raise ConfigError(f"train.keep: unknown rule {cfg.keep!r}; valid: {', '.join(KEEP_RULES)}")
+        if cfg.keep == "best_val" and self.val_loader is None:
+            raise ConfigError(f"[{desc}] train.keep is best_val, but there is no validation split "
+                              "(data.val_size 0): hold out some training images or keep: last")
         self.robust_loss = RobustLoss(cfg.loss, cfg.attack, trades_beta=cfg.trades_beta,
-                                      adv_eval_mode=cfg.adv_eval_mode)
+                                      adv_eval_mode=cfg.adv_eval_mode, replays=cfg.free_replays)
+        # keep: best_val: the best selectable epoch so far, {"epoch", "val_pgd", "model"}
+        self.best: dict | None = None
         self.bf16 = bf16 and device.type == "cuda"
         self.channels_last = channels_last and device.type == "cuda"
         self.epoch = 0  # epochs completed
@@ -264,14 +284,19 @@ class Trainer:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.autocast():
-            batch = self.robust_loss.prepare(self.model, x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self._backward(batch)
-        self.optimizer.step()
-        for hook in self.hooks:
-            hook.after_step(self)
-        self.global_step += 1
+        if self.cfg.bn_refresh and self.model.training:
+            with torch.no_grad(), self.autocast():
+                self.model(x)
+        for _ in range(self.robust_loss.replays):  # 1, except free adversarial training
+            with self.autocast():
+                batch = self.robust_loss.prepare(self.model, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._backward(batch)
+            self.robust_loss.after_backward()
+            self.optimizer.step()
+            for hook in self.hooks:
+                hook.after_step(self)
+            self.global_step += 1
         return float(loss)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -287,6 +312,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "hooks": [h.state_dict() for h in self.hooks],
             "history": json.dumps(self.history),
+            **({"best": self.best} if self.cfg.keep == "best_val" else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -300,6 +326,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.history = json.loads(state["history"])
+        self.best = state.get("best")
 
     def try_resume(self) -> bool:
         if self.state_path is None or not self.state_path.is_file():
@@ -323,7 +350,7 @@ class Trainer:
         epochs, steps = self.cfg.epochs, len(self.train_loader)
         if self.epoch >= epochs:
             self.log(f"[{self.desc}] all {epochs} epochs done already ({self.state_path})")
-            return self.history
+            return self._keep()
         self.log(f"[{self.desc}] training epochs {self.epoch + 1}..{epochs} of {epochs}, {steps} steps "
                  f"of {self.cfg.batch_size} images each")
         eta = Eta(epochs, done=self.epoch)
@@ -337,6 +364,7 @@ class Trainer:
                     raise
                 if record is None:  # stopped between two steps: the previous checkpoint stays
                     raise self._interrupted(stop, mid_epoch=True)
+                self._consider(record)
                 self.history.append(record)
                 self.epoch += 1
                 self.log(f"[{self.desc}] epoch {self.epoch}/{epochs} " + " ".join(
@@ -350,6 +378,35 @@ class Trainer:
                 if stop.requested:  # arrived during validation or the checkpoint write
                     raise self._interrupted(stop, mid_epoch=False)
         self.log(f"[{self.desc}] {epochs} epochs done in {duration(eta.elapsed())}")
+        return self._keep()
+
+    # -- keep: best_val --------------------------------------------------------------------------
+    def _consider(self, record: dict) -> None:
+        if self.cfg.keep != "best_val":
+            return
+        allowed = all(h.selection_allowed(self) for h in self.hooks)
+        record["selectable"] = allowed
+        score = record.get("val_pgd", record.get("val_clean"))
+        if allowed and score is not None and (self.best is None or score > self.best["score"]):
+            self.best = {"epoch": int(record["epoch"]), "score": float(score),
+                         "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+
+    def _keep(self) -> list[dict]:
+        """The history, with the model set to the kept epoch (keep: best_val) and that epoch's
+        record marked ``kept``; with no selectable epoch (a budget never met) the last is kept
+        and says so."""
+        if self.cfg.keep != "best_val" or not self.history:
+            return self.history
+        for record in self.history:
+            record.pop("kept", None)
+        if self.best is None:
+            self.history[-1]["kept"] = "last (no epoch met the selection rule)"
+            self.log(f"[{self.desc}] keep best_val: no epoch was selectable; the last is kept")
+            return self.history
+        self.model.load_state_dict(self.best["model"])
+        self.history[self.best["epoch"] - 1]["kept"] = True
+        self.log(f"[{self.desc}] keep best_val: epoch {self.best['epoch']} (validation "
+                 f"{self.best['score']:.4f})")
         return self.history
 
     def _run_epoch(self, stop: StopRequest, val_attack: AttackConfig | None) -> dict | None:
@@ -357,6 +414,7 @@ class Trainer:
         stop was requested before the last step."""
         epoch, epochs = self.epoch, self.cfg.epochs
         self.model.train()
+        self.robust_loss.start_epoch()
         for hook in self.hooks:
             hook.on_epoch_start(self, epoch)
         t0 = time.perf_counter()

@@ -109,6 +109,7 @@ def load_splits(dataset: str, data: dict, *, augment: bool | None = None):
         augment=data.get("augment", True) if augment is None else augment,
         download=bool(data.get("download", False)),
         imagenet_root=data.get("imagenet_root"),
+        imagenet_test=data.get("imagenet_test", "robustbench"),
         synthetic=bool(data.get("synthetic", False)),
     )
 
