@@ -53,6 +53,9 @@ onstart:
         CFG, SEARCH_DIRS, enforce=workflow.local_exec, pythonpath=REPO
     ):
         logger.warning(f"warning: {_problem} (on this machine; jobs run on the cluster)")
+    # a SLURM submission: the cluster is checked before the first sbatch (benchmark/slurm.py)
+    if getattr(workflow.executor_plugin, "name", None) == "slurm":
+        check_slurm_cluster()
 
 
 include: "workflows/rules/common.smk"

@@ -5,7 +5,8 @@
 #
 #   bash scripts/slurm_cluster.sh start    # installs slurm-wlm/munge if missing (as root), starts
 #                                          # munged, slurmctld, slurmd; waits until the node is idle
-#   eval "$(bash scripts/slurm_cluster.sh env)"   # SLURM_CONF for sbatch/squeue/snakemake
+#   (SLURM's commands find the cluster through /etc/slurm/slurm.conf, a link to the state folder's
+#   conf made by start and removed by stop; `bash scripts/slurm_cluster.sh env` prints SLURM_CONF)
 #   bash scripts/slurm_cluster.sh status
 #   bash scripts/slurm_cluster.sh stop     # stops the three daemons by their recorded pids
 #
@@ -24,6 +25,9 @@ set -euo pipefail
 STATE=${APBENCH_SLURM_DIR:-/tmp/apbench-slurm-$(id -u)}
 PORT=${APBENCH_SLURM_PORT:-6817}
 CONF=$STATE/etc/slurm.conf
+# where every SLURM command looks without SLURM_CONF: the executor's job step drops SLURM_* from
+# the environment of the srun it starts inside each job, so the conf must be found there
+SYSTEM_CONF=/etc/slurm/slurm.conf
 NODE=$(hostname -s)
 WAIT_S=${APBENCH_SLURM_WAIT_S:-60}
 
@@ -133,11 +137,24 @@ start() {
     fi
     write_conf
     start_munge
+    link_conf
     export SLURM_CONF=$CONF
     # -c: a clean start, no jobs kept from an earlier cluster in this folder
     alive slurmctld || slurmctld -c -f "$CONF"
     alive slurmd || slurmd -f "$CONF" -N "$NODE"
     wait_idle || { stop; die "the cluster did not come up"; }
+}
+
+link_conf() {
+    if [ -L "$SYSTEM_CONF" ] && [ "$(readlink "$SYSTEM_CONF")" = "$CONF" ]; then
+        return 0
+    fi
+    if [ -e "$SYSTEM_CONF" ] || [ -L "$SYSTEM_CONF" ]; then
+        die "$SYSTEM_CONF exists and is not this test cluster's; this script does not replace a real cluster's configuration"
+    fi
+    mkdir -p "$(dirname "$SYSTEM_CONF")" 2>/dev/null || true
+    ln -s "$CONF" "$SYSTEM_CONF" 2>/dev/null ||
+        die "cannot link $SYSTEM_CONF to $CONF (run as root): jobs' srun would find no configuration"
 }
 
 stop() {
@@ -152,6 +169,9 @@ stop() {
         fi
         rm -f "$STATE/run/$name.pid"
     done
+    if [ -L "$SYSTEM_CONF" ] && [ "$(readlink "$SYSTEM_CONF")" = "$CONF" ]; then
+        rm -f "$SYSTEM_CONF"
+    fi
     say "stopped ($STATE)"
 }
 

@@ -36,14 +36,85 @@ PRETRAIN_TARGETS = {(c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in D
     (c["dataset"], c["arch"], c["recipe"], c["seed"]) for c in CELLS if c["recipe"] is not None
 }
 RUN_CORES = _run_resource("_cores")
+# (a cluster job's own Snakemake, remote_exec, runs it with the CPUs its submission asked for)
 PRETRAIN_THREADS = (
     max(THREADS, RUN_CORES // max(1, len(PRETRAIN_TARGETS)))
-    if workflow.local_exec and RUN_CORES
+    if workflow.local_exec and not workflow.remote_exec and RUN_CORES
     else THREADS
 )
 # A multi-GPU workstation (workflows/profiles/local-gpu, --resources gpu=N): every job that
 # trains or attacks claims one of the N cards for itself (benchmark/gpu_slots.py).
 GPU_SLOTS = _run_resource("gpu") if workflow.local_exec else None
+JOBS_PER_GPU = int(CFG["runtime"].get("jobs_per_gpu") or 1)
+# Every job says what it needs from a cluster (benchmark/slurm.py): the preset's threads as CPUs, a
+# GPU only on a CUDA preset, memory for the data it holds, a time limit from the estimate of that
+# very job. The executor is not known while this file is parsed; locally these resources constrain
+# nothing unless the run names them (--resources gpu=N with the local-gpu profile).
+from benchmark import calibration as _calibration
+from benchmark import estimate as _estimate
+from benchmark import slurm as _slurm
+
+_CAL = _calibration.load()
+PLAN_DEVICE = _slurm.plan_device(CFG, _CAL)
+# the recipe's method shapes the pretrain stage (a method's own pretrain recipe)
+_RECIPE_METHOD = {
+    c["recipe"]: (c.get("recipe_method") if c["method"] == "dense" else c["method"])
+    for c in [*CELLS, *DENSE]
+    if c.get("recipe") is not None
+}
+
+
+def _cluster_job(name, wc):
+    """The estimate's Job for a name's job (benchmark/estimate.py prices it)."""
+    if name in ("pretrain",):
+        return _estimate.Job(
+            name, wc.dataset, wc.arch, method=_RECIPE_METHOD.get(wc.recipe), cell=dict(wc)
+        )
+    method = wc.get("method", "dense")
+    if method == "dense" or name == "evaluate_dense":
+        return _estimate.Job(name, wc.dataset, wc.arch, "dense", "n/a")
+    s2ap = apcfg.s2ap_from_path(wc.s2ap) if "s2ap" in wc.keys() else "off"
+    return _estimate.Job(name, wc.dataset, wc.arch, method, s2ap, {"traits": TRAITS[method]})
+
+
+def cluster_resources(name):
+    """A rule's `resources:`, each a function of the job's wildcards."""
+    light = name not in _slurm.GPU_RULES
+
+    def one(key):
+        def value(wc):
+            job = None if light else _cluster_job(name, wc)
+            res = _slurm.job_resources(CFG, name, job, device=PLAN_DEVICE, cal=_CAL)
+            return res.get(key)
+
+        return value
+
+    keys = ["mem_mb", "runtime", *_slurm.gpu_request(PLAN_DEVICE, JOBS_PER_GPU)]
+    chosen = _slurm.settings()
+    keys += ["slurm_partition"] if chosen.partition else []
+    keys += ["slurm_account"] if chosen.account else []
+    if light:
+        keys = [k for k in keys if k not in ("gpu", "gres")]
+    return {k: one(k) for k in keys}
+
+
+def check_slurm_cluster():
+    """Before the first sbatch: a clear error for an unreachable controller, a partition or
+    account the cluster lacks, or a job no node can ever run (it would pend forever)."""
+    requests = [
+        (job.rule.name, job.threads, dict(job.resources.items()))
+        for job in workflow.dag.needrun_jobs()
+        if not workflow.is_local(job.rule)
+    ]
+    problems = _slurm.cluster_problems(requests, jobs_per_gpu=JOBS_PER_GPU)
+    if problems:
+        raise preflight.PreflightError(
+            "the SLURM cluster cannot run this preset; nothing was submitted:\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
+    _slurm.quiet_account_guess()
+
+
 REFERENCE_CSV = (
     apcfg.resolve_file(CFG["reference_csv"], SEARCH_DIRS, field="reference_csv")
     if CFG.get("reference_csv")

@@ -14,6 +14,8 @@ rule evaluate:
         "work/{preset}/logs/evaluate/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.log",
     group:
         cell_group
+    resources:
+        **cluster_resources("evaluate"),
     threads: THREADS
     params:
         cfg=lambda wc: untracked_json(evaluate_config(wc)),
@@ -33,6 +35,8 @@ rule evaluate_dense:
         "results/{preset}/runs/{dataset}/{arch}/dense/n-a/sp0/seed{seed}.json",
     log:
         "work/{preset}/logs/evaluate/{dataset}/{arch}/dense/n-a/sp0/seed{seed}.log",
+    resources:
+        **cluster_resources("evaluate_dense"),
     threads: THREADS
     params:
         cfg=lambda wc: untracked_json(evaluate_config(wc)),
@@ -56,6 +60,8 @@ rule autoattack_shard:
     wildcard_constraints:
         method=_alternation([*TRAITS, "dense"]),
         shard=r"[0-9]+",
+    resources:
+        **cluster_resources("autoattack_shard"),
     threads: THREADS
     params:
         cfg=lambda wc: untracked_json(evaluate_config(wc)),

@@ -11,6 +11,8 @@ rule finetune:
         "work/{preset}/logs/finetune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.log",
     group:
         cell_group
+    resources:
+        **cluster_resources("finetune"),
     threads: THREADS
     params:
         cfg=lambda wc: untracked_json(cell_stage_config("finetune", wc)),

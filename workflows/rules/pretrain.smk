@@ -7,6 +7,8 @@ rule pretrain:
         "work/{preset}/pretrain/{dataset}/{arch}/{recipe}/seed{seed}/dense.pt",
     log:
         "work/{preset}/logs/pretrain/{dataset}/{arch}/{recipe}/seed{seed}.log",
+    resources:
+        **cluster_resources("pretrain"),
     threads: PRETRAIN_THREADS
     params:
         cfg=lambda wc: untracked_json(recipe_config(wc)),
@@ -24,6 +26,8 @@ rule import_dense:
         "work/{preset}/external/{dataset}/{arch}/{recipe}/dense.pt",
     log:
         "work/{preset}/logs/import_dense/{dataset}/{arch}/{recipe}.log",
+    resources:
+        **cluster_resources("import_dense"),
     threads: 1
     params:
         entry=lambda wc: untracked_json(external_entry(wc)),

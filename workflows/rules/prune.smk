@@ -14,6 +14,8 @@ rule prune:
         s2ap="on|off|n-a",
     group:
         cell_group
+    resources:
+        **cluster_resources("prune"),
     threads: THREADS
     params:
         cfg=lambda wc: untracked_json(cell_stage_config("prune", wc)),

@@ -14,6 +14,8 @@ rule prune_second_seed:
         s2ap="on|off",
     group:
         cell_group
+    resources:
+        **cluster_resources("prune_second_seed"),
     threads: THREADS
     params:
         cfg=lambda wc: untracked_json(cell_stage_config("prune", wc)),

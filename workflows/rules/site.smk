@@ -23,6 +23,8 @@ rule export_models:
         MODELS_MANIFEST,
     log:
         f"{WORK}/logs/export/models.log",
+    resources:
+        **cluster_resources("export_models"),
     threads: 1
     params:
         runs=lambda wc, input: " ".join(shlex.quote(str(f)) for f in input.runs),

@@ -12,6 +12,8 @@ rule submission:
         f"{RESULTS}/submissions/{{name}}.json",
     log:
         f"{WORK}/logs/submission/{{name}}.log",
+    resources:
+        **cluster_resources("submission"),
     threads: THREADS
     params:
         folder=lambda wc, input: os.path.dirname(input.spec),

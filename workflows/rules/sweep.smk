@@ -18,6 +18,8 @@ if SWEEP:
             "work/{preset}/logs/sweep_prune/gamma{gamma}/{dataset}/{arch}/{method}/sp{sparsity}/seed{seed}.log",
         wildcard_constraints:
             gamma=r"[0-9]+\.[0-9]+(e-?[0-9]+)?",
+        resources:
+            **cluster_resources("sweep_prune"),
         threads: THREADS
         params:
             cfg=lambda wc: untracked_json(sweep_config("prune", wc)),
@@ -40,6 +42,8 @@ if SWEEP:
             "work/{preset}/logs/sweep_finetune/gamma{gamma}/{dataset}/{arch}/{method}/sp{sparsity}/seed{seed}.log",
         wildcard_constraints:
             gamma=r"[0-9]+\.[0-9]+(e-?[0-9]+)?",
+        resources:
+            **cluster_resources("sweep_finetune"),
         threads: THREADS
         params:
             cfg=lambda wc: untracked_json(sweep_config("finetune", wc)),
@@ -60,6 +64,8 @@ if SWEEP:
             md=f"{RESULTS}/gamma_sweep.md",
         log:
             f"{WORK}/logs/gamma_sweep.log",
+        resources:
+            **cluster_resources("gamma_sweep"),
         threads: 1
         params:
             models=quoted_inputs,
