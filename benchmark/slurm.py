@@ -212,11 +212,13 @@ def cluster_problems(requests: Iterable[tuple[str, int, Mapping[str, Any]]], *,
         return ["sbatch is not on PATH: this machine is no SLURM submit host (load the cluster's "
                 "slurm module, or run on the login node)"]
     ping = _run(["scontrol", "ping"], runner)
-    if ping.returncode != 0 or "UP" not in ping.stdout:
-        reason = (ping.stderr or ping.stdout).strip().splitlines()
+    if ping.returncode != 0 or " is UP" not in ping.stdout:
+        said = [ln.strip() for ln in (ping.stdout + "\n" + ping.stderr).splitlines()
+                if ln.strip() and not set(ln.strip()) <= {"*"}]
+        env = os.environ if environ is None else environ
         return [f"the SLURM controller does not answer (scontrol ping: "
-                f"{reason[-1] if reason else 'exit ' + str(ping.returncode)}); check SLURM_CONF "
-                f"({os.environ.get('SLURM_CONF', 'unset')}) and that slurmctld runs"]
+                f"{'; '.join(said) or 'exit ' + str(ping.returncode)}); check SLURM_CONF "
+                f"({env.get('SLURM_CONF', 'unset: /etc/slurm/slurm.conf')}) and that slurmctld runs"]
     s = settings(environ)
     info = _run(["sinfo", "-h", "-N", "-o", "%N|%P|%c|%m|%G"], runner)
     if info.returncode != 0:
@@ -236,28 +238,25 @@ def cluster_problems(requests: Iterable[tuple[str, int, Mapping[str, Any]]], *,
     members = [n for n in nodes if partition in n.partitions]
     if jobs_per_gpu > 1 and members:
         problems += _shard_problems(members, partition, jobs_per_gpu, requests)
-    seen = set()
+    asks: dict[tuple, list[str]] = {}
     for rule, threads, res in requests:
-        need_gpu = int(res.get("gpu") or 0)
-        need_shard = 1 if str(res.get("gres", "")).startswith("shard") else 0
-        mem = int(res.get("mem_mb") or 0)
-        key = (rule, threads, mem, need_gpu, need_shard)
-        if key in seen:
+        key = (int(threads), int(res.get("mem_mb") or 0), int(res.get("gpu") or 0),
+               1 if str(res.get("gres", "")).startswith("shard") else 0)
+        if rule not in asks.setdefault(key, []):
+            asks[key].append(rule)
+    biggest = max(members, key=lambda n: (n.count("gpu"), n.cpus, n.mem_mb), default=None)
+    offer = (f"its largest node {biggest.name} has {biggest.cpus} CPUs, {biggest.mem_mb} MB, "
+             f"GRES {biggest.gres}") if biggest else "it has no nodes"
+    for (threads, mem, gpus, shards), rules in asks.items():
+        if any(n.cpus >= threads and n.mem_mb >= mem and n.count("gpu") >= gpus
+               and n.count("shard") >= shards for n in members):
             continue
-        seen.add(key)
-        fits = [n for n in members if n.cpus >= threads and n.mem_mb >= mem
-                and n.count("gpu") >= need_gpu and n.count("shard") >= need_shard]
-        if not fits:
-            biggest = max(members, key=lambda n: (n.count("gpu"), n.cpus, n.mem_mb), default=None)
-            offer = (f"its largest node {biggest.name} has {biggest.cpus} CPUs, {biggest.mem_mb} MB, "
-                     f"GRES {biggest.gres}") if biggest else "it has no nodes"
-            ask = f"{threads} CPUs (runtime.threads), {mem} MB"
-            if need_gpu:
-                ask += f", {need_gpu} GPU"
-            if need_shard:
-                ask += ", 1 GPU shard"
-            problems.append(f"rule {rule}: no node of partition {partition} can run a job asking "
-                            f"{ask}: {offer}; such a job would wait forever")
+        ask = f"{threads} CPUs (runtime.threads), {mem} MB"
+        ask += f", {gpus} GPU" if gpus else ""
+        ask += ", 1 GPU shard" if shards else ""
+        problems.append(f"rule{'s' if len(rules) > 1 else ''} {', '.join(rules)}: no node of "
+                        f"partition {partition} can run a job asking {ask}: {offer}; such a job "
+                        "would wait forever")
     return problems
 
 

@@ -14,9 +14,9 @@ rule evaluate:
         "work/{preset}/logs/evaluate/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.log",
     group:
         cell_group
+    threads: THREADS
     resources:
         **cluster_resources("evaluate"),
-    threads: THREADS
     params:
         cfg=lambda wc: untracked_json(evaluate_config(wc)),
         config_key=lambda wc: apcfg.stage_key(evaluate_config(wc)),
@@ -35,9 +35,9 @@ rule evaluate_dense:
         "results/{preset}/runs/{dataset}/{arch}/dense/n-a/sp0/seed{seed}.json",
     log:
         "work/{preset}/logs/evaluate/{dataset}/{arch}/dense/n-a/sp0/seed{seed}.log",
+    threads: THREADS
     resources:
         **cluster_resources("evaluate_dense"),
-    threads: THREADS
     params:
         cfg=lambda wc: untracked_json(evaluate_config(wc)),
         config_key=lambda wc: apcfg.stage_key(evaluate_config(wc)),
@@ -60,9 +60,9 @@ rule autoattack_shard:
     wildcard_constraints:
         method=_alternation([*TRAITS, "dense"]),
         shard=r"[0-9]+",
+    threads: THREADS
     resources:
         **cluster_resources("autoattack_shard"),
-    threads: THREADS
     params:
         cfg=lambda wc: untracked_json(evaluate_config(wc)),
         config_key=lambda wc: apcfg.stage_key(evaluate_config(wc)),

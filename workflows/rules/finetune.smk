@@ -11,9 +11,9 @@ rule finetune:
         "work/{preset}/logs/finetune/{dataset}/{arch}/{method}/{s2ap}/sp{sparsity}/seed{seed}.log",
     group:
         cell_group
+    threads: THREADS
     resources:
         **cluster_resources("finetune"),
-    threads: THREADS
     params:
         cfg=lambda wc: untracked_json(cell_stage_config("finetune", wc)),
         config_key=lambda wc: apcfg.stage_key(cell_stage_config("finetune", wc)),

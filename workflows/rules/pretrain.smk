@@ -7,9 +7,9 @@ rule pretrain:
         "work/{preset}/pretrain/{dataset}/{arch}/{recipe}/seed{seed}/dense.pt",
     log:
         "work/{preset}/logs/pretrain/{dataset}/{arch}/{recipe}/seed{seed}.log",
+    threads: PRETRAIN_THREADS
     resources:
         **cluster_resources("pretrain"),
-    threads: PRETRAIN_THREADS
     params:
         cfg=lambda wc: untracked_json(recipe_config(wc)),
         config_key=lambda wc: apcfg.stage_key(recipe_config(wc)),
@@ -26,9 +26,9 @@ rule import_dense:
         "work/{preset}/external/{dataset}/{arch}/{recipe}/dense.pt",
     log:
         "work/{preset}/logs/import_dense/{dataset}/{arch}/{recipe}.log",
+    threads: 1
     resources:
         **cluster_resources("import_dense"),
-    threads: 1
     params:
         entry=lambda wc: untracked_json(external_entry(wc)),
         model=apcfg.dumps(CFG["model"]),

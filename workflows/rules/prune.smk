@@ -14,9 +14,9 @@ rule prune:
         s2ap="on|off|n-a",
     group:
         cell_group
+    threads: THREADS
     resources:
         **cluster_resources("prune"),
-    threads: THREADS
     params:
         cfg=lambda wc: untracked_json(cell_stage_config("prune", wc)),
         config_key=lambda wc: apcfg.stage_key(cell_stage_config("prune", wc)),

@@ -23,9 +23,9 @@ rule export_models:
         MODELS_MANIFEST,
     log:
         f"{WORK}/logs/export/models.log",
+    threads: 1
     resources:
         **cluster_resources("export_models"),
-    threads: 1
     params:
         runs=lambda wc, input: " ".join(shlex.quote(str(f)) for f in input.runs),
         out=lambda wc, output: os.path.dirname(output[0]),

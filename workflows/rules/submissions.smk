@@ -12,9 +12,9 @@ rule submission:
         f"{RESULTS}/submissions/{{name}}.json",
     log:
         f"{WORK}/logs/submission/{{name}}.log",
+    threads: THREADS
     resources:
         **cluster_resources("submission"),
-    threads: THREADS
     params:
         folder=lambda wc, input: os.path.dirname(input.spec),
         preset=str(PRESET_FILE),

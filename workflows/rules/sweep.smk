@@ -18,9 +18,9 @@ if SWEEP:
             "work/{preset}/logs/sweep_prune/gamma{gamma}/{dataset}/{arch}/{method}/sp{sparsity}/seed{seed}.log",
         wildcard_constraints:
             gamma=r"[0-9]+\.[0-9]+(e-?[0-9]+)?",
+        threads: THREADS
         resources:
             **cluster_resources("sweep_prune"),
-        threads: THREADS
         params:
             cfg=lambda wc: untracked_json(sweep_config("prune", wc)),
             config_key=lambda wc: apcfg.stage_key(sweep_config("prune", wc)),
@@ -42,9 +42,9 @@ if SWEEP:
             "work/{preset}/logs/sweep_finetune/gamma{gamma}/{dataset}/{arch}/{method}/sp{sparsity}/seed{seed}.log",
         wildcard_constraints:
             gamma=r"[0-9]+\.[0-9]+(e-?[0-9]+)?",
+        threads: THREADS
         resources:
             **cluster_resources("sweep_finetune"),
-        threads: THREADS
         params:
             cfg=lambda wc: untracked_json(sweep_config("finetune", wc)),
             config_key=lambda wc: apcfg.stage_key(sweep_config("finetune", wc)),
@@ -64,9 +64,9 @@ if SWEEP:
             md=f"{RESULTS}/gamma_sweep.md",
         log:
             f"{WORK}/logs/gamma_sweep.log",
+        threads: 1
         resources:
             **cluster_resources("gamma_sweep"),
-        threads: 1
         params:
             models=quoted_inputs,
         shell:
