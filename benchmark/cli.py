@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Snakemake target (all, table_main, ...; repeatable); default all")
     p.add_argument("--calibration", default=None,
                    help="calibration file (default: benchmark/calibration/calibration.json)")
+    p.add_argument("--jobs-per-gpu", type=int, default=None, metavar="K",
+                   help="price K jobs per card (default: the preset's runtime.jobs_per_gpu)")
 
     p = command("methods", help="list registered methods")
     _method_file_arg(p)
@@ -297,8 +299,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "estimate":
         from .estimate import main as estimate_main
 
+        from .gpu_sharing import main as sharing_main
+
         print(estimate_main(args.configfile, device=args.device, targets=args.target or ["all"],
                             calibration=args.calibration), end="")
+        print(sharing_main(args.configfile, device=args.device, targets=args.target or ["all"],
+                           calibration=args.calibration, jobs_per_gpu=args.jobs_per_gpu), end="")
         return 0
     if args.command == "aggregate":
         from .aggregate import aggregate, result_files, runs_frame

@@ -161,9 +161,31 @@ def count_gpus(environ: dict | None = None) -> int:
     return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else 0
 
 
-def gpu_arguments(args: list[str], environ: dict | None = None) -> list[str]:
-    """``--gpus auto|N`` (ours, not Snakemake's) becomes ``--resources gpu=N``: with the local-gpu
-    profile every job that trains or attacks then takes one card of its own."""
+def jobs_per_gpu_of(args: list[str]) -> int:
+    """runtime.jobs_per_gpu of the run's preset files (the last one that sets it), else 1."""
+    import yaml
+
+    k, i = 1, 0
+    while i < len(args):
+        if args[i] in ("--configfile", "--configfiles"):
+            i += 1
+            while i < len(args) and not args[i].startswith("-"):
+                try:
+                    raw = yaml.safe_load(Path(args[i]).read_text()) or {}
+                except (OSError, yaml.YAMLError):
+                    raw = {}  # Snakemake reports the file itself
+                value = (raw.get("runtime") or {}).get("jobs_per_gpu") if isinstance(raw, dict) else None
+                k = int(value) if isinstance(value, int) and value >= 1 else k
+                i += 1
+        else:
+            i += 1
+    return k
+
+
+def gpu_arguments(args: list[str], environ: dict | None = None, jobs_per_gpu: int = 1) -> list[str]:
+    """``--gpus auto|N`` (ours, not Snakemake's) becomes ``--resources gpu=N x k``: with the
+    local-gpu profile every job that trains or attacks then takes one of the k slots of a card
+    (runtime.jobs_per_gpu k; 1: a card of its own)."""
     out, i = [], 0
     while i < len(args):
         arg = args[i]
@@ -181,8 +203,9 @@ def gpu_arguments(args: list[str], environ: dict | None = None) -> list[str]:
             raise ValueError("--gpus auto found no GPU (nvidia-smi -L lists none, or "
                              "CUDA_VISIBLE_DEVICES is empty); run with --profile "
                              "workflows/profiles/local instead")
-        out += ["--resources", f"gpu={n}"]
-        log.info("%d GPU(s): at most %d jobs at a time train or attack, one per card", n, n)
+        out += ["--resources", f"gpu={n * jobs_per_gpu}"]
+        log.info("%d GPU(s): at most %d jobs at a time train or attack, %d per card", n,
+                 n * jobs_per_gpu, jobs_per_gpu)
     return out
 
 
@@ -209,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = targets_first(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        args = gpu_arguments(args)
+        args = gpu_arguments(args, jobs_per_gpu=jobs_per_gpu_of(args))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

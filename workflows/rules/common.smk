@@ -44,8 +44,17 @@ PRETRAIN_THREADS = (
 )
 # A multi-GPU workstation (workflows/profiles/local-gpu, --resources gpu=N): every job that
 # trains or attacks claims one of the N cards for itself (benchmark/gpu_slots.py).
-GPU_SLOTS = _run_resource("gpu") if workflow.local_exec else None
+# With runtime.jobs_per_gpu k, k jobs share each card: --resources gpu counts job slots, k per card
+# (the runner's --gpus N passes N x k).
 JOBS_PER_GPU = int(CFG["runtime"].get("jobs_per_gpu") or 1)
+_GPU_JOB_SLOTS = _run_resource("gpu") if workflow.local_exec else None
+if _GPU_JOB_SLOTS and _GPU_JOB_SLOTS % JOBS_PER_GPU:
+    raise ValueError(
+        f"--resources gpu={_GPU_JOB_SLOTS} is not a whole number of cards at "
+        f"runtime.jobs_per_gpu {JOBS_PER_GPU}: give cards x {JOBS_PER_GPU} (the runner's "
+        "--gpus N does)"
+    )
+GPU_SLOTS = _GPU_JOB_SLOTS // JOBS_PER_GPU if _GPU_JOB_SLOTS else None
 # Every job says what it needs from a cluster (benchmark/slurm.py): the preset's threads as CPUs, a
 # GPU only on a CUDA preset, memory for the data it holds, a time limit from the estimate of that
 # very job. The executor is not known while this file is parsed; locally these resources constrain
@@ -185,6 +194,7 @@ _PYTHON = shlex.quote(sys.executable)
 _BENCH = (
     f"PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
     + (f"APBENCH_GPU_SLOTS={GPU_SLOTS} " if GPU_SLOTS else "")
+    + (f"APBENCH_JOBS_PER_GPU={JOBS_PER_GPU} " if GPU_SLOTS and JOBS_PER_GPU > 1 else "")
     + f"OMP_NUM_THREADS={{threads}} APBENCH_THREADS={{threads}} {_PYTHON} -m benchmark"
 )
 
