@@ -298,7 +298,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "estimate":
         from .estimate import main as estimate_main
-
         from .gpu_sharing import main as sharing_main
 
         print(estimate_main(args.configfile, device=args.device, targets=args.target or ["all"],

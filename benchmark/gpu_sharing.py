@@ -24,7 +24,6 @@ memory bandwidth, and the card's memory (k jobs must fit on it together; nothing
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
