@@ -7,8 +7,8 @@ numbers that could disagree with the preset:
 - CPUs: the rule's threads, i.e. the preset's ``runtime.threads`` (the executor turns threads into
   ``--cpus-per-task``);
 - GPU: one card for a job that trains or attacks, only when the preset runs on CUDA
-  (``runtime.device`` cuda, or auto where the estimate plans it on CUDA, as for the paper
-  presets); with ``runtime.jobs_per_gpu`` k > 1, one GPU shard (``--gres=shard:1``) instead, on a
+  (``runtime.device`` cuda, or auto unless the preset is sized for CPUs: see plan_device; the
+  paper presets ask for GPUs, quick/standard/offline do not); with ``runtime.jobs_per_gpu`` k > 1, one GPU shard (``--gres=shard:1``) instead, on a
   cluster that splits each card into k shards;
 - run time: the estimate of the job (benchmark/estimate.py, from the calibration) times
   RUNTIME_MARGIN plus RUNTIME_FLOOR_MIN, for a slower card than the calibrated one and for start-up;
@@ -68,8 +68,13 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 # ---------------------------------------------------------------- what a job asks for
+CPU_JOB_LIMIT_H = 24
+
+
 def plan_device(cfg: Mapping[str, Any], cal=None) -> str:
-    """'cuda' or 'cpu': where the preset's jobs run on a cluster (the estimate's choice)."""
+    """'cuda' or 'cpu': where the preset's jobs run on a cluster. runtime.device auto asks for a
+    GPU unless the preset is sized for CPUs: the calibration prices every one of its jobs on a
+    CPU and none takes more than CPU_JOB_LIMIT_H hours there (quick, standard, offline)."""
     from benchmark import calibration as _cal
     from benchmark import estimate as _est
 
@@ -79,8 +84,14 @@ def plan_device(cfg: Mapping[str, Any], cal=None) -> str:
     if device != "auto":
         return "cpu"
     cal = _cal.load() if cal is None else cal
-    targets = [t for t in _est.targets_of(cfg)]
-    return _est.auto_device(cfg, targets, cal)[0]
+    cost, longest = _est.Cost(), 0.0
+    for jobs in _est.plan(cfg, _est.targets_of(cfg)).jobs.values():
+        for job in jobs:
+            try:
+                longest = max(longest, _est.job_seconds(cfg, job, cal, "cpu", cost))
+            except _est.NoCalibration:
+                return "cuda"
+    return "cpu" if longest <= CPU_JOB_LIMIT_H * 3600 else "cuda"
 
 
 def memory_mb(cfg: Mapping[str, Any], dataset: str) -> int:

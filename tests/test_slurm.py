@@ -121,3 +121,10 @@ def test_profile_sets_squeue_status_a_short_first_check_and_keeps_logs():
     # nothing per rule or per site in a tracked file: the preset and the environment decide
     assert "set-resources" not in profile and "default-resources" not in profile
     assert "CHANGE_ME" not in (REPO / "workflows" / "profiles" / "slurm" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("preset, device", [
+    ("tiny.yaml", "cpu"), ("quick.yaml", "cpu"), ("offline.yaml", "cpu"),
+    ("paper_cifar10.yaml", "cuda"), ("paper_imagenet.yaml", "cuda"), ("paper_svhn.yaml", "cuda")])
+def test_auto_presets_ask_for_a_gpu_unless_sized_for_cpus(preset, device):
+    assert slurm.plan_device(_cfg(preset), calibration.load()) == device
