@@ -8,8 +8,9 @@ numbers that could disagree with the preset:
   ``--cpus-per-task``);
 - GPU: one card for a job that trains or attacks, only when the preset runs on CUDA
   (``runtime.device`` cuda, or auto unless the preset is sized for CPUs: see plan_device; the
-  paper presets ask for GPUs, quick/standard/offline do not); with ``runtime.jobs_per_gpu`` k > 1, one GPU shard (``--gres=shard:1``) instead, on a
-  cluster that splits each card into k shards;
+  paper presets ask for GPUs, quick/standard/offline do not); with ``runtime.jobs_per_gpu``
+  k > 1, one GPU shard (``--gres=shard:1``) instead, on a cluster that splits each card into k
+  shards;
 - run time: the estimate of the job (benchmark/estimate.py, from the calibration) times
   RUNTIME_MARGIN plus RUNTIME_FLOOR_MIN, for a slower card than the calibrated one and for start-up;
   no limit (the partition's default) where the calibration has no figure for the job;
