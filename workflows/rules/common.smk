@@ -79,6 +79,11 @@ def _cluster_job(name, wc):
         return _estimate.Job(
             name, wc.dataset, wc.arch, method=_RECIPE_METHOD.get(wc.recipe), cell=dict(wc)
         )
+    if "dataset" not in wc.keys():
+        # a submission names its model only: the preset's most demanding dataset (its evaluation
+        # runs on one of the grid's datasets; the estimate prices no submission)
+        dataset = max(CFG["grid"]["datasets"], key=lambda d: _slurm.memory_mb(CFG, d))
+        return _estimate.Job(name, dataset, CFG["grid"]["archs"][0])
     method = wc.get("method", "dense")
     if method == "dense" or name == "evaluate_dense":
         return _estimate.Job(name, wc.dataset, wc.arch, "dense", "n/a")
