@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 log = logging.getLogger(__name__)
 
 RECORD = "apbench_run.json"
@@ -163,7 +165,6 @@ def count_gpus(environ: dict | None = None) -> int:
 
 def jobs_per_gpu_of(args: list[str]) -> int:
     """runtime.jobs_per_gpu of the run's preset files (the last one that sets it), else 1."""
-    import yaml
 
     k, i = 1, 0
     while i < len(args):

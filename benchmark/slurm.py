@@ -36,6 +36,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from benchmark import calibration as _cal
+from benchmark import estimate as _est
+from benchmark.datasets import get_info
+
 PARTITION_ENV = "APBENCH_SLURM_PARTITION"
 ACCOUNT_ENV = "APBENCH_SLURM_ACCOUNT"
 
@@ -76,9 +80,6 @@ def plan_device(cfg: Mapping[str, Any], cal=None) -> str:
     """'cuda' or 'cpu': where the preset's jobs run on a cluster. runtime.device auto asks for a
     GPU unless the preset is sized for CPUs: the calibration prices every one of its jobs on a
     CPU and none takes more than CPU_JOB_LIMIT_H hours there (quick, standard, offline)."""
-    from benchmark import calibration as _cal
-    from benchmark import estimate as _est
-
     device = str(cfg["runtime"]["device"])
     if device.startswith("cuda"):
         return "cuda"
@@ -96,8 +97,6 @@ def plan_device(cfg: Mapping[str, Any], cal=None) -> str:
 
 
 def memory_mb(cfg: Mapping[str, Any], dataset: str) -> int:
-    from benchmark.datasets import get_info
-
     info = get_info(dataset)
     data = cfg["data"]
     pixels = info.in_channels * info.image_size * info.image_size
@@ -129,8 +128,6 @@ def job_resources(cfg: Mapping[str, Any], rule: str, job, *, device: str, cal) -
     """The SLURM resources of one job (``job``: a benchmark.estimate.Job, or None for a light
     rule): mem_mb, runtime (minutes; absent without a calibration figure), gpu or gres, and
     slurm_partition / slurm_account from the settings."""
-    from benchmark import estimate as _est
-
     out: dict[str, Any] = {}
     s = settings()
     if s.partition:
