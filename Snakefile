@@ -63,6 +63,9 @@ onstart:
     # a paper preset's declared deviations from the published recipes (docs/recipes.md)
     for _line in recipes.startup_lines(CFG, TRAITS, apcfg.stage_config):
         logger.info(_line)
+    # a SLURM submission: the cluster is checked before the first sbatch (benchmark/planning/slurm_resources.py)
+    if getattr(workflow.executor_plugin, "name", None) == "slurm":
+        check_slurm_cluster()
 
 
 include: "workflows/rules/common.smk"

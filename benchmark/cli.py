@@ -36,6 +36,7 @@ from benchmark.core.errors import DEBUG_ENV, Interrupted, MissingFileError, User
 from benchmark.core.external_dense import import_dense
 from benchmark.core.registry import UnknownNameError, method_registry
 from benchmark.planning.estimate import main as estimate_main
+from benchmark.planning.gpu_sharing import main as sharing_main
 from benchmark.publishing.cli import COMMANDS as PUBLISH_COMMANDS
 from benchmark.publishing.cli import add_commands as add_publish_commands
 from benchmark.publishing.cli import run as run_publish
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration file (default: benchmark/calibration/calibration.json)")
     p.add_argument("--cores", type=int, default=None,
                    help="CPU cores the run gets, for the wall time (default: this machine's)")
+    p.add_argument("--jobs-per-gpu", type=int, default=None, metavar="K",
+                   help="price K jobs per card (default: the preset's runtime.jobs_per_gpu)")
 
     p = command("methods", help="list registered methods")
     _method_file_arg(p)
@@ -302,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(estimate_main(args.configfile, device=args.device, targets=args.target or ["all"],
                             calibration=args.calibration, cores=args.cores), end="")
+        print(sharing_main(args.configfile, device=args.device, targets=args.target or ["all"],
+                           calibration=args.calibration, jobs_per_gpu=args.jobs_per_gpu), end="")
         return 0
     if args.command == "aggregate":
         from benchmark.results.aggregate import aggregate, runs_frame  # deferred: pandas

@@ -22,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+from benchmark.core import strict_yaml
 from benchmark.planning import run_guard
 from benchmark.runtime.gpu_slots import count_gpus
 
@@ -148,9 +149,30 @@ def record_run(workdir: Path) -> None:
     os.replace(tmp, snakemake_dir / RECORD)
 
 
-def gpu_arguments(args: list[str], environ: dict | None = None) -> list[str]:
-    """``--gpus auto|N`` (ours, not Snakemake's) becomes ``--resources gpu=N``: with the local-gpu
-    profile every job that trains or attacks then takes one card of its own."""
+def jobs_per_gpu_of(args: list[str]) -> int:
+    """runtime.jobs_per_gpu of the run's preset files (the last one that sets it), else 1."""
+
+    k, i = 1, 0
+    while i < len(args):
+        if args[i] in ("--configfile", "--configfiles"):
+            i += 1
+            while i < len(args) and not args[i].startswith("-"):
+                try:
+                    raw = strict_yaml.load_file(args[i]) or {}
+                except (OSError, ValueError):
+                    raw = {}  # Snakemake reports the file itself
+                value = (raw.get("runtime") or {}).get("jobs_per_gpu") if isinstance(raw, dict) else None
+                k = int(value) if isinstance(value, int) and value >= 1 else k
+                i += 1
+        else:
+            i += 1
+    return k
+
+
+def gpu_arguments(args: list[str], environ: dict | None = None, jobs_per_gpu: int = 1) -> list[str]:
+    """``--gpus auto|N`` (ours, not Snakemake's) becomes ``--resources gpu=N x k``: with the
+    local-gpu profile every job that trains or attacks then takes one of the k slots of a card
+    (runtime.jobs_per_gpu k; 1: a card of its own)."""
     out, i = [], 0
     while i < len(args):
         arg = args[i]
@@ -168,8 +190,9 @@ def gpu_arguments(args: list[str], environ: dict | None = None) -> list[str]:
             raise ValueError("--gpus auto found no GPU (nvidia-smi -L lists none, or "
                              "CUDA_VISIBLE_DEVICES is empty); run with --profile "
                              "workflows/profiles/local instead")
-        out += ["--resources", f"gpu={n}"]
-        log.info("%d GPU(s): at most %d jobs at a time train or attack, one per card", n, n)
+        out += ["--resources", f"gpu={n * jobs_per_gpu}"]
+        log.info("%d GPU(s): at most %d jobs at a time train or attack, %d per card", n,
+                 n * jobs_per_gpu, jobs_per_gpu)
     return out
 
 
@@ -196,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = targets_first(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        args = gpu_arguments(args)
+        args = gpu_arguments(args, jobs_per_gpu=jobs_per_gpu_of(args))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -61,4 +61,14 @@ if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
         echo "         sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist" >&2
     fi
 fi
+# The SLURM end-to-end test (tests/test_slurm_cluster.py) starts a one-node cluster from Debian's
+# slurm-wlm and munge (scripts/slurm_cluster.sh); the package scripts start no daemon here
+if [[ ",$EXTRAS," == *",cluster,"* ]] && ! command -v slurmctld >/dev/null; then
+    if as_root && command -v apt-get >/dev/null; then
+        apt_install slurm-wlm munge
+    else
+        echo "warning: slurm-wlm not found; the SLURM end-to-end test needs it (and root):" >&2
+        echo "         sudo apt-get update && sudo apt-get install -y slurm-wlm munge" >&2
+    fi
+fi
 echo "installed into $VENV"

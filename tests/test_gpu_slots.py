@@ -32,8 +32,9 @@ print(json.dumps({{"card": card, "visible": os.environ["CUDA_VISIBLE_DEVICES"],
 """
 
 
-def _jobs(n_jobs, n_slots, lock_dir, hold=0.4, visible=None):
-    env = {**os.environ, "APBENCH_GPU_SLOTS": str(n_slots), "APBENCH_GPU_LOCK_DIR": str(lock_dir)}
+def _jobs(n_jobs, n_slots, lock_dir, hold=0.4, visible=None, extra_env=None):
+    env = {**os.environ, "APBENCH_GPU_SLOTS": str(n_slots), "APBENCH_GPU_LOCK_DIR": str(lock_dir),
+           **(extra_env or {})}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
@@ -154,3 +155,69 @@ def test_the_runner_turns_gpus_into_a_gpu_resource():
     with pytest.raises(ValueError, match="no GPU"):
         gpu_arguments(["--gpus", "auto"], {"CUDA_VISIBLE_DEVICES": ""})
 
+
+
+# ------------------------------------------------------------------ k jobs per card
+def test_k_jobs_per_card_fill_every_card_before_doubling_up(tmp_path):
+    held = [gpu_slots.claim(3, directory=tmp_path, timeout=1, jobs_per_gpu=2) for _ in range(6)]
+    try:
+        # three cards, two slots each: the first three claims take one card each
+        assert [card for card, _ in held] == ["0", "1", "2", "0", "1", "2"]
+        with pytest.raises(TimeoutError):  # the seventh job waits: every card has k jobs
+            gpu_slots.claim(3, directory=tmp_path, timeout=0.3, jobs_per_gpu=2)
+    finally:
+        for _, fh in held:
+            fh.close()
+    card, fh = gpu_slots.claim(3, directory=tmp_path, timeout=1, jobs_per_gpu=2)
+    fh.close()
+    assert card == "0"
+
+
+@pytest.mark.slow
+def test_concurrent_jobs_share_a_card_at_most_k_at_a_time(tmp_path):
+    env_k = {"APBENCH_JOBS_PER_GPU": "2"}
+    runs = _jobs(n_jobs=8, n_slots=2, lock_dir=tmp_path, hold=0.5, extra_env=env_k)
+    assert {r["card"] for r in runs} == {"0", "1"}
+    for r in runs:
+        on_card = [o for o in runs if o["card"] == r["card"] and _overlap(o, r)]
+        assert len(on_card) <= 2  # itself and at most one other
+    # two cards x two slots: at some moment four jobs ran together
+    assert max(sum(_overlap(a, b) for b in runs) for a in runs) >= 4
+
+
+def test_k_below_one_is_refused():
+    with pytest.raises(ConfigError, match="at least 1"):
+        gpu_slots.slot_files(["0"], 0)
+    env = {"APBENCH_GPU_SLOTS": "1", "APBENCH_JOBS_PER_GPU": "two"}
+    with pytest.raises(ConfigError, match="APBENCH_JOBS_PER_GPU"):
+        gpu_slots.claim_from_env(env)
+
+
+def test_the_runner_counts_k_slots_per_card(tmp_path):
+    from benchmark.runner import gpu_arguments, jobs_per_gpu_of
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("runtime: {device: cuda, threads: 4, jobs_per_gpu: 3}\n")
+    args = ["--gpus", "2", "--configfile", str(preset)]
+    assert jobs_per_gpu_of(args) == 3
+    assert gpu_arguments(args, {}, jobs_per_gpu=3) == ["--resources", "gpu=6", "--configfile", str(preset)]
+
+
+@pytest.mark.slow
+def test_the_gpu_profile_passes_k_to_the_jobs(tmp_path):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text((REPO / "presets" / "tiny.yaml").read_text().replace(
+        "threads: 1", "threads: 1\n  jobs_per_gpu: 2"))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "-p",
+                           "--configfile", str(preset), "--profile",
+                           str(REPO / "workflows" / "profiles" / "local-gpu"), "--resources", "gpu=6"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gpu_jobs = [c for c in _commands(proc.stdout + proc.stderr) if " -m benchmark pretrain " in c]
+    assert gpu_jobs and all("APBENCH_GPU_SLOTS=3 APBENCH_JOBS_PER_GPU=2 " in c for c in gpu_jobs)
+    # a slot count that is no whole number of cards is refused before any job
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n",
+                           "--configfile", str(preset), "--profile",
+                           str(REPO / "workflows" / "profiles" / "local-gpu"), "--resources", "gpu=5"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0 and "not a whole number of cards" in proc.stdout + proc.stderr

@@ -129,13 +129,25 @@ def test_paper_dry_run_has_one_pretrain_per_dataset_arch_seed(tmp_path, preset):
 
 @pytest.mark.slow
 def test_slurm_profile_dry_run(tmp_path):
+    """The resources each job would ask SLURM for: a GPU on a CUDA preset (the paper's), none on a
+    CPU preset, the partition from APBENCH_SLURM_PARTITION."""
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.skip("snakemake-executor-plugin-slurm not installed (pip install -e '.[cluster]')")
-    proc = snakemake("-n", "--profile", REPO / "workflows/profiles/slurm",
-                     "--configfile", PRESETS / "paper_cifar10_structured.yaml", cwd=tmp_path)
+    import os
+
+    env = {**os.environ, "APBENCH_SLURM_PARTITION": "gpu"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path), "-n",
+           "--profile", str(REPO / "workflows/profiles/slurm")]
+    proc = subprocess.run([*cmd, "--configfile", str(PRESETS / "paper_cifar10_structured.yaml")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert "gpu=1" in out and "slurm_partition=" in out
+    pretrain = out[out.index("rule pretrain:"):].split("rule ", 2)[1]
+    assert "gpu=1" in pretrain and "slurm_partition=gpu" in pretrain and "runtime=" in pretrain
+    proc = subprocess.run([*cmd, "--configfile", str(PRESETS / "tiny.yaml")], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "mem_mb=" in out and "gpu=" not in out, out
 
 
 @pytest.mark.slow

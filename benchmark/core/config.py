@@ -105,7 +105,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"width": 1.0},
     # group_jobs: a cell's search, finetunes and evaluations go to a cluster as one job
     "runtime": {"device": "auto", "threads": 2, "bf16": False, "channels_last": False,
-                "group_jobs": False, "autoattack_shard_jobs": False},
+                "group_jobs": False, "autoattack_shard_jobs": False, "jobs_per_gpu": 1},
     "pretrain": dict(TRAIN_DEFAULTS, epochs=100, lr=0.1),
     "prune": dict(TRAIN_DEFAULTS, epochs=20, lr=0.1),
     "finetune": dict(TRAIN_DEFAULTS, epochs=100, lr=0.01),
@@ -153,7 +153,7 @@ DEFAULTS: dict[str, Any] = {
 # out of every hash (and of Snakemake's rerun check), so moving a preset from a laptop to a GPU
 # node, to another data folder or another thread count reuses the dense models.
 _NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last", "group_jobs",
-                             "autoattack_shard_jobs"),
+                             "autoattack_shard_jobs", "jobs_per_gpu"),
                 "data": ("num_workers", "root", "download", "imagenet_root")}
 
 

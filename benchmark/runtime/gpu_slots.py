@@ -10,6 +10,11 @@ ends, however it ends (a crash or a kill frees the card; no stale lock survives)
 share a card and a card is never lost. With CUDA_VISIBLE_DEVICES already set (say "2,5,7"), the
 slots are those cards, in that order.
 
+With ``APBENCH_JOBS_PER_GPU=k`` (runtime.jobs_per_gpu; the workflow adds it) each card has k slots,
+so k jobs share it: a launch-bound training step leaves most of a card idle (docs/gpu_speed.md).
+Jobs fill the first slot of every card before the second of any, so k jobs spread over k cards
+when they can.
+
 Lock files live in ``APBENCH_GPU_LOCK_DIR`` or ``<tmp>/apbench-gpu-slots-<uid>``: one directory per
 user and machine, so two runs on one box also never put two jobs on one card (a job waits for a
 free card instead). Torch-free: the claim happens before torch is imported.
@@ -31,6 +36,7 @@ from benchmark.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SLOTS_ENV = "APBENCH_GPU_SLOTS"
+PER_GPU_ENV = "APBENCH_JOBS_PER_GPU"
 LOCK_DIR_ENV = "APBENCH_GPU_LOCK_DIR"
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 POLL_S = 0.5
@@ -59,17 +65,29 @@ def devices(n_slots: int, visible: str | None = None) -> list[str]:
     return listed[:n_slots]
 
 
+def slot_files(cards: list[str], jobs_per_gpu: int = 1) -> list[tuple[str, str]]:
+    """(card, lock file name) of every slot, first slots of all cards first. A card's first slot
+    is gpu<card>.lock whatever k is, so a one-per-card run and a k-per-card run on one machine
+    never put more than k jobs on a card."""
+    if jobs_per_gpu < 1:
+        raise ConfigError(f"{PER_GPU_ENV} (runtime.jobs_per_gpu) must be at least 1, got {jobs_per_gpu}")
+    return [(card, f"gpu{card}.lock" if j == 0 else f"gpu{card}.{j}.lock")
+            for j in range(jobs_per_gpu) for card in cards]
+
+
 def claim(n_slots: int, *, directory: Path | None = None, visible: str | None = None,
-          timeout: float | None = None) -> tuple[str, IO]:
-    """Blocks until one of the cards is free; returns (card, open lock file). The card stays
-    claimed while the file is open (close it, or end the process, to free it)."""
+          timeout: float | None = None, jobs_per_gpu: int = 1) -> tuple[str, IO]:
+    """Blocks until one of the cards has a free slot (``jobs_per_gpu`` per card); returns (card,
+    open lock file). The slot stays claimed while the file is open (close it, or end the process,
+    to free it)."""
     cards = devices(n_slots, visible)
+    slots = slot_files(cards, jobs_per_gpu)
     directory = lock_dir() if directory is None else Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     start, waited = time.monotonic(), False
     while True:
-        for card in cards:
-            fh = open(directory / f"gpu{card}.lock", "a+")
+        for card, name in slots:
+            fh = open(directory / name, "a+")
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -81,7 +99,7 @@ def claim(n_slots: int, *, directory: Path | None = None, visible: str | None = 
             fh.flush()
             return card, fh
         if not waited:
-            log.info("all %d GPU slot(s) are busy (%s); waiting for a free card", n_slots, directory)
+            log.info("all %d GPU slot(s) are busy (%s); waiting for a free card", len(slots), directory)
             waited = True
         if timeout is not None and time.monotonic() - start > timeout:
             raise TimeoutError(f"no free GPU among {cards} after {timeout:.0f} s ({directory})")
@@ -102,7 +120,12 @@ def claim_from_env(environ: dict | None = None) -> str | None:
         n = int(raw)
     except ValueError:
         raise ConfigError(f"{SLOTS_ENV} must be a number of GPUs, got {raw!r}") from None
-    card, fh = claim(n, visible=env.get(VISIBLE_ENV))
+    raw_k = env.get(PER_GPU_ENV, "").strip() or "1"
+    try:
+        k = int(raw_k)
+    except ValueError:
+        raise ConfigError(f"{PER_GPU_ENV} must be a number of jobs, got {raw_k!r}") from None
+    card, fh = claim(n, visible=env.get(VISIBLE_ENV), jobs_per_gpu=k)
     _held = (card, fh)
     env[VISIBLE_ENV] = card
     log.info("GPU slot: card %s of %d (%s=%s)", card, n, VISIBLE_ENV, card)

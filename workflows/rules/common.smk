@@ -39,14 +39,99 @@ def _run_resource(name):
 # the model's meta and the result. On a cluster each job has its own node share.
 PRETRAIN_TARGETS = PLAN.jobs.get("pretrain", [])
 RUN_CORES = _run_resource("_cores")
+# (a cluster job's own Snakemake, remote_exec, runs it with the CPUs its submission asked for)
 PRETRAIN_THREADS = (
     max(THREADS, RUN_CORES // max(1, len(PRETRAIN_TARGETS)))
-    if workflow.local_exec and RUN_CORES
+    if workflow.local_exec and not workflow.remote_exec and RUN_CORES
     else THREADS
 )
 # A multi-GPU workstation (workflows/profiles/local-gpu, --resources gpu=N): every job that
 # trains or attacks claims one of the N cards for itself (benchmark/runtime/gpu_slots.py).
-GPU_SLOTS = _run_resource("gpu") if workflow.local_exec else None
+# With runtime.jobs_per_gpu k, k jobs share each card: --resources gpu counts job slots, k per card
+# (the runner's --gpus N passes N x k).
+JOBS_PER_GPU = int(CFG["runtime"].get("jobs_per_gpu") or 1)
+_GPU_JOB_SLOTS = _run_resource("gpu") if workflow.local_exec else None
+if _GPU_JOB_SLOTS and _GPU_JOB_SLOTS % JOBS_PER_GPU:
+    raise ValueError(
+        f"--resources gpu={_GPU_JOB_SLOTS} is not a whole number of cards at "
+        f"runtime.jobs_per_gpu {JOBS_PER_GPU}: give cards x {JOBS_PER_GPU} (the runner's "
+        "--gpus N does)"
+    )
+GPU_SLOTS = _GPU_JOB_SLOTS // JOBS_PER_GPU if _GPU_JOB_SLOTS else None
+# Every job says what it needs from a cluster (benchmark/planning/slurm_resources.py): the preset's threads as CPUs, a
+# GPU only on a CUDA preset, memory for the data it holds, a time limit from the estimate of that
+# very job. The executor is not known while this file is parsed; locally these resources constrain
+# nothing unless the run names them (--resources gpu=N with the local-gpu profile).
+from benchmark.planning import calibration as _calibration
+from benchmark.planning import estimate as _estimate
+from benchmark.planning import slurm_resources as _slurm
+
+_CAL = _calibration.load()
+PLAN_DEVICE = _slurm.plan_device(CFG, _CAL)
+# the recipe's method shapes the pretrain stage (a method's own pretrain recipe)
+_RECIPE_METHOD = {
+    c["recipe"]: (c.get("recipe_method") if c["method"] == "dense" else c["method"])
+    for c in [*CELLS, *DENSE]
+    if c.get("recipe") is not None
+}
+
+
+def _cluster_job(name, wc):
+    """The estimate's Job for a name's job (benchmark/planning/estimate.py prices it)."""
+    if name in ("pretrain",):
+        return _estimate.Job(
+            name, wc.dataset, wc.arch, method=_RECIPE_METHOD.get(wc.recipe), cell=dict(wc)
+        )
+    if "dataset" not in wc.keys():
+        # a submission names its model only: the preset's most demanding dataset (its evaluation
+        # runs on one of the grid's datasets; the estimate prices no submission)
+        dataset = max(CFG["grid"]["datasets"], key=lambda d: _slurm.memory_mb(CFG, d))
+        return _estimate.Job(name, dataset, CFG["grid"]["archs"][0])
+    method = wc.get("method", "dense")
+    if method == "dense" or name == "evaluate_dense":
+        return _estimate.Job(name, wc.dataset, wc.arch, "dense", "n/a")
+    s2ap = apcfg.s2ap_from_path(wc.s2ap) if "s2ap" in wc.keys() else "off"
+    return _estimate.Job(name, wc.dataset, wc.arch, method, s2ap, {"traits": TRAITS[method]})
+
+
+def cluster_resources(name):
+    """A rule's `resources:`, each a function of the job's wildcards."""
+    light = name not in _slurm.GPU_RULES
+
+    def one(key):
+        def value(wc):
+            job = None if light else _cluster_job(name, wc)
+            res = _slurm.job_resources(CFG, name, job, device=PLAN_DEVICE, cal=_CAL)
+            return res.get(key)
+
+        return value
+
+    keys = ["mem_mb", "runtime", *_slurm.gpu_request(PLAN_DEVICE, JOBS_PER_GPU)]
+    chosen = _slurm.settings()
+    keys += ["slurm_partition"] if chosen.partition else []
+    keys += ["slurm_account"] if chosen.account else []
+    if light:
+        keys = [k for k in keys if k not in ("gpu", "gres")]
+    return {k: one(k) for k in keys}
+
+
+def check_slurm_cluster():
+    """Before the first sbatch: a clear error for an unreachable controller, a partition or
+    account the cluster lacks, or a job no node can ever run (it would pend forever)."""
+    requests = [
+        (job.rule.name, job.threads, dict(job.resources.items()))
+        for job in workflow.dag.needrun_jobs()
+        if not workflow.is_local(job.rule)
+    ]
+    problems = _slurm.cluster_problems(requests, jobs_per_gpu=JOBS_PER_GPU)
+    if problems:
+        raise preflight.PreflightError(
+            "the SLURM cluster cannot run this preset; nothing was submitted:\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
+    _slurm.quiet_account_guess()
+
+
 REFERENCE_CSV = (
     apcfg.resolve_file(CFG["reference_csv"], SEARCH_DIRS, field="reference_csv")
     if CFG.get("reference_csv")
@@ -115,6 +200,7 @@ _PYTHON = shlex.quote(sys.executable)
 _BENCH = (
     f"PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
     + (f"APBENCH_GPU_SLOTS={GPU_SLOTS} " if GPU_SLOTS else "")
+    + (f"APBENCH_JOBS_PER_GPU={JOBS_PER_GPU} " if GPU_SLOTS and JOBS_PER_GPU > 1 else "")
     + f"OMP_NUM_THREADS={{threads}} APBENCH_THREADS={{threads}} {_PYTHON} -m benchmark"
 )
 

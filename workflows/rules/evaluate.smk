@@ -15,6 +15,8 @@ rule evaluate:
     group:
         cell_group
     threads: THREADS
+    resources:
+        **cluster_resources("evaluate"),
     params:
         cfg=lambda wc: untracked_json(evaluate_config(wc)),
         config_key=lambda wc: apcfg.stage_key(evaluate_config(wc)),
@@ -34,6 +36,8 @@ rule evaluate_dense:
     log:
         "work/{preset}/logs/evaluate/{dataset}/{arch}/dense/n-a/sp0/seed{seed}.log",
     threads: THREADS
+    resources:
+        **cluster_resources("evaluate_dense"),
     params:
         cfg=lambda wc: untracked_json(evaluate_config(wc)),
         config_key=lambda wc: apcfg.stage_key(evaluate_config(wc)),
@@ -57,6 +61,8 @@ rule autoattack_shard:
         method=_alternation([*TRAITS, "dense"]),
         shard=r"[0-9]+",
     threads: THREADS
+    resources:
+        **cluster_resources("autoattack_shard"),
     params:
         cfg=lambda wc: untracked_json(evaluate_config(wc)),
         config_key=lambda wc: apcfg.stage_key(evaluate_config(wc)),

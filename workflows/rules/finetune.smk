@@ -12,6 +12,8 @@ rule finetune:
     group:
         cell_group
     threads: THREADS
+    resources:
+        **cluster_resources("finetune"),
     params:
         cfg=lambda wc: untracked_json(cell_stage_config("finetune", wc)),
         config_key=lambda wc: apcfg.stage_key(cell_stage_config("finetune", wc)),

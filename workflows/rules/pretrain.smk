@@ -8,6 +8,8 @@ rule pretrain:
     log:
         "work/{preset}/logs/pretrain/{dataset}/{arch}/{recipe}/seed{seed}.log",
     threads: PRETRAIN_THREADS
+    resources:
+        **cluster_resources("pretrain"),
     params:
         cfg=lambda wc: untracked_json(recipe_config(wc)),
         config_key=lambda wc: apcfg.stage_key(recipe_config(wc)),
@@ -25,6 +27,8 @@ rule import_dense:
     log:
         "work/{preset}/logs/import_dense/{dataset}/{arch}/{recipe}.log",
     threads: 1
+    resources:
+        **cluster_resources("import_dense"),
     params:
         entry=lambda wc: untracked_json(external_entry(wc)),
         model=apcfg.dumps(CFG["model"]),

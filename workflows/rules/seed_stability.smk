@@ -15,6 +15,8 @@ rule prune_second_seed:
     group:
         cell_group
     threads: THREADS
+    resources:
+        **cluster_resources("prune_second_seed"),
     params:
         cfg=lambda wc: untracked_json(cell_stage_config("prune", wc)),
         config_key=lambda wc: apcfg.stage_key(cell_stage_config("prune", wc)),

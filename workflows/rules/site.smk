@@ -24,6 +24,8 @@ rule export_models:
     log:
         f"{WORK}/logs/export/models.log",
     threads: 1
+    resources:
+        **cluster_resources("export_models"),
     params:
         runs=lambda wc, input: " ".join(shlex.quote(str(f)) for f in input.runs),
         out=lambda wc, output: os.path.dirname(output[0]),

@@ -13,6 +13,8 @@ rule submission:
     log:
         f"{WORK}/logs/submission/{{name}}.log",
     threads: THREADS
+    resources:
+        **cluster_resources("submission"),
     params:
         folder=lambda wc, input: os.path.dirname(input.spec),
         preset=str(PRESET_FILE),

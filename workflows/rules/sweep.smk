@@ -19,6 +19,8 @@ if SWEEP:
         wildcard_constraints:
             gamma=r"[0-9]+\.[0-9]+(e-?[0-9]+)?",
         threads: THREADS
+        resources:
+            **cluster_resources("sweep_prune"),
         params:
             cfg=lambda wc: untracked_json(sweep_config("prune", wc)),
             config_key=lambda wc: apcfg.stage_key(sweep_config("prune", wc)),
@@ -41,6 +43,8 @@ if SWEEP:
         wildcard_constraints:
             gamma=r"[0-9]+\.[0-9]+(e-?[0-9]+)?",
         threads: THREADS
+        resources:
+            **cluster_resources("sweep_finetune"),
         params:
             cfg=lambda wc: untracked_json(sweep_config("finetune", wc)),
             config_key=lambda wc: apcfg.stage_key(sweep_config("finetune", wc)),
@@ -61,6 +65,8 @@ if SWEEP:
         log:
             f"{WORK}/logs/gamma_sweep.log",
         threads: 1
+        resources:
+            **cluster_resources("gamma_sweep"),
         params:
             models=quoted_inputs,
         shell:
