@@ -218,6 +218,8 @@ def targets_first(args: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = targets_first(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if any(a in ("-h", "--help", "--version") for a in args):  # Snakemake's own answer, no run
+        os.execv(sys.executable, [sys.executable, "-m", "snakemake", *args])
     try:
         args = gpu_arguments(args, jobs_per_gpu=jobs_per_gpu_of(args))
     except ValueError as exc:

@@ -296,3 +296,40 @@ def test_the_publish_command(repo, capsys):
     err = capsys.readouterr().err
     assert "refusing to publish results/pubtest" in err and "README.md" in err
     assert check_run(PRESET, root=repo).problems
+
+
+def test_heads_stage_code_is_taken_per_method_as_each_result_records_it(tmp_path):
+    """A row's recorded digest covers the shared stage code and its own method's files
+    (benchmark.results.staleness); the check against git's HEAD must compare like with like, or
+    every pruned row of a clean, current run is refused."""
+    import shutil
+
+    from benchmark.core.provenance import stage_code_digest
+
+    root = tmp_path / "repo"
+    for d in ("benchmark", "methods", "examples"):
+        shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "t@example.org")
+    git(root, "config", "user.name", "t")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "code")
+
+    def result(method, s2ap, files=()):
+        return {"cell": {"method": method, "s2ap": s2ap},
+                "provenance": {"code_scope": {"method": method, "s2ap": s2ap,
+                                              "method_files": list(files)}}}
+
+    with result_trust.HeadCode(root) as head:
+        assert head.ok
+        shared = head.of_result(result(None, None))
+        hydra_on = head.of_result(result("hydra", "on"))
+        mine = head.of_result(result("hydra_global", "off", ["examples/my_method.py"]))
+    assert shared == stage_code_digest(root) == result_trust.head_stage_code(root)
+    assert hydra_on == stage_code_digest(root, method="hydra", s2ap="on") != shared
+    assert mine == stage_code_digest(root, method="hydra_global", s2ap="off",
+                                     method_files=[root / "examples" / "my_method.py"]) != shared
+    # the working tree changes, HEAD does not: the digests are the commit's
+    (root / "methods" / "hydra.py").write_text("# edited\n")
+    with result_trust.HeadCode(root) as head:
+        assert head.of_result(result("hydra", "on")) == hydra_on

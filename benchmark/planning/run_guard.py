@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core import config as apcfg
+from benchmark.core.paths import REPO_ROOT
 from benchmark.planning import calibration
 from benchmark.planning import estimate as est
 from benchmark.runtime.gpu_slots import count_gpus
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT  # the Snakefile's folder: presets/quick.yaml is its default preset
 LOCK_NAME = ".run.lock"
 CONFIRM_HOURS = 72.0
 

@@ -59,7 +59,7 @@ from benchmark.core.provenance import (
 )
 from benchmark.core.result_file import ResultError, read_result
 from benchmark.planning.jobgraph import JobGraph
-from benchmark.publishing import result_trust
+from benchmark.publishing import result_trust, site_links
 from benchmark.publishing.export_robustbench import export_robustbench
 from benchmark.results.leaderboard_stamp import read_stamp
 from benchmark.results.staleness import CurrentCode, archive, archive_record, banner_text, stale_stages
@@ -570,6 +570,9 @@ def build_published_site(root: str | Path = ".") -> Path | None:
                    snippet_manifest=SNIPPET_MANIFEST,
                    title=f"Adversarial pruning leaderboard: {preset} (archived, made at revision "
                          f"{str(rec.get('revision') or 'unknown')[:12]})")
+    problems = site_links.link_problems(base / "site")
+    if problems:  # the index was bundled expecting the archived sites: they must be there now
+        raise UserError("the published site does not stand on its own: " + "; ".join(problems[:5]))
     return index
 
 

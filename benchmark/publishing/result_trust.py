@@ -40,6 +40,7 @@ from benchmark.core import safe_json
 from benchmark.core.io import sha256_file
 from benchmark.core.provenance import stage_code_digest
 from benchmark.core.result_file import ResultError, read_result
+from benchmark.results.staleness import code_scope_of
 
 DEFAULT_REATTACK_BATCHES = 1
 CELL_FIELDS = ("dataset", "arch", "method", "s2ap", "seed", "preset", "pretrain_recipe", "config_hash")
@@ -89,21 +90,56 @@ def _expected_stage_configs(cfg, entry) -> dict[str, Any]:
     return out
 
 
-def head_stage_code(repo: Path) -> str | None:
-    """The stage code digest of git's HEAD tree (``git archive``): what the commit holds, whatever
-    the working tree or a result says. None when git cannot give it."""
+class HeadCode:
+    """The stage code digests of git's HEAD tree (``git archive``): what the commit holds, whatever
+    the working tree or a result says, per code scope (a row covers the shared stage code and its
+    own method's files, ``benchmark.results.staleness``). ``ok`` is False when git cannot give the
+    tree. Call ``close`` (or use it in a ``with``) to remove the extracted copy."""
 
-    with tempfile.TemporaryDirectory(prefix="apbench-head-") as tmp:
-        archive = Path(tmp) / "head.tar"
+    def __init__(self, repo: Path) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="apbench-head-")
+        self.tree = Path(self._tmp.name) / "tree"
+        self._memo: dict[tuple, str] = {}
+        archive = Path(self._tmp.name) / "head.tar"
         with open(archive, "wb") as fh:
-            proc = subprocess.run(["git", "archive", "HEAD", "--", "benchmark", "methods"], cwd=repo,
-                                  stdout=fh, stderr=subprocess.PIPE, timeout=120)
-        if proc.returncode != 0:
+            # the whole commit: a method file of a row may live outside benchmark/ and methods/
+            proc = subprocess.run(["git", "archive", "HEAD"], cwd=repo, stdout=fh,
+                                  stderr=subprocess.PIPE, timeout=300)
+        self.ok = proc.returncode == 0
+        if self.ok:
+            with tarfile.open(archive) as tar:
+                tar.extractall(self.tree, filter="data")
+        archive.unlink()
+
+    def of_result(self, res: Mapping[str, Any]) -> str | None:
+        """HEAD's digest of the scope the result's recorded digest covers; None without a tree."""
+        if not self.ok:
             return None
-        tree = Path(tmp) / "tree"
-        with tarfile.open(archive) as tar:
-            tar.extractall(tree, filter="data")
-        return stage_code_digest(tree)
+        scope = code_scope_of(dict(res))
+        # method files are recorded as the workflow names them, relative to the repository
+        files = tuple(f for f in scope["method_files"]
+                      if not Path(f).is_absolute() and (self.tree / f).is_file())
+        key = (scope["method"], scope["s2ap"], files)
+        if key not in self._memo:
+            self._memo[key] = stage_code_digest(self.tree, method=scope["method"], s2ap=scope["s2ap"],
+                                                method_files=[self.tree / f for f in files])
+        return self._memo[key]
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> HeadCode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def head_stage_code(repo: Path) -> str | None:
+    """The shared stage code digest of git's HEAD tree (no method's own files); None when git
+    cannot give it."""
+    with HeadCode(repo) as head:
+        return stage_code_digest(head.tree) if head.ok else None
 
 
 def _evidence_dir(root: Path, run_dir: Path, preset: str, result: Path) -> Path:
@@ -230,11 +266,17 @@ def check(chk: Any, stamp: Mapping[str, Any] | None, *, search_dirs: list[Path],
     if chk.cfg is None:
         return
     root = chk.root
+    with HeadCode(repo or root) as head:
+        _check_results(chk, head, stamp, search_dirs, root, reattack_batches)
+
+
+def _check_results(chk, head: HeadCode, stamp: Mapping[str, Any] | None, search_dirs, root: Path,
+                   reattack_batches: int) -> None:
+    """``check``'s body, with HEAD's tree at hand."""
     run_dir = chk.run_dir.resolve()
     expected = expected_cells(chk.cfg, run_dir, search_dirs)
-    head_code = head_stage_code(repo or root)
-    if head_code is None:
-        chk.fail("results", f"git cannot give the code of HEAD in {repo or root}: the stage code "
+    if not head.ok:
+        chk.fail("results", f"git cannot give the code of HEAD in {root}: the stage code "
                             "of the results cannot be checked")
     by_group: dict[tuple, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     refused = set()
@@ -265,9 +307,10 @@ def check(chk: Any, stamp: Mapping[str, Any] | None, *, search_dirs: list[Path],
         if problem:
             chk.fail("results", f"{where} {problem}")
             continue
+        head_code = head.of_result(res)
         if head_code is not None and res["provenance"]["stage_code"] != head_code:
             chk.fail("results", f"{where} records stage code {res['provenance']['stage_code']}; "
-                                f"git's HEAD holds {head_code}: rerun it")
+                                f"git's HEAD holds {head_code} for its method: rerun it")
         stage_cfgs = _expected_stage_configs(chk.cfg, entry)
         recorded_eval = (res.get("config") or {}).get("evaluate")
         if recorded_eval is None or apcfg.stage_key(recorded_eval) != apcfg.stage_key(stage_cfgs["evaluate"]):
@@ -300,4 +343,5 @@ def check(chk: Any, stamp: Mapping[str, Any] | None, *, search_dirs: list[Path],
                                     f"(sha256 {sha[:12]}): seeds of a cell must be separate runs")
 
 
-__all__ = ["DEFAULT_REATTACK_BATCHES", "check", "evidence_problems", "expected_cells", "head_stage_code"]
+__all__ = ["DEFAULT_REATTACK_BATCHES", "check", "evidence_problems", "expected_cells", "HeadCode",
+           "head_stage_code"]

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Iterable
 from html import unescape
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -75,11 +76,14 @@ def _real_inside(path: Path, folder: Path) -> bool:
     return True
 
 
-def bundle(site_dir: str | Path, results_root: str | Path) -> dict[str, int]:
+def bundle(site_dir: str | Path, results_root: str | Path, pending: Iterable[str] = ()) -> dict[str, int]:
     """Makes ``site_dir`` self-contained (see the module docstring); returns the counts of links
-    kept, copied and unlinked."""
+    kept, copied and unlinked. ``pending``: paths relative to ``site_dir`` that the caller writes
+    after this build (the archived publications' own sites under ``archived/``): links to them
+    are kept; the caller checks the finished site with ``link_problems``."""
     site = Path(os.path.abspath(site_dir))
     root = Path(os.path.abspath(results_root))
+    later = {site / p for p in pending}
     counts = {"inside": 0, "copied": 0, "unlinked": 0}
     for page in sorted(site.rglob("*.html")):
         html = page.read_text(encoding="utf-8")
@@ -88,7 +92,7 @@ def bundle(site_dir: str | Path, results_root: str | Path) -> dict[str, int]:
             target = _target(page, link)
             if target is None:
                 continue
-            if _real_inside(target, site) and _regular(target):
+            if (_real_inside(target, site) and _regular(target)) or Path(os.path.abspath(target)) in later:
                 counts["inside"] += 1
                 continue
             new = None

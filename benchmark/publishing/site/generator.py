@@ -581,7 +581,8 @@ def build_site(runs: Any, out_dir: str | Path, *, reference_csv: str | Path | No
             atomic_write_text(tmp / "entries" / f"{e['slug']}.html",
                               entry.render(title=title, e=e, legend=FLAG_LEGEND, root="../", data=data))
         # the pages link where the files lie; the site must stand on its own (benchmark.publishing.site_links)
-        site_links.bundle(tmp, out_dir.resolve().parent)
+        # the archived publications' sites are built into this one afterwards (their links hold)
+        site_links.bundle(tmp, out_dir.resolve().parent, pending=[a["href"] for a in data["archived"]])
 
     replace_dir(out_dir, build)
     return out_dir / "index.html"
