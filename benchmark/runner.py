@@ -4,7 +4,9 @@
     python -m benchmark.runner --profile workflows/profiles/local-gpu --gpus auto --configfile ...
 
 Every argument goes to Snakemake unchanged, except ``--gpus auto|N`` (a multi-GPU workstation:
-it becomes ``--resources gpu=N``, N counted by nvidia-smi for auto). A Snakemake killed hard (SIGKILL, a power cut, the
+it becomes ``--resources gpu=N``, N counted by nvidia-smi for auto). On a run on GPUs (``--gpus``,
+or the slurm profile) the runner first checks that runtime.jobs_per_gpu jobs fit in one card's
+memory (benchmark/planning/run_guard.py, ``memory_check``). A Snakemake killed hard (SIGKILL, a power cut, the
 OOM killer) leaves its lock in ``.snakemake/locks/`` and the next run refuses to start until
 someone runs ``--unlock``; but unlocking blindly would let two runs write the same files. So this
 runner records which process holds the lock (``.snakemake/apbench_run.json``: its pid and start
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if any(a in ("-h", "--help", "--version") for a in args):  # Snakemake's own answer, no run
         os.execv(sys.executable, [sys.executable, "-m", "snakemake", *args])
+    workstation_gpus = any(a == "--gpus" or a.startswith("--gpus=") for a in args)
     try:
         args = gpu_arguments(args, jobs_per_gpu=jobs_per_gpu_of(args))
     except ValueError as exc:
@@ -234,9 +237,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    targets = [a for a in args[:next((i for i, a in enumerate(args) if a.startswith("-")),
+                                     len(args))]]
+    if "--unlock" not in args:
+        # k jobs of the preset on one card (runtime.jobs_per_gpu): refused here when they cannot fit
+        try:
+            refusal, lines = run_guard.memory_check(cfg, targets, workdir,
+                                                    workstation_gpus=workstation_gpus,
+                                                    slurm=run_guard.uses_slurm(args))
+        except (ValueError, KeyError, OSError, RuntimeError) as exc:
+            refusal, lines = None, [f"GPU memory check skipped: no prediction ({exc})"]
+        for line in lines:
+            log.info(line)
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            return 2
     if not dry:
-        targets = [a for a in args[:next((i for i, a in enumerate(args) if a.startswith("-")),
-                                         len(args))]]
         try:
             # held through exec by Snakemake itself: released when the run's process ends
             run_guard.acquire(workdir / "results" / cfg["name"], [sys.executable, "-m",

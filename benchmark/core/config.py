@@ -103,9 +103,12 @@ DEFAULTS: dict[str, Any] = {
         "imagenet_test": "robustbench",
     },
     "model": {"width": 1.0},
-    # group_jobs: a cell's search, finetunes and evaluations go to a cluster as one job
+    # group_jobs: a cell's search, finetunes and evaluations go to a cluster as one job;
+    # gpu_memory_gib: one card's memory, for the check that jobs_per_gpu jobs fit on it (null: the
+    # runner asks nvidia-smi on a workstation; benchmark/planning/gpu_memory.py)
     "runtime": {"device": "auto", "threads": 2, "bf16": False, "channels_last": False,
-                "group_jobs": False, "autoattack_shard_jobs": False, "jobs_per_gpu": 1},
+                "group_jobs": False, "autoattack_shard_jobs": False, "jobs_per_gpu": 1,
+                "gpu_memory_gib": None},
     "pretrain": dict(TRAIN_DEFAULTS, epochs=100, lr=0.1),
     "prune": dict(TRAIN_DEFAULTS, epochs=20, lr=0.1),
     "finetune": dict(TRAIN_DEFAULTS, epochs=100, lr=0.01),
@@ -153,7 +156,7 @@ DEFAULTS: dict[str, Any] = {
 # out of every hash (and of Snakemake's rerun check), so moving a preset from a laptop to a GPU
 # node, to another data folder or another thread count reuses the dense models.
 _NOT_IN_HASH = {"runtime": ("threads", "device", "channels_last", "group_jobs",
-                             "autoattack_shard_jobs", "jobs_per_gpu"),
+                             "autoattack_shard_jobs", "jobs_per_gpu", "gpu_memory_gib"),
                 "data": ("num_workers", "root", "download", "imagenet_root")}
 
 

@@ -19,8 +19,15 @@ their kernels until the card is saturated, so k jobs take max(1, k b) times one 
 and a card does k / max(1, k b) jobs' work in one job's time. The card time of a rule's jobs is
 divided by that. Each rule takes the largest b among its measured variants (the smallest gain);
 a rule with no measured profile (evaluation and AutoAttack; bf16 finetuning) is counted with
-b = 1, no gain. Not modelled: contention for CPU cores (k jobs need k x runtime.threads of them),
-memory bandwidth, and the card's memory (k jobs must fit on it together; nothing here checks that).
+b = 1, no gain. Not modelled: contention for CPU cores (k jobs need k x runtime.threads of them)
+and memory bandwidth.
+
+The card's memory: k jobs must fit on it together. benchmark/planning/gpu_memory.py predicts the
+memory of each rule's largest job (from the model built on the CPU; a prediction too), and the
+report prints it per rule with the largest k that fits on the estimated device's card
+(runtime.gpu_memory_gib, else the calibration's card when gpu_memory.KNOWN_CARDS_GIB knows it);
+the recommended k never exceeds that. The runner refuses a k that does not fit before any job
+(benchmark/planning/run_guard.py).
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from benchmark.core import config as apcfg
 from benchmark.core.errors import ConfigError
 from benchmark.planning import calibration as _cal
 from benchmark.planning import estimate as _est
+from benchmark.planning import gpu_memory as _mem
 
 # (wall ms, GPU busy ms) per (precision, variant), docs/gpu_speed.md run 2
 PROFILE = {
@@ -75,9 +83,10 @@ def card_seconds(seconds: Mapping[str, float | None], precision: str, k: int) ->
     return total
 
 
-def recommended_k(seconds: Mapping[str, float | None], precision: str) -> int:
-    """The smallest k with the least card time (more jobs per card than that only add memory)."""
-    costs = {k: card_seconds(seconds, precision, k) for k in range(1, MAX_K + 1)}
+def recommended_k(seconds: Mapping[str, float | None], precision: str, limit: int = MAX_K) -> int:
+    """The smallest k up to ``limit`` (the most the card's memory holds) with the least card time
+    (more jobs per card than that only add memory)."""
+    costs = {k: card_seconds(seconds, precision, k) for k in range(1, max(1, min(limit, MAX_K)) + 1)}
     if any(c is None for c in costs.values()):
         return 1
     best = min(costs.values())
@@ -95,23 +104,57 @@ def report(cfg: Mapping[str, Any], targets: Sequence[str], cal: _cal.Calibration
     est = _est.estimate(cfg, _est.plan(cfg, targets, search_dirs), cal, device)
     precision = "bf16" if cfg["runtime"].get("bf16") else "fp32"
     one = card_seconds(est.seconds, precision, 1)
-    if one is None:
-        return "\njobs per GPU: unknown (some jobs have no calibration)\n"
-    best = recommended_k(est.seconds, precision)
+    memory, fits = memory_lines(cfg, targets, est, search_dirs)
+    if one is None:  # the memory needs no calibration
+        return "\n".join(["", "jobs per GPU: unknown (some jobs have no calibration)", *memory]) + "\n"
+    best = recommended_k(est.seconds, precision, MAX_K if fits is None else max(1, fits))
     lines = ["", f"Jobs per GPU (runtime.jobs_per_gpu), PREDICTED from the measured busy fraction "
                  f"of each stage's step ({precision}; docs/gpu_speed.md), not measured:"]
     for rule in sorted(est.seconds, key=_est._rule_order):
         b = busy_fraction(rule, precision)
         lines.append(f"  {rule:<18} " + (f"GPU busy {b:5.1%} of a step" if rule in RULE_VARIANTS
                                          else "not profiled: counted as no gain"))
+    lines += memory
     for kk in sorted({1, k, best}):
         label = ", recommended" if kk == best else ""
         label += ", chosen" if kk == k and k != 1 else ""
+        label += ", does not fit the card's memory" if fits is not None and kk > fits else ""
         lines.append(f"  k={kk}: {_est.human(card_seconds(est.seconds, precision, kk))} of cuda card "
                      f"time{label}")
     lines.append(f"recommended: runtime.jobs_per_gpu: {best} (needs {best} x runtime.threads CPU cores "
-                 "per card, and k jobs' memory on one card)")
+                 "per card" + (f"; the card's memory holds at most {fits}" if fits is not None else
+                               "; the card's memory unknown, not checked") + ")")
     return "\n".join(lines) + "\n"
+
+
+def memory_lines(cfg: Mapping[str, Any], targets: Sequence[str], est: _est.Estimate,
+                 search_dirs: Iterable[str | Path] = ()) -> tuple[list[str], int | None]:
+    """The report's lines on memory (each rule's largest job, the card, the largest k that fits)
+    and that k (0: not even one job fits; None: the card's memory is unknown)."""
+    jobs = _mem.predict(cfg, targets, search_dirs)
+    if not jobs:
+        return [], None
+    lines = [f"GPU memory per job, {_mem.PREDICTED} (the model built on the CPU: parameters and "
+             "their state, one image's activations x the batch, a CUDA context; "
+             "benchmark/planning/gpu_memory.py):"]
+    for rule in sorted(jobs, key=_est._rule_order):
+        lines.append(f"  {rule:<18} {_mem.gib(jobs[rule].gib):>9} per job ({jobs[rule].describe()})")
+    lines += [f"  note: {n}" for n in _mem.notes(jobs)]
+    set_gib = cfg["runtime"].get("gpu_memory_gib")
+    card = ((float(set_gib), "runtime.gpu_memory_gib") if set_gib is not None else
+            _mem.known_card_gib(e["device_name"] for e in est.used.values() if e["device"] == "cuda"))
+    if card is not None and set_gib is None:
+        card = (card[0], f"{card[1]}, the card the calibration was measured on")
+    if card is None:
+        lines.append("  the card's memory is unknown (set runtime.gpu_memory_gib): k is not checked "
+                     "against it")
+        return lines, None
+    largest = max(jobs.values(), key=lambda j: j.bytes)
+    fits = _mem.largest_k(largest, card[0])
+    lines.append(f"  card: {_mem.gib(card[0])} ({card[1]}): "
+                 + (f"at most {fits} {largest.rule} job(s) fit on it together" if fits >= 1 else
+                    f"not even one {largest.rule} job fits: lower {largest.field}"))
+    return lines, fits
 
 
 def main(preset_files: Sequence[str | Path], *, device: str | None = None,
@@ -139,4 +182,5 @@ def k_problem(k: int) -> str | None:
     return None
 
 
-__all__ = ["busy_fraction", "card_seconds", "k_problem", "main", "recommended_k", "report", "speedup"]
+__all__ = ["busy_fraction", "card_seconds", "k_problem", "main", "memory_lines", "recommended_k", "report",
+           "speedup"]

@@ -10,6 +10,9 @@ preset at a time, and a run far larger than planned is confirmed.
   cut releases it with its process, and the next run takes it without any clean-up. A second run
   of the same preset stops at once with ``RunLocked``, whose message names the running one (pid,
   start time, command) from the lock file.
+- ``memory_check(...)``: on a run whose jobs use GPUs (a workstation's ``--gpus``, a SLURM run of a
+  CUDA preset), runtime.jobs_per_gpu jobs must fit on one card together, as predicted by
+  ``benchmark.planning.gpu_memory``: a k (or a batch) the card cannot hold is one line here.
 - ``confirm_cost(...)``: the cost estimate (``benchmark.planning.estimate``) of the run's targets on the
   device it will use; above ``CONFIRM_HOURS`` (72 h, or ``APBENCH_CONFIRM_HOURS``) the runner
   asks before starting on a terminal, and refuses without one unless ``--yes`` was given.
@@ -26,7 +29,7 @@ from typing import Any
 
 from benchmark.core import config as apcfg
 from benchmark.core.paths import REPO_ROOT
-from benchmark.planning import calibration
+from benchmark.planning import calibration, gpu_memory, slurm_resources
 from benchmark.planning import estimate as est
 from benchmark.runtime.gpu_slots import count_gpus
 
@@ -101,6 +104,35 @@ def _device(cfg: dict[str, Any]) -> str:
 
         return "cuda" if count_gpus() > 0 else "cpu"
     return "cpu" if device == "cpu" else "cuda"
+
+
+def uses_slurm(args: list[str]) -> bool:
+    """The run submits to SLURM: the slurm profile (workflows/profiles/slurm) or its executor."""
+    for i, arg in enumerate(args):
+        value = None
+        if arg in ("--profile", "--executor", "-e") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(("--profile=", "--executor=")):
+            value = arg.split("=", 1)[1]
+        if value is not None and Path(value.rstrip("/")).name == "slurm":
+            return True
+    return False
+
+
+def memory_check(cfg: dict[str, Any], targets: list[str], workdir: Path, *, workstation_gpus: bool,
+                 slurm: bool) -> tuple[str | None, list[str]]:
+    """(a refusal or None, lines to print) of the GPU memory check. It applies to a run on the
+    cards of this workstation (``--gpus``) and to a SLURM run of a preset that asks for GPUs; a
+    preset on the CPU, or another run, gets (None, [])."""
+    if str(cfg["runtime"]["device"]) == "cpu":
+        return None, []
+    if slurm:
+        if slurm_resources.plan_device(cfg) != "cuda":
+            return None, []
+    elif not workstation_gpus:
+        return None, []
+    return gpu_memory.check(cfg, workstation=not slurm, targets=targets or ["all"],
+                            search_dirs=[workdir, REPO])
 
 
 def estimated_hours(cfg: dict[str, Any], targets: list[str], workdir: Path) -> float | None:
