@@ -1,17 +1,21 @@
-"""The lone pretraining of a local run takes every core only while the cores are idle."""
+"""A job's thread count is the preset's: a CPU run's numbers never depend on the machine's cores
+or on how busy they are (benchmark/runtime/threads.py)."""
 from __future__ import annotations
 
 
-def test_a_lone_job_takes_its_extra_threads_only_while_their_cores_are_idle(monkeypatch):
+def test_the_preset_thread_count_wins_over_what_the_scheduler_grants():
     from benchmark.runtime.threads import job_threads
 
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    runtime = {"threads": 1}
-    granted = {"APBENCH_THREADS": "2"}
-    assert job_threads(runtime, granted, busy=0.1) == 2
-    # another process keeps a core busy: two threads would wait on it at every operation
-    assert job_threads(runtime, granted, busy=1.0) == 1
-    assert job_threads(runtime, granted, busy=None) == 2  # no /proc/stat: as granted
-    # what the preset asks for is never refused
-    assert job_threads({"threads": 2}, granted, busy=5.0) == 2
-    assert job_threads(runtime, {}, busy=5.0) == 1
+    assert job_threads({"threads": 1}, {"APBENCH_THREADS": "2"}) == 1
+    assert job_threads({"threads": 4}, {"APBENCH_THREADS": "1"}) == 4
+    assert job_threads({"threads": 1}, {}) == 1
+    # a preset that sets none takes the grant, else torch's default
+    assert job_threads({"threads": None}, {"APBENCH_THREADS": "3"}) == 3
+    assert job_threads({}, {}) is None
+
+
+def test_the_workflow_grants_pretraining_the_preset_threads_like_every_other_job():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "workflows" / "rules" / "common.smk").read_text()
+    assert "PRETRAIN_THREADS = THREADS" in text

@@ -84,8 +84,8 @@ def resolve_device(runtime: dict) -> torch.device:
 
 
 def apply_runtime(runtime: dict) -> torch.device:
-    # the threads the scheduler granted this job win over the preset's wish, extra ones only
-    # while their cores are idle (benchmark/runtime/threads.py)
+    # the preset's thread count, whatever the scheduler granted: it is part of the arithmetic
+    # (benchmark/runtime/threads.py)
 
     threads = job_threads(runtime)
     if threads:

@@ -32,19 +32,10 @@ def _run_resource(name):
     return int(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
-# Pretraining runs before anything else can (every other job needs a dense model), so on one
-# machine the pretrain jobs share all of its cores instead of leaving all but runtime.threads idle;
-# a job takes the extra threads only while those cores are idle (benchmark/runtime/threads.py). A thread
-# count changes the last bits of a training run, never its hash: the count used is recorded in
-# the model's meta and the result. On a cluster each job has its own node share.
-PRETRAIN_TARGETS = PLAN.jobs.get("pretrain", [])
-RUN_CORES = _run_resource("_cores")
-# (a cluster job's own Snakemake, remote_exec, runs it with the CPUs its submission asked for)
-PRETRAIN_THREADS = (
-    max(THREADS, RUN_CORES // max(1, len(PRETRAIN_TARGETS)))
-    if workflow.local_exec and not workflow.remote_exec and RUN_CORES
-    else THREADS
-)
+# Pretraining gets the preset's threads like every other job, even when it runs alone: a thread
+# count changes a CPU run's numbers (benchmark/runtime/threads.py), and the same preset must give
+# the same numbers on any machine, idle or busy.
+PRETRAIN_THREADS = THREADS
 # A multi-GPU workstation (workflows/profiles/local-gpu, --resources gpu=N): every job that
 # trains or attacks claims one of the N cards for itself (benchmark/runtime/gpu_slots.py).
 # With runtime.jobs_per_gpu k, k jobs share each card: --resources gpu counts job slots, k per card
