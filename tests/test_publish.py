@@ -284,6 +284,18 @@ def test_an_archived_publication_is_shown_apart_under_a_banner_on_every_page(rep
         assert 'class="banner"' in page.read_text() and "hours to recompute" in page.read_text()
     board = (site / "archived" / PRESET / "index.html").read_text()
     assert board.count("table-banner") == board.count('class="board"') >= 1
+    # the publication's own tables and site say so too, once however often it is archived
+    own = repo / "results" / "published" / PRESET
+    assert cli_main(["publish", "--archive", PRESET, "--reason", "still hours"]) == 0
+    board_md = (own / "leaderboard.md").read_text()
+    assert board_md.startswith("> **Archived:** preset pubtest") and board_md.count("Archived:") == 1
+    assert "still hours" in board_md and "hours to recompute" not in board_md
+    assert board_md.split("\n\n", 1)[1].startswith("# Leaderboard: pubtest")
+    own_pages = [own / "site" / "index.html", *(own / "site" / "entries").glob("*.html")]
+    assert len(own_pages) == 3
+    for page in own_pages:
+        assert 'class="banner"' in page.read_text() and "still hours" in page.read_text()
+    assert json.loads((own / "archived.json").read_text())["bannered"] == ["leaderboard.md"]
 
 
 @pytest.mark.slow

@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
             rec = archive_published(args.archive, reason=args.reason, root=args.root)
             print(f"archived: results/published/{args.archive} (made at revision "
                   f"{str(rec['revision'])[:12]}, {rec['stale_results']} stale result(s)); commit "
-                  f"results/published/{args.archive}/archived.json and results/published/site")
+                  f"results/published/{args.archive} (archived.json, its bannered tables and site) and "
+                  "results/published/site")
             return 0
         reattack = {} if args.reattack_batches is None else {"reattack_batches": args.reattack_batches}
         if args.check_only:

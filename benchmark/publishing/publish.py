@@ -534,6 +534,18 @@ def _site_inputs(root: Path, presets: list[str]) -> tuple[list[Path], list[Path]
     return runs, manifests, method_files
 
 
+def _build_archived_site(root: Path, preset: str, rec: dict[str, Any], out_dir: Path) -> None:
+    """The site of an archived publication, its banner on every page and above every table."""
+    from benchmark.publishing.site import build_site  # deferred: pandas
+
+    runs, manifests, method_files = _site_inputs(root, [preset])
+    build_site(runs, out_dir, models_manifest=manifests or None,
+               robustbench_dir=str(root / PUBLISHED / "{preset}" / "export" / "robustbench"),
+               method_files=method_files, banners=[banner_text(rec)], snippet_manifest=SNIPPET_MANIFEST,
+               title=f"Adversarial pruning leaderboard: {preset} (archived, made at revision "
+                     f"{str(rec.get('revision') or 'unknown')[:12]})")
+
+
 def build_published_site(root: str | Path = ".") -> Path | None:
     """``results/published/site/``: one site over every current published preset (None when none
     is); each archived preset (benchmark.results.staleness) gets its own site under ``site/archived/<preset>/``
@@ -563,13 +575,8 @@ def build_published_site(root: str | Path = ".") -> Path | None:
                        archived=links, title="Adversarial pruning leaderboard: published runs",
                        snippet_manifest=SNIPPET_MANIFEST)
     # after the index (its build replaces the whole folder); in place, so relative links hold
-    for (preset, rec), link in zip(archived, links):
-        runs, manifests, method_files = _site_inputs(root, [preset])
-        build_site(runs, base / "site" / "archived" / preset, models_manifest=manifests or None,
-                   robustbench_dir=rb_dir, method_files=method_files, banners=[link["banner"]],
-                   snippet_manifest=SNIPPET_MANIFEST,
-                   title=f"Adversarial pruning leaderboard: {preset} (archived, made at revision "
-                         f"{str(rec.get('revision') or 'unknown')[:12]})")
+    for preset, rec in archived:
+        _build_archived_site(root, preset, rec, base / "site" / "archived" / preset)
     problems = site_links.link_problems(base / "site")
     if problems:  # the index was bundled expecting the archived sites: they must be there now
         raise UserError("the published site does not stand on its own: " + "; ".join(problems[:5]))
@@ -578,14 +585,16 @@ def build_published_site(root: str | Path = ".") -> Path | None:
 
 def archive_published(preset: str, *, reason: str, root: str | Path = ".") -> dict[str, Any]:
     """``python -m benchmark publish --archive NAME``: marks a published preset as archived (made
-    at its recorded revision, not republished after its code changed) and rebuilds the site,
-    which then shows it apart from the current board under a banner on every page."""
+    at its recorded revision, not republished after its code changed): its own tables and site
+    get the banner, and the combined site shows it apart from the current board under a banner
+    on every page."""
     root = Path(root)
     folder = root / PUBLISHED / preset
     if not (folder / "published.json").is_file():
         raise UserError(f"{folder} is not a published preset (no published.json); published: "
                         f"{', '.join(published_presets(root)) or 'none'}")
     rec = archive(folder, reason=reason, root=None)
+    _build_archived_site(root, preset, rec, folder / "site")  # the publication's own site
     build_published_site(root)
     return rec
 

@@ -16,12 +16,13 @@ staleness test: it says itself that it is not current. Torch-free.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmark.core.io import atomic_write_json
-from datetime import datetime, timezone
+from benchmark.core.io import atomic_write_json, atomic_write_text
 from benchmark.core.provenance import S2AP_ACTIVE, stage_code_digest
+from benchmark.results import md_escape
 
 ARCHIVE_FILE = "archived.json"
 ARCHIVE_FORMAT = "apbench-archived-publication"
@@ -137,8 +138,29 @@ def archive(pub_dir: str | Path, *, reason: str, root: str | Path | None = None)
            "revision": record.get("revision"), "published_utc": record.get("published_utc"),
            "archived_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "reason": reason, "stale_results": len(stale)}
+    # the publication's own tables say so too (published.json keeps their digests as made)
+    rec["bannered"] = stamp_tables(pub_dir, rec)
     atomic_write_json(pub_dir / ARCHIVE_FILE, rec)
     return rec
+
+
+_BANNER_PREFIX = "> **Archived:** "
+
+
+def stamp_tables(pub_dir: Path, rec: dict[str, Any] | None) -> list[str]:
+    """Puts the archive banner (``rec``; None: none) at the top of each markdown table of the
+    publication, replacing the one an earlier archiving wrote; returns their names."""
+    names = []
+    for md in sorted(Path(pub_dir).glob("*.md")):
+        text = md.read_text(encoding="utf-8")
+        if text.startswith(_BANNER_PREFIX):
+            text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
+        if rec is not None:
+            body = banner_text(rec).removeprefix("Archived: ")
+            text = f"{_BANNER_PREFIX}{md_escape.cell(body)}\n\n{text}"
+        atomic_write_text(md, text)
+        names.append(md.name)
+    return names
 
 
 def banner_text(rec: dict[str, Any]) -> str:
@@ -166,6 +188,6 @@ def archived_publications(base: str | Path) -> list[str]:
                   if (p / "published.json").is_file() and archive_record(p) is not None)
 
 
-__all__ = ["ARCHIVE_FILE", "CurrentCode", "code_scope_of", "stale_stages", "stale_results",
+__all__ = ["ARCHIVE_FILE", "stamp_tables", "CurrentCode", "code_scope_of", "stale_stages", "stale_results",
            "archive", "archive_record", "banner_text", "current_publications",
            "archived_publications", "result_files"]

@@ -72,6 +72,22 @@
     return words.every(function (w) { return text.indexOf(w) !== -1; });
   }
 
+  // The plots of a table follow its rows: a point whose row is filtered out is hidden, and so is
+  // a line through any hidden point (the points it joins are no longer all on the page).
+  function followRows(section, table) {
+    var shownIds = {};
+    Array.prototype.forEach.call(table.tBodies[0].rows, function (tr) {
+      if (!tr.hidden) { shownIds[tr.getAttribute("data-id")] = true; }
+    });
+    Array.prototype.forEach.call(section.querySelectorAll("svg [data-row]"), function (el) {
+      el.style.display = shownIds[el.getAttribute("data-row")] ? "" : "none";
+    });
+    Array.prototype.forEach.call(section.querySelectorAll("svg [data-rows]"), function (el) {
+      var all = el.getAttribute("data-rows").split(" ").every(function (id) { return shownIds[id]; });
+      el.style.display = all ? "" : "none";
+    });
+  }
+
   function applyFilters() {
     var shown = 0;
     tables.forEach(function (table) {
@@ -85,6 +101,7 @@
       var section = table.closest("section");
       section.querySelector(".empty").hidden = visible > 0;
       table.hidden = visible === 0;
+      followRows(section, table);
     });
     count.textContent = shown + " of " + total + " rows";
   }
