@@ -154,20 +154,14 @@ def record_run(workdir: Path) -> None:
 def jobs_per_gpu_of(args: list[str]) -> int:
     """runtime.jobs_per_gpu of the run's preset files (the last one that sets it), else 1."""
 
-    k, i = 1, 0
-    while i < len(args):
-        if args[i] in ("--configfile", "--configfiles"):
-            i += 1
-            while i < len(args) and not args[i].startswith("-"):
-                try:
-                    raw = strict_yaml.load_file(args[i]) or {}
-                except (OSError, ValueError):
-                    raw = {}  # Snakemake reports the file itself
-                value = (raw.get("runtime") or {}).get("jobs_per_gpu") if isinstance(raw, dict) else None
-                k = int(value) if isinstance(value, int) and value >= 1 else k
-                i += 1
-        else:
-            i += 1
+    k = 1
+    for path in run_guard.preset_files(args):
+        try:
+            raw = strict_yaml.load_file(path) or {}
+        except (OSError, ValueError):
+            raw = {}  # Snakemake reports the file itself
+        value = (raw.get("runtime") or {}).get("jobs_per_gpu") if isinstance(raw, dict) else None
+        k = int(value) if isinstance(value, int) and value >= 1 else k
     return k
 
 

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core import config as apcfg
-from benchmark.core import paper_tables as _tables
 from benchmark.core.datasets import get_info
 from benchmark.core.errors import ConfigError
 from benchmark.core.paths import REPO_ROOT
@@ -71,11 +70,6 @@ COUNTED_IN_EVALUATE = ("autoattack_shard",)
 
 
 # ---------------------------------------------------------------- the DAG, without Snakemake
-def targets_of(cfg: Mapping[str, Any]) -> list[str]:
-    """Every target this preset has: all, and one per table it feeds."""
-    return ["all", *(_tables.KINDS[n].target for n in cfg.get("tables") or {})]
-
-
 def plan(cfg: Mapping[str, Any], targets: Sequence[str] = ("all",),
          search_dirs: Iterable[str | Path] = ()) -> Plan:
     """The jobs Snakemake runs for ``targets`` from scratch (``all`` or a table target): the
@@ -443,5 +437,4 @@ def auto_device(cfg: Mapping[str, Any], targets: list[str], cal: _cal.Calibratio
                    "insist)\n")
 
 
-__all__ = ["Estimate", "Job", "Plan", "auto_device", "estimate", "human", "job_seconds", "main", "plan", "report",
-           "targets_of"]
+__all__ = ["Estimate", "Job", "Plan", "auto_device", "estimate", "human", "job_seconds", "main", "plan", "report"]

@@ -99,11 +99,9 @@ def acquire(results_dir: Path, argv: list[str]) -> int:
 
 
 def _device(cfg: dict[str, Any]) -> str:
-    device = str(cfg["runtime"]["device"])
-    if device == "auto":
-
+    if str(cfg["runtime"]["device"]) == "auto":
         return "cuda" if count_gpus() > 0 else "cpu"
-    return "cpu" if device == "cpu" else "cuda"
+    return est.default_device(cfg)
 
 
 def uses_slurm(args: list[str]) -> bool:

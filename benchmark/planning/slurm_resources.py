@@ -39,6 +39,7 @@ from typing import Any
 from benchmark.core.datasets import get_info
 from benchmark.planning import calibration as _cal
 from benchmark.planning import estimate as _est
+from benchmark.planning.jobgraph import JobGraph
 
 PARTITION_ENV = "APBENCH_SLURM_PARTITION"
 ACCOUNT_ENV = "APBENCH_SLURM_ACCOUNT"
@@ -47,8 +48,6 @@ ACCOUNT_ENV = "APBENCH_SLURM_ACCOUNT"
 GPU_RULES = ("pretrain", "prune", "prune_second_seed", "finetune", "evaluate", "evaluate_dense",
              "autoattack_shard", "sweep_prune", "sweep_finetune", "submission")
 # rules that read files only (cluster jobs, but small)
-LIGHT_RULES = ("import_dense", "gamma_sweep", "export_models", "seed_stability", "aggregate",
-               "table", "figure")
 LIGHT_MEM_MB = 4000
 LIGHT_RUNTIME_MIN = 60
 
@@ -76,7 +75,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
 CPU_JOB_LIMIT_H = 24
 
 
-def plan_device(cfg: Mapping[str, Any], cal=None) -> str:
+def plan_device(cfg: Mapping[str, Any], cal=None, plan=None) -> str:
     """'cuda' or 'cpu': where the preset's jobs run on a cluster. runtime.device auto asks for a
     GPU unless the preset is sized for CPUs: the calibration prices every one of its jobs on a
     CPU and none takes more than CPU_JOB_LIMIT_H hours there (quick, standard, offline)."""
@@ -87,7 +86,8 @@ def plan_device(cfg: Mapping[str, Any], cal=None) -> str:
         return "cpu"
     cal = _cal.load() if cal is None else cal
     cost, longest = _est.Cost(), 0.0
-    for jobs in _est.plan(cfg, _est.targets_of(cfg)).jobs.values():
+    plan = JobGraph(cfg).full_plan() if plan is None else plan
+    for jobs in plan.jobs.values():
         for job in jobs:
             try:
                 longest = max(longest, _est.job_seconds(cfg, job, cal, "cpu", cost))

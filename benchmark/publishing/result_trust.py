@@ -37,7 +37,6 @@ from typing import Any
 
 from benchmark.core import config as apcfg
 from benchmark.core import safe_json
-from benchmark.core.io import sha256_file
 from benchmark.core.provenance import stage_code_digest
 from benchmark.core.result_file import ResultError, read_result
 from benchmark.results.staleness import code_scope_of
@@ -321,7 +320,7 @@ def _check_results(chk, head: HeadCode, stamp: Mapping[str, Any] | None, search_
         model = chk.models.get(path)
         if model is None:
             continue  # the models check reported it
-        sha = sha256_file(model)
+        sha = res["model"]["sha256"]  # the models check found the file's sha256 equal to it
         c = res["cell"]
         group = (c["dataset"], c["arch"], c["method"], c["s2ap"], apcfg.canonical_sparsity(c["sparsity"]))
         by_group[group][sha].append(where)

@@ -29,21 +29,11 @@ import pandas as pd
 from benchmark.core.errors import CorruptFileError
 from benchmark.results.leaderboard_file import read_leaderboard
 
-PUBLISHED_DIR = Path("results") / "published"
 MATCH_KEY = ("dataset", "arch", "method", "s2ap", "structure", "sparsity", "eps", "autoattack_n")
 METRICS = ("clean", "autoattack")
 COLUMNS = ("published_clean", "published_autoattack", "published_clean_diff",
            "published_autoattack_diff", "published_clean_in_ci", "published_autoattack_in_ci",
            "published_revision")
-
-
-def published_dir(preset: str, root: str | Path = ".") -> Path:
-    return Path(root) / PUBLISHED_DIR / preset
-
-
-def published_leaderboard(preset: str, root: str | Path = ".") -> Path:
-    """Where the published leaderboard of a preset lives (it may not exist)."""
-    return published_dir(preset, root) / "leaderboard.csv"
 
 
 def finite_number(v: Any) -> float | None:
@@ -121,5 +111,5 @@ def published_cell(row: dict[str, Any], metric: str = "autoattack") -> str | Non
     return f"{value:.2f} ({'—' if diff is None else f'{diff:+.2f}'}, {where})"
 
 
-__all__ = ["PUBLISHED_DIR", "MATCH_KEY", "COLUMNS", "published_dir", "published_leaderboard",
+__all__ = ["MATCH_KEY", "COLUMNS", "published_dir", "published_leaderboard",
            "load_published", "add_published", "published_cell", "match_key"]

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.core.entries import entry_id, slug
+from benchmark.results.published import finite_number
 from benchmark.results.plots import (
     DENSE_COLOR,
     PALETTE,
@@ -42,10 +43,7 @@ NAMES = {"autoattack": "AutoAttack", "clean": "Clean", "pgd": "PGD"}
 
 
 def finite(v: Any) -> bool:
-    try:
-        return v is not None and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
+    return finite_number(v) is not None
 
 
 def _fmt(v: float) -> str:

@@ -58,7 +58,7 @@ from benchmark.planning import estimate as _estimate
 from benchmark.planning import slurm_resources as _slurm
 
 _CAL = _calibration.load()
-PLAN_DEVICE = _slurm.plan_device(CFG, _CAL)
+PLAN_DEVICE = _slurm.plan_device(CFG, _CAL, PLAN)
 # the recipe's method shapes the pretrain stage (a method's own pretrain recipe)
 _RECIPE_METHOD = {
     c["recipe"]: (c.get("recipe_method") if c["method"] == "dense" else c["method"])
